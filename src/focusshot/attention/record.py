@@ -1,0 +1,151 @@
+"""Record attention at the taps focusshot owns (DESIGN principle 3).
+
+Example::
+
+    with record(backbone, "probs", "logits", layers=[-1]) as rec:
+        backbone.forward_features(images)
+    cls_row = rec.get("probs")[:, :, 0]          # (B, H, N)
+
+Opening a recording switches the chosen layers to the explicit softmax path; closing it
+switches them back to the fused one. A recording that captured nothing raises
+:class:`RecordingError` instead of handing back empty results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from focusshot.attention.core import TAP_KINDS, Attention
+
+
+class RecordingError(RuntimeError):
+    """A recording was asked for something it could not capture."""
+
+
+def attention_modules(model: nn.Module) -> list[Attention]:
+    """The attention modules of ``model`` in forward order (the image tower for CLIP models)."""
+    finder = getattr(model, "attention_modules", None)
+    if callable(finder):
+        return list(finder())
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
+class Recording:
+    """What one :func:`record` context captured, per layer and kind."""
+
+    def __init__(self, layers: list[int], modules: list[Attention], kinds: tuple[str, ...], total: int) -> None:
+        self.layers = layers
+        self._total = total
+        self.kinds = kinds
+        self._modules = dict(zip(layers, modules, strict=True))
+
+    @property
+    def layout(self) -> str:
+        """``"global"`` or ``"windowed"`` (the layout of the recorded layers)."""
+        return next(iter(self._modules.values())).tap.layout
+
+    def _stored(self, kind: str, layer: int) -> list[Tensor]:
+        if kind not in self.kinds:
+            raise KeyError(f"{kind!r} was not recorded; recorded kinds: {list(self.kinds)}")
+        idx = self._resolve(layer)
+        return self._modules[idx].tap.store.get(kind, [])
+
+    def _resolve(self, layer: int) -> int:
+        if layer in self._modules:
+            return layer
+        total = self._total
+        if layer < 0 and layer + total in self._modules:
+            return layer + total
+        if layer >= 0 and layer - total in self._modules:
+            return layer - total
+        raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
+
+    def calls(self, kind: str, layer: int = -1) -> list[Tensor]:
+        """Every tensor captured for ``kind`` at ``layer``, one per forward call."""
+        return list(self._stored(kind, layer))
+
+    def get(self, kind: str, layer: int = -1) -> Tensor:
+        """The captured ``kind`` at ``layer``, forward calls concatenated along the batch axis."""
+        stored = self._stored(kind, layer)
+        if not stored:
+            raise RecordingError(f"nothing was captured for {kind!r} at layer {layer}")
+        return stored[0] if len(stored) == 1 else torch.cat(stored, dim=0)
+
+    def grad(self, kind: str, layer: int = -1) -> Tensor:
+        """Gradient of the last backward pass with respect to the captured ``kind`` at ``layer``.
+
+        Needs ``record(..., grad=True)`` and a ``backward()`` inside or after the context.
+        """
+        stored = self._stored(kind, layer)
+        grads = [t.grad for t in stored]
+        if not stored or any(g is None for g in grads):
+            raise RecordingError(
+                f"no gradient for {kind!r} at layer {layer}: record with grad=True, keep the graph, "
+                "and call backward() on a loss that depends on it"
+            )
+        return grads[0] if len(grads) == 1 else torch.cat(grads, dim=0)
+
+
+@contextmanager
+def record(
+    model: nn.Module,
+    *kinds: str,
+    layers: Sequence[int] | None = None,
+    grad: bool = False,
+) -> Iterator[Recording]:
+    """Record ``kinds`` (see :data:`TAP_KINDS`) at ``layers`` of ``model`` while the context is open.
+
+    Args:
+        model: any module built from :class:`~focusshot.attention.core.Attention`.
+        kinds: one or more of ``"logits"``, ``"probs"``, ``"head_out"``, ``"block_in"``.
+        layers: attention-layer indices in forward order (negative counts from the end);
+            all layers when ``None``.
+        grad: keep the graph of recorded tensors so that losses can use them and
+            :meth:`Recording.grad` returns their gradients.
+    """
+    if not kinds:
+        raise ValueError(f"record() needs at least one kind out of {sorted(TAP_KINDS)}")
+    bad = [k for k in kinds if k not in TAP_KINDS]
+    if bad:
+        raise ValueError(f"unknown kind(s) {bad}; valid kinds: {sorted(TAP_KINDS)}")
+    modules = attention_modules(model)
+    if not modules:
+        raise RecordingError(
+            f"{type(model).__name__} has no focusshot Attention module to record from "
+            "(attention-free backbones such as EfficientNet cannot be recorded)"
+        )
+    total = len(modules)
+    chosen = list(range(total)) if layers is None else list(layers)
+    for i in chosen:
+        if not -total <= i < total:
+            raise ValueError(f"layer {i} out of range for a model with {total} attention layers")
+    normalised = sorted({i % total for i in chosen})
+    picked = [modules[i] for i in normalised]
+    if any(m.tap.active for m in picked):
+        raise RecordingError("a recording is already open on these layers; nested recordings are not supported")
+    rec = Recording(normalised, picked, tuple(kinds), total)
+    for m in picked:
+        m.tap.store = {}
+        m.tap.kinds = frozenset(kinds)
+        m.tap.keep_grad = grad
+    ok = False
+    try:
+        yield rec
+        ok = True
+    finally:
+        for m in picked:
+            m.tap.kinds = frozenset()
+            m.tap.keep_grad = False
+    if ok:
+        missing = [
+            f"{k}@layer{i}" for k in kinds for i, m in zip(normalised, picked, strict=True) if not m.tap.store.get(k)
+        ]
+        if missing:
+            raise RecordingError(
+                "the recording captured nothing for " + ", ".join(missing) + ": was a forward pass through "
+                "these layers run inside the `with record(...)` block?"
+            )

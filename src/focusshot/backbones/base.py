@@ -1,0 +1,128 @@
+"""The contract every focusshot backbone keeps (DESIGN principle 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from torch import Tensor, nn
+
+#: A bias for every layer (one tensor), one per layer (a sequence, ``None`` for no bias), or none.
+AttnBias = Tensor | Sequence[Tensor | None] | None
+
+
+def bias_for(attn_bias: AttnBias, layer: int) -> Tensor | None:
+    """The bias that layer ``layer`` receives out of ``attn_bias``."""
+    if attn_bias is None or isinstance(attn_bias, Tensor):
+        return attn_bias
+    return attn_bias[layer]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backbone can do beyond pooled features.
+
+    Attributes:
+        attention: it is built from focusshot ``Attention`` modules, so ``record`` works on it.
+        global_cls: its attention is global with a [CLS] row (rollout, foveal biases and
+            [CLS]-mass metrics need this; Swin's windowed attention and CNNs do not have it).
+        tokens: ``forward_tokens`` returns a token sequence.
+        text: it carries a text tower and tokenizer (zero-shot classifiers).
+    """
+
+    attention: bool = True
+    global_cls: bool = True
+    tokens: bool = True
+    text: bool = False
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become the backbone's input tensor.
+
+    Attributes:
+        resize: target length of the image's shorter side.
+        crop: side of the square centre crop.
+        mean: per-channel mean (RGB, in [0, 1] units).
+        std: per-channel standard deviation.
+        interpolation: ``"bicubic"`` or ``"bilinear"`` (PIL resampling).
+    """
+
+    resize: int = 224
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CLIP_PREPROCESS = Preprocess(
+    resize=224,
+    crop=224,
+    mean=(0.48145466, 0.4578275, 0.40821073),
+    std=(0.26862954, 0.26130258, 0.27577711),
+    interpolation="bicubic",
+)
+IMAGENET_PREPROCESS = Preprocess(resize=256, crop=224, interpolation="bicubic")
+
+
+@dataclass
+class Identity:
+    """Where a backbone's weights came from; recorded beside every result."""
+
+    name: str
+    family: str
+    source: str = "random"
+    weights_sha256: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backbone(nn.Module):
+    """Base class of focusshot image backbones.
+
+    Subclasses set ``num_features`` (width of ``forward_features``), ``num_prefix_tokens``
+    ([CLS] and register tokens ahead of the patch tokens), ``patch_size``, ``capabilities``
+    and ``preprocess``, and implement ``forward_tokens``, ``forward_head`` and
+    ``forward_intermediates``.
+    """
+
+    num_features: int
+    num_prefix_tokens: int = 0
+    patch_size: int = 1
+    capabilities: Capabilities = Capabilities()
+    preprocess: Preprocess = IMAGENET_PREPROCESS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = Identity(name=type(self).__name__, family="unknown")
+
+    def grid_size(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """Patch-grid ``(rows, cols)`` for an input of ``image_size`` (the crop size by default)."""
+        if image_size is None:
+            image_size = self.preprocess.crop
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        return h // self.patch_size, w // self.patch_size
+
+    def forward_tokens(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> output tokens of the last stage ``(B, N, C)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not produce tokens")
+
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        """Last-stage tokens ``(B, N, C)`` -> pooled features ``(B, num_features)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no token head")
+
+    def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> pooled (for CLIP: projected) features ``(B, num_features)``."""
+        return self.forward_head(self.forward_tokens(x, attn_bias=attn_bias))
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """Outputs of the blocks (or stages) at ``indices`` (negative counts from the end)."""
+        raise NotImplementedError(f"{type(self).__name__} has no intermediates")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)

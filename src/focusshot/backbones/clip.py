@@ -1,0 +1,130 @@
+"""CLIP (Radford et al., *Learning Transferable Visual Models From Natural Language Supervision*, 2021).
+
+:class:`CLIP` pairs an image tower (:class:`~focusshot.backbones.vit.VisionTransformer` or
+:class:`~focusshot.backbones.clip_resnet.ModifiedResNet`) with :class:`TextTransformer` and a
+tokenizer, and keeps the image tower's backbone contract: ``forward_features`` is CLIP's
+``encode_image`` (the projected embedding, not normalised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from focusshot.attention.core import Attention
+from focusshot.backbones.base import AttnBias, Backbone, Capabilities
+from focusshot.backbones.vit import Block
+
+
+@dataclass
+class TextConfig:
+    """Hyper-parameters of :class:`TextTransformer` (defaults: CLIP ViT-B text tower)."""
+
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    proj_dim: int = 512
+    act: str = "quick_gelu"
+    eps: float = 1e-5
+    eot_token_id: int = 49407
+
+
+class TextTransformer(nn.Module):
+    """CLIP's causal text transformer; pooled at the first end-of-text token, then projected."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.num_heads, cfg.mlp_dim, True, cfg.act, cfg.eps) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.proj = nn.Linear(cfg.width, cfg.proj_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def attention_modules(self) -> list[Attention]:
+        return [b.attn for b in self.blocks]
+
+    def eot_positions(self, ids: Tensor) -> Tensor:
+        """Index of the first end-of-text token per row of ``ids`` ``(B, L)`` -> ``(B,)``."""
+        is_eot = ids == self.cfg.eot_token_id
+        if not bool(is_eot.any(dim=1).all()):
+            raise ValueError(f"every token row needs an end-of-text token (id {self.cfg.eot_token_id})")
+        return is_eot.int().argmax(dim=1)
+
+    def forward_tokens(self, ids: Tensor) -> Tensor:
+        """Token ids ``(B, L)`` -> contextual tokens ``(B, L, W)`` (after ``ln_final``)."""
+        length = ids.shape[1]
+        if length > self.cfg.context_length:
+            raise ValueError(f"{length} tokens exceed the context length {self.cfg.context_length}")
+        x = self.token_embedding(ids) + self.pos_embed[:length]
+        causal = torch.full((length, length), float("-inf"), device=ids.device, dtype=x.dtype).triu(1)
+        for blk in self.blocks:
+            x = blk(x, causal)
+        return self.norm(x)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Token ids ``(B, L)`` -> text embeddings ``(B, proj_dim)`` (not normalised)."""
+        x = self.forward_tokens(ids)
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(ids)]
+        return self.proj(pooled)
+
+
+class CLIP(Backbone):
+    """A CLIP model that is also a backbone: the image tower's contract plus text encoding."""
+
+    def __init__(self, visual: Backbone, text: TextTransformer, tokenizer=None, logit_scale: float = 4.6052) -> None:
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.tokenizer = tokenizer
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+        self.num_features = visual.num_features
+        self.num_prefix_tokens = visual.num_prefix_tokens
+        self.patch_size = visual.patch_size
+        self.preprocess = visual.preprocess
+        caps = visual.capabilities
+        self.capabilities = Capabilities(caps.attention, caps.global_cls, caps.tokens, text=True)
+
+    def attention_modules(self) -> list[Attention]:
+        """The image tower's attention layers (``record`` on a CLIP records the image side)."""
+        finder = getattr(self.visual, "attention_modules", None)
+        return list(finder()) if callable(finder) else []
+
+    def grid_size(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        return self.visual.grid_size(image_size)
+
+    def forward_tokens(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
+        return self.visual.forward_tokens(x, attn_bias=attn_bias)
+
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        return self.visual.forward_head(tokens)
+
+    def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
+        return self.visual.forward_features(x, attn_bias=attn_bias)
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        return self.visual.forward_intermediates(x, indices)
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> image embeddings ``(B, E)`` (not normalised)."""
+        return self.visual.forward_features(x)
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """Texts -> token ids ``(B, context_length)`` with start/end tokens and zero padding."""
+        if self.tokenizer is None:
+            raise RuntimeError("this CLIP has no tokenizer; pass token ids to encode_text instead")
+        return self.tokenizer(list(texts), context_length=self.text.cfg.context_length)
+
+    def encode_text(self, texts: Sequence[str] | Tensor) -> Tensor:
+        """Texts (or token ids ``(B, L)``) -> text embeddings ``(B, E)`` (not normalised)."""
+        ids = texts if isinstance(texts, Tensor) else self.tokenize(texts)
+        return self.text(ids.to(self.logit_scale.device))
