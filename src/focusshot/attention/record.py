@@ -42,6 +42,9 @@ class Recording:
         self._total = total
         self.kinds = kinds
         self._modules = dict(zip(layers, modules, strict=True))
+        for m in modules:  # a fresh store per recording, kept here after the context closes
+            m.tap.store = {}
+        self._stores = {i: m.tap.store for i, m in zip(layers, modules, strict=True)}
 
     @property
     def layout(self) -> str:
@@ -52,7 +55,7 @@ class Recording:
         if kind not in self.kinds:
             raise KeyError(f"{kind!r} was not recorded; recorded kinds: {list(self.kinds)}")
         idx = self._resolve(layer)
-        return self._modules[idx].tap.store.get(kind, [])
+        return self._stores[idx].get(kind, [])
 
     def _resolve(self, layer: int) -> int:
         if layer in self._modules:
@@ -129,7 +132,6 @@ def record(
         raise RecordingError("a recording is already open on these layers; nested recordings are not supported")
     rec = Recording(normalised, picked, tuple(kinds), total)
     for m in picked:
-        m.tap.store = {}
         m.tap.kinds = frozenset(kinds)
         m.tap.keep_grad = grad
     ok = False
@@ -140,9 +142,10 @@ def record(
         for m in picked:
             m.tap.kinds = frozenset()
             m.tap.keep_grad = False
+            m.tap.store = {}
     if ok:
         missing = [
-            f"{k}@layer{i}" for k in kinds for i, m in zip(normalised, picked, strict=True) if not m.tap.store.get(k)
+            f"{k}@layer{i}" for k in kinds for i in normalised if not rec._stores[i].get(k)
         ]
         if missing:
             raise RecordingError(

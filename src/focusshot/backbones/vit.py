@@ -113,6 +113,7 @@ class ViTConfig:
     pool: str = "cls"
     proj_dim: int | None = None
     in_chans: int = 3
+    pos_antialias: bool = False
 
 
 class VisionTransformer(Backbone):
@@ -159,7 +160,9 @@ class VisionTransformer(Backbone):
         if side * side == h * w and h == w:
             return pos
         patch = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch.float(), size=(h, w), mode="bicubic", align_corners=False).to(pos.dtype)
+        patch = F.interpolate(
+            patch.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=self.cfg.pos_antialias
+        ).to(pos.dtype)
         return torch.cat([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
     def embed(self, x: Tensor) -> Tensor:

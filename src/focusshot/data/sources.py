@@ -1,0 +1,598 @@
+"""Where labelled images come from: class folders, CSV/JSONL manifests and CoOp split files.
+
+Every reader returns :class:`LabelledImages` (or a ``dict`` of them keyed by split name) holding
+plain paths, integer labels and one class list. Nothing here opens an image or knows of a model;
+decoding and transforms live elsewhere in :mod:`focusshot.data`.
+
+Split names are canonical across readers: ``"train"``, ``"val"`` and ``"test"``. A folder or
+manifest split called ``"validation"`` (or ``"valid"``) is returned under ``"val"``, the name
+CoOp split files use.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Box",
+    "LabelledImages",
+    "from_coop_split",
+    "from_folder",
+    "from_manifest",
+    "open_source",
+]
+
+#: File name endings (lower case) that the folder reader treats as images.
+#: (The same set as :data:`focusshot.data.images.IMAGE_EXTENSIONS`, kept here so that reading a
+#: source never depends on the image-decoding module.)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico"}
+)
+
+#: A bounding box ``(x0, y0, x1, y1)`` in pixel coordinates of the original image, ``x0 < x1``,
+#: ``y0 < y1``.
+Box = tuple[float, float, float, float]
+
+_SPLIT_ALIASES: dict[str, str] = {"validation": "val", "valid": "val"}
+_FOLDER_SPLITS: frozenset[str] = frozenset({"train", "val", "validation", "valid", "test"})
+_BOX_COLUMNS: tuple[str, str, str, str] = ("x0", "y0", "x1", "y1")
+
+
+def _canonical_split(name: str) -> str:
+    name = name.strip()
+    return _SPLIT_ALIASES.get(name.lower(), name)
+
+
+@dataclass
+class LabelledImages:
+    """A labelled set of image files: the output of every reader in this module.
+
+    Attributes:
+        paths: image file paths, one per sample.
+        labels: integer class ids in ``0 .. len(class_names) - 1``, one per sample.
+        class_names: the class list; ``class_names[label]`` names a sample's class. All splits
+            returned by one reader share the same list.
+        boxes: ``None`` when the source has no boxes, else one entry per sample: a box
+            ``(x0, y0, x1, y1)`` in pixels, or ``None`` for a sample without one.
+        split: the split this set belongs to (``"train"``, ``"val"``, ``"test"``, ...) or ``None``.
+    """
+
+    paths: list[str]
+    labels: list[int]
+    class_names: list[str]
+    boxes: list[Box | None] | None = None
+    split: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.paths = [str(p) for p in self.paths]
+        self.labels = [int(v) for v in self.labels]
+        self.class_names = [str(c) for c in self.class_names]
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+        if len(set(self.class_names)) != len(self.class_names):
+            dupes = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+            raise ValueError(f"class_names has duplicates: {dupes}")
+        bad = [v for v in self.labels if not 0 <= v < len(self.class_names)]
+        if bad:
+            raise ValueError(
+                f"labels must lie in 0..{len(self.class_names) - 1} "
+                f"({len(self.class_names)} classes); found {sorted(set(bad))[:10]}"
+            )
+        if self.boxes is not None:
+            if len(self.boxes) != len(self.paths):
+                raise ValueError(f"{len(self.paths)} paths but {len(self.boxes)} boxes")
+            self.boxes = [
+                None if b is None else _check_box(b, f"sample {i}") for i, b in enumerate(self.boxes)
+            ]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in :attr:`class_names` (some may have no samples in this split)."""
+        return len(self.class_names)
+
+    def indices_by_class(self) -> list[list[int]]:
+        """Sample indices of each class, in sample order; ``result[c]`` lists class ``c``."""
+        out: list[list[int]] = [[] for _ in self.class_names]
+        for i, label in enumerate(self.labels):
+            out[label].append(i)
+        return out
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of samples per class name (classes with none included, as 0)."""
+        return {name: len(idx) for name, idx in zip(self.class_names, self.indices_by_class(), strict=True)}
+
+    def subset(self, indices: Iterable[int]) -> LabelledImages:
+        """The samples at ``indices`` (in that order), keeping the class list and the split name."""
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} out of range for {len(self)} samples")
+        return LabelledImages(
+            paths=[self.paths[i] for i in idx],
+            labels=[self.labels[i] for i in idx],
+            class_names=list(self.class_names),
+            boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
+            split=self.split,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of this set."""
+        return {
+            "paths": list(self.paths),
+            "labels": list(self.labels),
+            "class_names": list(self.class_names),
+            "boxes": None if self.boxes is None else [None if b is None else list(b) for b in self.boxes],
+            "split": self.split,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_box(box: Sequence[Any], where: str) -> Box:
+    """Validate and normalise one box, raising ``ValueError`` naming ``where``."""
+    if isinstance(box, (str, bytes)) or len(box) != 4:
+        raise ValueError(f"{where}: a box needs 4 numbers (x0, y0, x1, y1), got {box!r}")
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: box values must be numbers, got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"{where}: box values must be finite, got {box!r}")
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"{where}: a box needs x0 < x1 and y0 < y1, got {box!r}")
+    return (x0, y0, x1, y1)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in filenames if _is_image(f))
+    return sorted(found, key=lambda p: Path(os.path.relpath(p, folder)).parts)
+
+
+def _subfolders(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _read_class_folders(root: Path, class_names: list[str] | None, split: str | None) -> LabelledImages:
+    """Read one ``root/<class>/*`` tree. With ``class_names`` given, the folder set must equal it."""
+    found = _subfolders(root)
+    if not found:
+        raise ValueError(f"{root}: no class sub-folders found (expected one sub-folder per class)")
+    if class_names is None:
+        class_names = found
+    elif set(found) != set(class_names):
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
+        raise ValueError(
+            f"{root}: class folders differ from the train split's; missing {missing}, unexpected {extra}"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        files = _image_files(root / name)
+        if not files:
+            raise ValueError(
+                f"{root / name}: class folder has no images (extensions {sorted(IMAGE_EXTENSIONS)})"
+            )
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return LabelledImages(paths=paths, labels=labels, class_names=list(class_names), split=split)
+
+
+# --------------------------------------------------------------------------------------------
+# class folders
+
+
+def from_folder(root: str | os.PathLike[str]) -> LabelledImages | dict[str, LabelledImages]:
+    """Read images laid out as one sub-folder per class.
+
+    Two layouts are understood:
+
+    * ``root/<class>/<image>``: returns one :class:`LabelledImages` with ``split=None``;
+    * ``root/<split>/<class>/<image>`` where every sub-folder of ``root`` is a split name
+      (``train``, ``val`` or ``validation``, ``test``) and ``train`` is among them: returns a
+      ``dict`` of splits keyed ``"train"``, ``"val"``, ``"test"``. The class list comes from
+      ``train`` and is shared; every other split must have exactly the same class folders.
+
+    Classes are sorted by folder name and files by path, so the order (and every label) is the
+    same on every machine. Images are found recursively inside a class folder by file extension
+    (:data:`IMAGE_EXTENSIONS`, case-insensitive); hidden files and folders are skipped.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no class folders; a class folder without images; a split whose class folders
+            differ from train's; both ``val`` and ``validation`` present. The message names the
+            folder.
+    """
+    root = Path(os.path.abspath(os.fspath(root)))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    subs = _subfolders(root)
+    is_split_layout = any(s.lower() == "train" for s in subs) and all(
+        s.lower() in _FOLDER_SPLITS for s in subs
+    )
+    if not is_split_layout:
+        return _read_class_folders(root, None, None)
+
+    by_split: dict[str, str] = {}
+    for sub in subs:
+        key = _canonical_split(sub.lower())
+        if key in by_split:
+            raise ValueError(
+                f"{root}: both {by_split[key]!r} and {sub!r} are present; keep one validation folder"
+            )
+        by_split[key] = sub
+    train = _read_class_folders(root / by_split["train"], None, "train")
+    out: dict[str, LabelledImages] = {"train": train}
+    for key in ("val", "test"):
+        if key in by_split:
+            out[key] = _read_class_folders(root / by_split[key], train.class_names, key)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# manifests
+
+
+@dataclass
+class _Row:
+    where: str
+    path: str
+    label: str | int
+    box: Box | None
+    split: str | None
+
+
+def _resolve(path: str, base: Path, where: str, check_files: bool) -> str:
+    if not path:
+        raise ValueError(f"{where}: empty path")
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute():
+        p = base / p
+    full = os.path.normpath(str(p))
+    if check_files and not os.path.isfile(full):
+        raise FileNotFoundError(f"{where}: image file not found: {full}")
+    return full
+
+
+def _read_csv_rows(path: Path) -> list[_Row]:
+    rows: list[_Row] = []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = columns
+        if "path" not in columns or "label" not in columns:
+            raise ValueError(
+                f"{path}: the header must name the columns 'path' and 'label' "
+                f"(optional: x0, y0, x1, y1, split); found {columns}"
+            )
+        box_cols = [c for c in _BOX_COLUMNS if c in columns]
+        if box_cols and len(box_cols) != 4:
+            raise ValueError(f"{path}: box columns must be all of x0, y0, x1, y1; found only {box_cols}")
+        has_split = "split" in columns
+        for record in reader:
+            where = f"{path}, line {reader.line_num}"
+            if None in record:
+                raise ValueError(f"{where}: more fields than header columns")
+            values = {k: (v or "").strip() for k, v in record.items()}
+            if not any(values.values()):
+                continue
+            box: Box | None = None
+            if box_cols:
+                raw = [values[c] for c in _BOX_COLUMNS]
+                if any(raw):
+                    if not all(raw):
+                        raise ValueError(f"{where}: fill all of x0, y0, x1, y1 or none of them, got {raw}")
+                    box = _check_box(raw, where)
+            split = values["split"] if has_split else None
+            if has_split and not split:
+                raise ValueError(f"{where}: empty 'split'")
+            rows.append(_Row(where, values["path"], values["label"], box, split))
+    return rows
+
+
+def _read_jsonl_rows(path: Path) -> list[_Row]:
+    rows: list[_Row] = []
+    split_seen: bool | None = None
+    with open(path, encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            for key in ("path", "label"):
+                if key not in record:
+                    raise ValueError(f"{where}: missing field {key!r}")
+            if not isinstance(record["path"], str):
+                raise ValueError(f"{where}: 'path' must be a string, got {record['path']!r}")
+            label = record["label"]
+            if isinstance(label, bool) or not isinstance(label, (str, int)):
+                raise ValueError(f"{where}: 'label' must be a class name or an integer, got {label!r}")
+            raw_box = record.get("box")
+            box = None if raw_box is None else _check_box(raw_box, where)
+            split = record.get("split")
+            if split_seen is None:
+                split_seen = split is not None
+            if (split is not None) != split_seen:
+                raise ValueError(f"{where}: give 'split' on every line or on none")
+            if split is not None and (not isinstance(split, str) or not split.strip()):
+                raise ValueError(f"{where}: 'split' must be a non-empty string, got {split!r}")
+            rows.append(_Row(where, record["path"], label, box, split))
+    return rows
+
+
+def _as_int_label(label: str | int) -> int | None:
+    if isinstance(label, int):
+        return label
+    text = label.strip()
+    if text.isdigit():
+        return int(text)
+    return None
+
+
+def _assign_labels(
+    rows: list[_Row], class_names: Sequence[str] | None, source: Path
+) -> tuple[list[int], list[str]]:
+    """Map manifest labels to class ids; see :func:`from_manifest` for the rules."""
+    ints = [_as_int_label(r.label) for r in rows]
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+        index = {n: i for i, n in enumerate(names)}
+        out: list[int] = []
+        for row, as_int in zip(rows, ints, strict=True):
+            if isinstance(row.label, str) and row.label in index:
+                out.append(index[row.label])
+            elif as_int is not None and 0 <= as_int < len(names):
+                out.append(as_int)
+            else:
+                raise ValueError(
+                    f"{row.where}: label {row.label!r} is neither a class name "
+                    f"nor an id in 0..{len(names) - 1}"
+                )
+        return out, names
+    if rows and all(v is not None for v in ints):
+        ids = [int(v) for v in ints if v is not None]
+        negative = [r for r, v in zip(rows, ids, strict=True) if v < 0]
+        if negative:
+            raise ValueError(f"{negative[0].where}: negative label {negative[0].label!r}")
+        missing = sorted(set(range(max(ids) + 1)) - set(ids))
+        if missing:
+            raise ValueError(
+                f"{source}: integer labels must cover 0..{max(ids)} without gaps; ids {missing[:10]} never "
+                "appear (pass class_names=... to name the classes)"
+            )
+        return ids, [str(i) for i in range(max(ids) + 1)]
+    mixed = [r for r, v in zip(rows, ints, strict=True) if isinstance(r.label, int)]
+    if mixed:
+        raise ValueError(f"{mixed[0].where}: integer label {mixed[0].label!r} among class-name labels")
+    names = sorted({str(r.label).strip() for r in rows})
+    if "" in names:
+        bad = next(r for r in rows if not str(r.label).strip())
+        raise ValueError(f"{bad.where}: empty label")
+    index = {n: i for i, n in enumerate(names)}
+    return [index[str(r.label).strip()] for r in rows], names
+
+
+def from_manifest(
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> LabelledImages | dict[str, LabelledImages]:
+    """Read a CSV or JSONL manifest of labelled images.
+
+    CSV (``.csv``) has a header row naming the columns ``path,label`` and optionally
+    ``x0,y0,x1,y1`` (a box; all four or none per row) and ``split``; other columns are ignored.
+    JSONL (``.jsonl``) has one object per line: ``{"path": ..., "label": ..., "box": [x0, y0, x1,
+    y1], "split": ...}`` with ``box`` and ``split`` optional. Blank lines are skipped.
+
+    Relative paths are resolved against the manifest's folder. Labels are class names; the class
+    list is their sorted set, unless every label is an integer (``3`` or ``"3"``), in which case the
+    ids are kept as they are (they must cover ``0..C-1``) and the classes are named ``"0"``, ``"1"``,
+    .... Pass ``class_names`` to fix the class list: each label must then be one of those names or
+    an id into it.
+
+    Returns:
+        one :class:`LabelledImages` when there is no ``split`` column/field, else a dict of them
+        keyed by split (``validation`` becomes ``val``), all sharing one class list.
+
+    Raises:
+        FileNotFoundError: the manifest, or (with ``check_files``) an image, does not exist.
+        ValueError: a malformed row or a label that does not match the classes; the message names
+            the file and line.
+    """
+    path = Path(os.path.abspath(os.fspath(path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = _read_csv_rows(path)
+    elif suffix == ".jsonl":
+        rows = _read_jsonl_rows(path)
+    else:
+        raise ValueError(f"{path}: a manifest must end in .csv or .jsonl")
+    if not rows:
+        raise ValueError(f"{path}: manifest has no rows")
+    base = path.parent
+    paths = [_resolve(r.path, base, r.where, check_files) for r in rows]
+    labels, names = _assign_labels(rows, class_names, path)
+    boxes = [r.box for r in rows]
+    has_boxes = any(b is not None for b in boxes)
+
+    if rows[0].split is None:
+        return LabelledImages(paths, labels, names, boxes if has_boxes else None, None)
+    out: dict[str, LabelledImages] = {}
+    order: list[str] = []
+    grouped: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = _canonical_split(str(row.split))
+        if key not in grouped:
+            grouped[key] = []
+            order.append(key)
+        grouped[key].append(i)
+    for key in order:
+        idx = grouped[key]
+        out[key] = LabelledImages(
+            paths=[paths[i] for i in idx],
+            labels=[labels[i] for i in idx],
+            class_names=list(names),
+            boxes=[boxes[i] for i in idx] if has_boxes else None,
+            split=key,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# CoOp split files
+
+
+def from_coop_split(
+    json_path: str | os.PathLike[str],
+    image_root: str | os.PathLike[str],
+    *,
+    check_files: bool = True,
+) -> dict[str, LabelledImages]:
+    """Read a CoOp-style split file (e.g. ``split_zhou_OxfordPets.json``) as it is.
+
+    The file maps split names to lists of ``[impath, label, classname]``:
+    ``{"train": [...], "val": [...], "test": [...]}``. ``impath`` is relative to ``image_root``
+    (absolute paths are kept). Labels are kept as they are: across all splits each label id must
+    always come with the same class name and vice versa, and the ids must cover ``0..C-1``, so that
+    ``class_names[label]`` is the file's class name.
+
+    Returns:
+        a dict of :class:`LabelledImages` with the file's split keys (in file order), sharing one
+        class list.
+
+    Raises:
+        FileNotFoundError: the JSON, ``image_root`` or (with ``check_files``) an image is missing.
+        ValueError: the file is not a CoOp split, an entry is malformed, or labels and class names
+            do not match; the message names the file, split and entry.
+    """
+    json_path = Path(os.path.abspath(os.fspath(json_path)))
+    image_root = Path(os.path.abspath(os.fspath(image_root)))
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path}: split file not found")
+    if check_files and not image_root.is_dir():
+        raise FileNotFoundError(f"{image_root}: image root is not a folder")
+    try:
+        content = json.loads(json_path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{json_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(content, Mapping) or not content:
+        raise ValueError(f"{json_path}: expected an object of splits like {{'train': [...], 'val': [...]}}")
+
+    label_to_name: dict[int, tuple[str, str]] = {}
+    name_to_label: dict[str, tuple[int, str]] = {}
+    parsed: dict[str, tuple[list[str], list[int]]] = {}
+    for split, items in content.items():
+        if not isinstance(items, list):
+            raise ValueError(f"{json_path}: split {split!r} must be a list of [impath, label, classname]")
+        paths: list[str] = []
+        labels: list[int] = []
+        for i, item in enumerate(items):
+            where = f"{json_path}, split {split!r}, entry {i}"
+            if not isinstance(item, (list, tuple)) or len(item) != 3:
+                raise ValueError(f"{where}: expected [impath, label, classname], got {item!r}")
+            impath, label, classname = item
+            if not isinstance(impath, str) or not isinstance(classname, str):
+                raise ValueError(f"{where}: impath and classname must be strings, got {item!r}")
+            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+                raise ValueError(f"{where}: label must be a non-negative integer, got {label!r}")
+            if label in label_to_name and label_to_name[label][0] != classname:
+                name, first = label_to_name[label]
+                raise ValueError(
+                    f"{where}: label {label} is class {classname!r} here but {name!r} at {first}"
+                )
+            if classname in name_to_label and name_to_label[classname][0] != label:
+                other, first = name_to_label[classname]
+                raise ValueError(
+                    f"{where}: class {classname!r} has label {label} here but {other} at {first}"
+                )
+            label_to_name.setdefault(label, (classname, where))
+            name_to_label.setdefault(classname, (label, where))
+            paths.append(_resolve(impath, image_root, where, check_files))
+            labels.append(label)
+        parsed[_canonical_split(str(split))] = (paths, labels)
+
+    if not label_to_name:
+        raise ValueError(f"{json_path}: the split file lists no images")
+    missing = sorted(set(range(max(label_to_name) + 1)) - set(label_to_name))
+    if missing:
+        raise ValueError(
+            f"{json_path}: labels must cover 0..{max(label_to_name)} without gaps; "
+            f"ids {missing[:10]} never appear"
+        )
+    class_names = [label_to_name[i][0] for i in range(len(label_to_name))]
+    return {
+        split: LabelledImages(paths=p, labels=lab, class_names=list(class_names), split=split)
+        for split, (p, lab) in parsed.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+
+
+def open_source(
+    spec: str | os.PathLike[str],
+    *,
+    image_root: str | os.PathLike[str] | None = None,
+    check_files: bool = True,
+) -> LabelledImages | dict[str, LabelledImages]:
+    """Open a data source by what ``spec`` points at.
+
+    * a folder: :func:`from_folder`;
+    * ``*.csv`` or ``*.jsonl``: :func:`from_manifest`;
+    * ``*.json``: :func:`from_coop_split`, with images under ``image_root`` (default: the JSON's
+      folder).
+
+    Raises:
+        FileNotFoundError: ``spec`` does not exist.
+        ValueError: ``spec`` is a file of another kind; the message lists the kinds understood.
+    """
+    path = Path(os.fspath(spec)).expanduser()
+    if path.is_dir():
+        if image_root is not None:
+            raise ValueError(f"{path}: image_root applies only to CoOp split files (.json)")
+        return from_folder(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl"):
+        if image_root is not None:
+            raise ValueError(f"{path}: image_root applies only to CoOp split files (.json)")
+        return from_manifest(path, check_files=check_files)
+    if suffix == ".json":
+        root = path.parent if image_root is None else Path(os.fspath(image_root))
+        return from_coop_split(path, root, check_files=check_files)
+    raise ValueError(
+        f"{path}: cannot tell what kind of source this is; expected a folder of class folders, "
+        "a .csv or .jsonl manifest, or a CoOp split .json"
+    )

@@ -1,0 +1,177 @@
+"""Evaluation transforms: PIL image -> normalised float tensor, without torchvision.
+
+``make_transform(preprocess)`` reproduces the standard evaluation pipeline of CLIP (Radford et
+al., 2021) and timm/torchvision ImageNet models: resize the shorter side with PIL, centre crop,
+scale to [0, 1], normalise per channel. It is pinned against Hugging Face's
+``CLIPImageProcessor`` in ``tests/data/test_transforms.py``.
+
+``data`` knows nothing of models (DESIGN): the settings come from any object with ``resize``,
+``crop``, ``mean``, ``std`` and ``interpolation`` attributes (``PreprocessLike``), such as a
+backbone's ``Preprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from focusshot.data.images import to_rgb
+
+__all__ = [
+    "INTERPOLATIONS",
+    "ImageTransform",
+    "PreprocessLike",
+    "center_crop",
+    "make_transform",
+    "normalize",
+    "resize_shorter",
+    "to_tensor",
+]
+
+CropRounding = Literal["round", "floor"]
+
+#: Names accepted for ``interpolation`` and the PIL filter each selects.
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@runtime_checkable
+class PreprocessLike(Protocol):
+    """What ``make_transform`` reads: any object with these attributes (duck-typed)."""
+
+    resize: int
+    crop: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    interpolation: str
+
+
+def _resample(interpolation: str) -> Image.Resampling:
+    try:
+        return INTERPOLATIONS[interpolation.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; valid: {', '.join(sorted(INTERPOLATIONS))}"
+        ) from None
+
+
+def resize_shorter(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so the shorter side is ``size``; the longer becomes ``int(size * long / short)``.
+
+    This is torchvision's ``Resize(size)`` and Hugging Face's ``{"shortest_edge": size}`` rule
+    (truncation, not rounding), done with PIL's antialiased filters.
+    """
+    if size <= 0:
+        raise ValueError(f"resize must be positive, got {size}")
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), resample=_resample(interpolation))
+
+
+def _offset(excess: int, rounding: CropRounding) -> int:
+    if rounding == "round":
+        return int(round(excess / 2.0))  # Python rounds half to even, as torchvision does
+    if rounding == "floor":
+        return excess // 2
+    raise ValueError(f"crop_rounding must be 'round' or 'floor', got {rounding!r}")
+
+
+def center_crop(img: Image.Image, size: int, rounding: CropRounding = "round") -> Image.Image:
+    """Centre ``size x size`` crop; zero-pads (black) first if the image is smaller.
+
+    ``rounding="round"`` places the window at ``top = int(round((h - size) / 2.0))`` like
+    torchvision's ``CenterCrop`` (and so OpenAI CLIP's and timm's evaluation transforms);
+    ``"floor"`` uses ``(h - size) // 2`` like Hugging Face image processors. The two differ by one
+    pixel exactly when ``h - size`` (or ``w - size``) is 3 modulo 4.
+    """
+    w, h = img.size
+    if w < size or h < size:
+        pad_w, pad_h = max(size - w, 0), max(size - h, 0)
+        canvas = Image.new(img.mode, (w + pad_w, h + pad_h))
+        canvas.paste(img, (pad_w // 2, pad_h // 2))
+        img, (w, h) = canvas, canvas.size
+    top, left = _offset(h - size, rounding), _offset(w - size, rounding)
+    if (w, h) == (size, size):
+        return img
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """8-bit RGB PIL image -> float32 tensor ``(3, H, W)`` in [0, 1]."""
+    arr = np.asarray(to_rgb(img), dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x - mean) / std`` per channel on ``(..., 3, H, W)``."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s
+
+
+class ImageTransform:
+    """PIL image (any mode) -> normalised float32 tensor ``(3, crop, crop)``.
+
+    Steps: ``to_rgb`` -> ``resize_shorter(resize)`` -> ``center_crop(crop)`` -> [0, 1] ->
+    ``(x - mean) / std``.
+    """
+
+    def __init__(self, preprocess: PreprocessLike, crop_rounding: CropRounding = "round") -> None:
+        missing = [a for a in ("resize", "crop", "mean", "std", "interpolation") if not hasattr(preprocess, a)]
+        if missing:
+            raise TypeError(f"preprocess lacks attribute(s) {missing}; it needs resize, crop, mean, std, interpolation")
+        self.resize = int(preprocess.resize)
+        self.crop = int(preprocess.crop)
+        self.mean = tuple(float(v) for v in preprocess.mean)
+        self.std = tuple(float(v) for v in preprocess.std)
+        self.interpolation = str(preprocess.interpolation).lower()
+        self.crop_rounding: CropRounding = crop_rounding
+        _resample(self.interpolation)
+        _offset(0, crop_rounding)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values, got {self.mean} and {self.std}")
+        if self.crop <= 0:
+            raise ValueError(f"crop must be positive, got {self.crop}")
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
+        img = resize_shorter(to_rgb(img), self.resize, self.interpolation)
+        img = center_crop(img, self.crop, self.crop_rounding)
+        return normalize(to_tensor(img), self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        """The settings, for cache keys and result logs."""
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_rounding": self.crop_rounding,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({args})"
+
+
+def make_transform(preprocess: PreprocessLike, crop_rounding: CropRounding = "round") -> ImageTransform:
+    """The evaluation transform for ``preprocess`` (see ``ImageTransform`` and ``center_crop``)."""
+    return ImageTransform(preprocess, crop_rounding=crop_rounding)

@@ -1,0 +1,257 @@
+"""Metrics for few-shot evaluation: accuracy with a 95% interval, calibration (ECE), NLL, and paired
+differences between two methods scored on the same episodes.
+
+Inputs may be numpy arrays, nested lists or torch tensors (any device, any float dtype); every
+function computes in float64 numpy and returns Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PairedDifference",
+    "ReliabilityBins",
+    "accuracy",
+    "ece",
+    "mean_ci95",
+    "nll",
+    "paired_difference",
+    "reliability_bins",
+]
+
+_Z95 = 1.96
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Convert arrays, lists and torch tensors (without importing torch) to a numpy array."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu()
+        if getattr(x, "is_floating_point", lambda: False)():
+            x = x.double()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _labels(labels: Any, n: int | None = None) -> np.ndarray:
+    y = _to_numpy(labels).reshape(-1)
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise ValueError("labels must be integers")
+    y = y.astype(np.int64)
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{n} predictions but {y.shape[0]} labels")
+    return y
+
+
+def _scores(x: Any, name: str) -> np.ndarray:
+    a = _to_numpy(x).astype(np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, classes), got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    return a
+
+
+def _check_targets(y: np.ndarray, num_classes: int) -> None:
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {int(y.min())}..{int(y.max())}")
+
+
+def _looks_like_probs(a: np.ndarray, atol: float = 1e-2) -> bool:
+    return bool(np.all(a >= 0) and np.all(a <= 1) and np.allclose(a.sum(axis=1), 1.0, atol=atol))
+
+
+def accuracy(logits_or_preds: Any, labels: Any) -> float:
+    """Fraction of correct predictions, in [0, 1].
+
+    Args:
+        logits_or_preds: ``(n, classes)`` scores (logits or probabilities; the arg-max is the
+            prediction) or ``(n,)`` predicted class ids.
+        labels: ``(n,)`` true class ids.
+    """
+    a = _to_numpy(logits_or_preds)
+    if a.ndim == 2:
+        preds = a.argmax(axis=1)
+    elif a.ndim == 1:
+        preds = _labels(a)
+    else:
+        raise ValueError(f"expected (n, classes) scores or (n,) predictions, got shape {a.shape}")
+    y = _labels(labels, preds.shape[0])
+    if y.size == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(np.mean(preds == y))
+
+
+def mean_ci95(values: Any) -> tuple[float, float]:
+    """Mean of per-episode values and the half width of its 95% confidence interval.
+
+    The half width is ``1.96 * s / sqrt(E)`` with ``s`` the *sample* standard deviation (``ddof=1``)
+    of the ``E`` values — the normal-approximation interval reported by few-shot papers as
+    ``mean ± half_width``. With a single value the spread is unknown and the half width is ``0.0``.
+    NaN values are not allowed.
+    """
+    v = _to_numpy(values).astype(np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("mean_ci95 of no values is undefined")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values must be finite")
+    mean = float(v.mean())
+    if v.size == 1:
+        return mean, 0.0
+    return mean, float(_Z95 * v.std(ddof=1) / math.sqrt(v.size))
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin statistics of a reliability diagram over equal-width confidence bins.
+
+    Bin ``b`` holds confidences in ``(edges[b], edges[b+1]]`` (the first bin also holds 0).
+    ``accuracy`` and ``confidence`` are NaN for an empty bin.
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: ``sum_b counts_b / n * |accuracy_b - confidence_b|``."""
+        n = int(self.counts.sum())
+        full = self.counts > 0
+        gaps = np.abs(self.accuracy[full] - self.confidence[full])
+        return float(np.sum(self.counts[full] / n * gaps))
+
+
+def reliability_bins(probs: Any, labels: Any, bins: int = 15) -> ReliabilityBins:
+    """Bin samples by confidence (the maximum probability) into ``bins`` equal-width bins on [0, 1].
+
+    ``probs`` are ``(n, classes)`` probabilities (each row sums to 1 within 1e-2; apply a softmax to
+    logits first). The prediction is the arg-max class.
+    """
+    if isinstance(bins, bool) or int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    p = _scores(probs, "probs")
+    if not _looks_like_probs(p):
+        raise ValueError(
+            "probs must be probabilities in [0, 1] with rows summing to 1 (softmax logits first)"
+        )
+    y = _labels(labels, p.shape[0])
+    _check_targets(y, p.shape[1])
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    # side="left" on the inner edges puts conf in (edges[b], edges[b+1]]; conf == 0 lands in bin 0.
+    which = np.searchsorted(edges[1:-1], conf, side="left")
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=correct, minlength=bins) / counts
+        mean_conf = np.bincount(which, weights=conf, minlength=bins) / counts
+    return ReliabilityBins(edges=edges, counts=counts, accuracy=acc, confidence=mean_conf)
+
+
+def ece(probs: Any, labels: Any, bins: int = 15) -> float:
+    """Expected calibration error over the whole set (Guo et al., 2017), in [0, 1].
+
+    Samples are binned by confidence (maximum probability) into ``bins`` equal-width bins over
+    [0, 1], bin ``b`` holding ``(b/bins, (b+1)/bins]``; ECE is the sample-weighted mean over bins of
+    ``|accuracy - mean confidence|``. Pool all queries of all episodes, or compute per episode and
+    average with :func:`mean_ci95`; say which.
+    """
+    return reliability_bins(probs, labels, bins).ece
+
+
+def nll(probs_or_logits: Any, labels: Any, *, from_logits: bool | None = None, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the true labels (natural log).
+
+    Args:
+        probs_or_logits: ``(n, classes)`` probabilities or logits.
+        labels: ``(n,)`` true class ids.
+        from_logits: ``True`` for logits (a log-softmax is applied, equal to
+            ``torch.nn.functional.cross_entropy``), ``False`` for probabilities, ``None`` (default)
+            to decide: probabilities when every value is in [0, 1] and each row sums to 1 within
+            1e-2, else logits. Pass it explicitly when scores could be either.
+        eps: probabilities are clipped below at ``eps`` so a zero probability gives a large finite
+            loss rather than infinity.
+    """
+    a = _scores(probs_or_logits, "probs_or_logits")
+    y = _labels(labels, a.shape[0])
+    _check_targets(y, a.shape[1])
+    if from_logits is None:
+        from_logits = not _looks_like_probs(a)
+    rows = np.arange(a.shape[0])
+    if from_logits:
+        if not np.all(np.isfinite(a)):
+            raise ValueError("logits must be finite")
+        shifted = a - a.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(shifted).sum(axis=1))
+        return float(np.mean(log_z - shifted[rows, y]))
+    if np.any(a < 0) or np.any(a > 1):
+        raise ValueError("probabilities must lie in [0, 1]")
+    return float(np.mean(-np.log(np.clip(a[rows, y], eps, None))))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Method A minus method B over the same episodes.
+
+    Attributes:
+        mean: mean per-episode difference ``a - b``.
+        half_width: 95% interval half width of ``mean`` (:func:`mean_ci95` of the differences).
+        a_better: fraction of episodes where ``a > b``.
+        b_better: fraction where ``b > a``.
+        ties: fraction where they are equal.
+        episodes: number of episodes.
+    """
+
+    mean: float
+    half_width: float
+    a_better: float
+    b_better: float
+    ties: float
+    episodes: int
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """The interval ``(mean - half_width, mean + half_width)``."""
+        return (self.mean - self.half_width, self.mean + self.half_width)
+
+    @property
+    def significant(self) -> bool:
+        """Whether the 95% interval excludes zero."""
+        lo, hi = self.ci95
+        return lo > 0 or hi < 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields."""
+        return asdict(self)
+
+
+def paired_difference(acc_a: Any, acc_b: Any) -> PairedDifference:
+    """Compare two methods scored on the same episodes, episode by episode.
+
+    ``acc_a[i]`` and ``acc_b[i]`` must come from the same episode ``i``. The interval is over the
+    per-episode differences, which is much tighter than comparing two independent means when
+    episodes vary in difficulty.
+    """
+    a = _to_numpy(acc_a).astype(np.float64).reshape(-1)
+    b = _to_numpy(acc_b).astype(np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same episodes: {a.size} values vs {b.size}")
+    if a.size == 0:
+        raise ValueError("no episodes to compare")
+    d = a - b
+    mean, half = mean_ci95(d)
+    return PairedDifference(
+        mean=mean,
+        half_width=half,
+        a_better=float(np.mean(d > 0)),
+        b_better=float(np.mean(d < 0)),
+        ties=float(np.mean(d == 0)),
+        episodes=int(a.size),
+    )
