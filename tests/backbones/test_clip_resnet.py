@@ -138,7 +138,9 @@ def test_only_the_mean_token_row_of_a_bias_matters(model: ModifiedResNet, images
         # A per-layer list has a single entry: the pool.
         row0 = torch.zeros(1, 2, 5, 5)
         row0[..., 0, 1] = -1e4
-        torch.testing.assert_close(model.forward_features(images, [row0]), model.forward_features(images, row0))
+        torch.testing.assert_close(
+            model.forward_features(images, [row0]), model.forward_features(images, row0)
+        )
 
 
 def test_bias_to_forward_tokens_is_refused(model: ModifiedResNet, images: Tensor) -> None:
@@ -164,7 +166,9 @@ def test_grid_interpolation(model: ModifiedResNet) -> None:
 
 
 def test_record_through_clip_wrapper(model: ModifiedResNet, images: Tensor) -> None:
-    text = TextTransformer(TextConfig(vocab_size=50, context_length=8, width=32, depth=1, num_heads=2, mlp_dim=64))
+    text = TextTransformer(
+        TextConfig(vocab_size=50, context_length=8, width=32, depth=1, num_heads=2, mlp_dim=64)
+    )
     clip = CLIP(model, text).eval()
     assert clip.capabilities.text and clip.capabilities.global_cls
     with torch.no_grad(), record(clip, "probs", layers=[-1]) as rec:

@@ -1,4 +1,4 @@
-"""The OpenAI CLIP converter: a tiny transformers CLIP re-expressed in OpenAI's key layout, and RN round trips."""
+"""The OpenAI CLIP converter: a tiny transformers CLIP in OpenAI's key layout, and ResNet round trips."""
 
 from __future__ import annotations
 
@@ -88,7 +88,9 @@ def hf_to_openai(hf: torch.nn.Module) -> dict[str, Tensor]:
         "text_projection": sd["text_projection.weight"].t().contiguous(),
         "logit_scale": sd["logit_scale"],
     }
-    out |= openai_blocks(sd.__getitem__, f"{v}encoder.layers.", "visual.transformer.resblocks.", vdepth, HF_BLOCK)
+    out |= openai_blocks(
+        sd.__getitem__, f"{v}encoder.layers.", "visual.transformer.resblocks.", vdepth, HF_BLOCK
+    )
     out |= openai_blocks(sd.__getitem__, f"{t}encoder.layers.", "transformer.resblocks.", tdepth, HF_BLOCK)
     return out
 
@@ -144,7 +146,13 @@ def _features(out: object) -> Tensor:
 def test_inferred_vit_config(hf_clip: torch.nn.Module) -> None:
     vision, text = infer_config(hf_to_openai(hf_clip), vision_heads=4, text_heads=4)
     assert (vision.image_size, vision.patch_size, vision.width, vision.depth) == (32, 8, 32, 2)
-    assert (vision.num_heads, vision.mlp_dim, vision.proj_dim, vision.act, vision.eps) == (4, 64, 16, "quick_gelu", 1e-5)
+    assert (vision.num_heads, vision.mlp_dim, vision.proj_dim, vision.act, vision.eps) == (
+        4,
+        64,
+        16,
+        "quick_gelu",
+        1e-5,
+    )
     assert vision.pre_norm and not vision.patch_bias
     assert (text.vocab_size, text.context_length, text.width, text.depth) == (VOCAB, CONTEXT, 32, 2)
     assert (text.num_heads, text.mlp_dim, text.proj_dim, text.eot_token_id) == (4, 64, 16, EOT)
@@ -195,7 +203,14 @@ def test_last_layer_attention_matches_transformers(hf_clip: torch.nn.Module, con
 
 RN = ResNetConfig(layers=(1, 2, 1, 1), width=8, output_dim=16, heads=4, image_size=64)  # heads = 32*8 // 64
 RN_TEXT = TextConfig(
-    vocab_size=VOCAB, context_length=CONTEXT, width=128, depth=1, num_heads=2, mlp_dim=512, proj_dim=16, eot_token_id=EOT
+    vocab_size=VOCAB,
+    context_length=CONTEXT,
+    width=128,
+    depth=1,
+    num_heads=2,
+    mlp_dim=512,
+    proj_dim=16,
+    eot_token_id=EOT,
 )
 
 
@@ -213,8 +228,14 @@ def ours_to_openai_rn(model: CLIP) -> dict[str, Tensor]:
                 prefix = next(p for p in pool_names if rest.startswith(p))
                 out["visual.attnpool." + pool_names[prefix] + rest.removeprefix(prefix)] = value
         elif key.startswith("visual."):
-            out[key.replace(".downsample.conv.", ".downsample.0.").replace(".downsample.bn.", ".downsample.1.")] = value
-    out |= openai_blocks(sd.__getitem__, "text.blocks.", "transformer.resblocks.", model.text.cfg.depth, OUR_BLOCK)
+            out[
+                key.replace(".downsample.conv.", ".downsample.0.").replace(
+                    ".downsample.bn.", ".downsample.1."
+                )
+            ] = value
+    out |= openai_blocks(
+        sd.__getitem__, "text.blocks.", "transformer.resblocks.", model.text.cfg.depth, OUR_BLOCK
+    )
     out |= {
         "token_embedding.weight": sd["text.token_embedding.weight"],
         "positional_embedding": sd["text.pos_embed"],
@@ -261,7 +282,9 @@ def test_rn_round_trip(rn_clip: CLIP, tmp_path: Path) -> None:
     ids = torch.randint(1, EOT - 1, (2, CONTEXT), generator=torch.Generator().manual_seed(6))
     ids[:, 5] = EOT
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(images), rn_clip.encode_image(images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            model.encode_image(images), rn_clip.encode_image(images), rtol=0, atol=1e-6
+        )
         torch.testing.assert_close(model.encode_text(ids), rn_clip.encode_text(ids), rtol=0, atol=1e-6)
         with record(model, "probs") as rec:
             model.encode_image(images)

@@ -91,10 +91,14 @@ class SwinConfig:
         if isinstance(self.image_size, Sequence):
             self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         if len(self.depths) != len(self.num_heads) or not self.depths:
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} need the same, non-zero length")
+            raise ValueError(
+                f"depths {self.depths} and num_heads {self.num_heads} need the same, non-zero length"
+            )
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
-                raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} is not divisible by {heads} heads")
+                raise ValueError(
+                    f"stage {i}: width {self.embed_dim * 2**i} is not divisible by {heads} heads"
+                )
         if self.window_size < 1 or self.patch_size < 1:
             raise ValueError("window_size and patch_size must be positive")
 
@@ -272,7 +276,9 @@ class SwinBlock(nn.Module):
         else:
             index = relative_position_index(win, self.window).to(self.relative_position_bias_table.device)
         n = win * win
-        return self.relative_position_bias_table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        return (
+            self.relative_position_bias_table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        )
 
     def attn_bias(self, batch: int, hp: int, wp: int, win: int, shift: int) -> Tensor:
         """The additive bias handed to :class:`Attention` for a padded ``hp x wp`` map.
@@ -459,9 +465,7 @@ class SwinTransformer(Backbone):
             ValueError: when an ``attn_bias`` is given: window attention has no global token row
                 to bias (``capabilities.global_cls`` is ``False``).
         """
-        if attn_bias is not None and (
-            isinstance(attn_bias, Tensor) or any(b is not None for b in attn_bias)
-        ):
+        if attn_bias is not None and (isinstance(attn_bias, Tensor) or any(b is not None for b in attn_bias)):
             raise ValueError(
                 "SwinTransformer does not take attn_bias: its attention is windowed (layout 'windowed'), "
                 "with no global token row to bias; check backbone.capabilities.global_cls before "

@@ -1,0 +1,134 @@
+"""Batched feature extraction over image files (``focusshot embed`` and the Python API).
+
+Images are decoded and preprocessed in a background thread while the backbone runs on the
+previous batch; undecodable files are collected (each named) rather than stopping the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from focusshot.backbones.base import Backbone
+from focusshot.data.images import ImageError, load_rgb
+from focusshot.data.transforms import make_transform
+
+
+@dataclass
+class Embeddings:
+    """Features of the images that decoded, in input order.
+
+    Attributes:
+        features: ``(N, D)`` float32, row ``i`` belongs to ``paths[i]``.
+        paths: the images behind the rows.
+        bad: one :class:`ImageError` per file that could not be read.
+    """
+
+    features: Tensor
+    paths: list[str]
+    bad: list[ImageError] = field(default_factory=list)
+
+
+def _load(paths: Sequence[str], transform) -> tuple[list[int], list[Tensor], list[ImageError]]:
+    kept, tensors, bad = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            tensors.append(transform(load_rgb(p)))
+            kept.append(i)
+        except ImageError as err:
+            bad.append(err)
+    return kept, tensors, bad
+
+
+def _batches(paths: Sequence[str], batch_size: int, transform) -> Iterator[tuple[list[int], Tensor | None, list]]:
+    chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(_load, [paths[i] for i in chunk], transform) for chunk in chunks[:2]]
+        for n, chunk in enumerate(chunks):
+            kept, tensors, bad = futures[n].result()
+            if n + 2 < len(chunks):
+                nxt = chunks[n + 2]
+                futures.append(pool.submit(_load, [paths[i] for i in nxt], transform))
+            yield [chunk[k] for k in kept], (torch.stack(tensors) if tensors else None), bad
+
+
+@torch.inference_mode()
+def embed_images(
+    backbone: Backbone,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+) -> Embeddings:
+    """Pooled features (``backbone.forward_features``; CLIP: the projected image embedding).
+
+    Args:
+        backbone: any focusshot backbone (put in eval mode here).
+        paths: image files; rows of the result follow this order (bad files left out).
+        batch_size: images per forward pass.
+        progress: show a progress bar (tqdm) on stderr.
+        device: where the backbone runs.
+
+    Returns:
+        :class:`Embeddings` with ``features`` ``(N_good, num_features)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    paths = [str(p) for p in paths]
+    backbone.eval().to(device)
+    transform = make_transform(backbone.preprocess)
+    rows: list[Tensor] = []
+    kept: list[int] = []
+    bad: list[ImageError] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", desc="embed")
+    for idx, batch, errors in _batches(paths, batch_size, transform):
+        bad.extend(errors)
+        if batch is not None:
+            rows.append(backbone.forward_features(batch.to(device)).float().cpu())
+            kept.extend(idx)
+        if bar is not None:
+            bar.update(len(idx) + len(errors))
+    if bar is not None:
+        bar.close()
+    features = torch.cat(rows) if rows else torch.zeros(0, backbone.num_features)
+    return Embeddings(features, [paths[i] for i in kept], bad)
+
+
+def save_embeddings(emb: Embeddings, output: str | Path, backbone: Backbone) -> Path:
+    """Write ``features`` with safetensors; paths and the backbone identity go in its metadata."""
+    from safetensors.torch import save_file
+
+    import focusshot
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "paths": json.dumps(emb.paths),
+        "backbone": json.dumps(backbone.identity.to_dict()),
+        "focusshot_version": focusshot.__version__,
+        "torch_version": torch.__version__,
+    }
+    tmp = output.with_name(output.name + ".tmp")
+    save_file({"features": emb.features.contiguous()}, str(tmp), metadata=meta)
+    tmp.replace(output)
+    return output
+
+
+def load_embeddings(path: str | Path) -> tuple[Tensor, list[str], dict]:
+    """Read a file written by :func:`save_embeddings` -> ``(features (N, D), paths, backbone identity)``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        features = f.get_tensor("features")
+    return features, json.loads(meta.get("paths", "[]")), json.loads(meta.get("backbone", "{}"))
