@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from focusshot.attention import record  # noqa: E402
-from focusshot.backbones import create_backbone, list_backbones  # noqa: E402
+from focusshot.attention import record
+from focusshot.backbones import create_backbone, list_backbones
 
 __all__ = ["__version__", "create_backbone", "list_backbones", "record"]

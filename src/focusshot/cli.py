@@ -12,8 +12,10 @@ import focusshot
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from focusshot.backbones.registry import list_backbones
 
-    rows = [(s.name, s.family, s.hf_repo or ("package" if s.local_pretrained else "random only"), s.description)
-            for s in list_backbones()]
+    rows = [
+        (s.name, s.family, s.hf_repo or ("package" if s.local_pretrained else "random only"), s.description)
+        for s in list_backbones()
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
@@ -30,7 +32,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
         return 2
     backbone = create_backbone(args.backbone, pretrained=not args.random_weights)
-    emb = embed_images(backbone, paths, batch_size=args.batch_size, progress=not args.quiet, device=args.device)
+    emb = embed_images(
+        backbone, paths, batch_size=args.batch_size, progress=not args.quiet, device=args.device
+    )
     output = Path(args.output)
     if emb.bad and not args.skip_bad:
         partial = output.with_name(output.stem + ".partial" + output.suffix)
@@ -38,8 +42,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(f"error: {len(emb.bad)} image(s) could not be read:", file=sys.stderr)
         for err in emb.bad:
             print(f"  {err.path}: {err.reason}", file=sys.stderr)
-        print(f"the {len(emb.paths)} good images were saved to {partial}; rerun with --skip-bad to skip bad files",
-              file=sys.stderr)
+        print(
+            f"the {len(emb.paths)} good images were saved to {partial}; rerun with --skip-bad to skip bad files",
+            file=sys.stderr,
+        )
         return 2
     for err in emb.bad:
         print(f"skipped {err.path}: {err.reason}", file=sys.stderr)
@@ -59,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="write pooled features of images to a safetensors file")
     p.add_argument("--backbone", required=True, help="registry name, hf:<repo id>, or a local checkpoint")
-    p.add_argument("--images", required=True, nargs="+", help="a folder, a text file of paths, or image files")
+    p.add_argument(
+        "--images", required=True, nargs="+", help="a folder, a text file of paths, or image files"
+    )
     p.add_argument("--output", required=True, help="output .safetensors file")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--skip-bad", action="store_true", help="skip undecodable images (logged) instead of failing")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip undecodable images (logged) instead of failing"
+    )
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)

@@ -46,7 +46,9 @@ def _load(paths: Sequence[str], transform) -> tuple[list[int], list[Tensor], lis
     return kept, tensors, bad
 
 
-def _batches(paths: Sequence[str], batch_size: int, transform) -> Iterator[tuple[list[int], Tensor | None, list]]:
+def _batches(
+    paths: Sequence[str], batch_size: int, transform
+) -> Iterator[tuple[list[int], Tensor | None, list]]:
     chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         futures = [pool.submit(_load, [paths[i] for i in chunk], transform) for chunk in chunks[:2]]

@@ -94,7 +94,10 @@ def test_bad_kind_and_layer_raise() -> None:
         pass
     with pytest.raises(ValueError, match="out of range"), record(model, "probs", layers=[5]):
         pass
-    with pytest.raises(RecordingError, match="no focusshot Attention"), record(torch.nn.Linear(2, 2), "probs"):
+    with (
+        pytest.raises(RecordingError, match="no focusshot Attention"),
+        record(torch.nn.Linear(2, 2), "probs"),
+    ):
         pass
 
 

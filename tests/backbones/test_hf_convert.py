@@ -33,11 +33,25 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _tiny_clip_hf(tmp_path, eos: int = 98):
     cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, eos_token_id=eos, bos_token_id=97,
-                         pad_token_id=0),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            eos_token_id=eos,
+            bos_token_id=97,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
         projection_dim=16,
     )
     model = _eager(transformers.CLIPModel(cfg))
@@ -75,8 +89,15 @@ def test_hf_clip_equivalence(tmp_path) -> None:
 
 
 def test_hf_clip_vision_only_with_projection(tmp_path) -> None:
-    vcfg = transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, projection_dim=16)
+    vcfg = transformers.CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=16,
+    )
     ref = transformers.CLIPVisionModelWithProjection(vcfg).eval()
     ref.save_pretrained(tmp_path / "v")
     ours = create_backbone(str(tmp_path / "v"))
@@ -87,8 +108,15 @@ def test_hf_clip_vision_only_with_projection(tmp_path) -> None:
 
 @pytest.mark.parametrize("image_size", [32, 48])
 def test_hf_vit_dino_equivalence(tmp_path, image_size: int) -> None:
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, layer_norm_eps=1e-6)
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        layer_norm_eps=1e-6,
+    )
     ref = _eager(transformers.ViTModel(cfg, add_pooling_layer=False))
     ref.save_pretrained(tmp_path / "vit")
     ours = create_backbone(str(tmp_path / "vit"))
@@ -105,8 +133,15 @@ def test_hf_vit_dino_equivalence(tmp_path, image_size: int) -> None:
 
 @pytest.mark.parametrize("registers", [0, 2])
 def test_hf_dinov2_equivalence(tmp_path, registers: int) -> None:
-    common = dict(image_size=40, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  mlp_ratio=2, layerscale_value=0.5)
+    common = dict(
+        image_size=40,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=2,
+        layerscale_value=0.5,
+    )
     if registers:
         cfg = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **common)
         ref = _eager(transformers.Dinov2WithRegistersModel(cfg))
@@ -129,14 +164,22 @@ def test_hf_dinov2_equivalence(tmp_path, registers: int) -> None:
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path) -> None:
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4)
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
     transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
     sd = read_directory_weights(tmp_path / "vit")
     sd.pop("encoder.layer.1.attention.attention.query.weight")
     sd["extra.weight"] = torch.zeros(1)
     config = json.loads((tmp_path / "vit" / "config.json").read_text())
-    with pytest.raises(ValueError, match=r"missing keys \(1\): \['blocks.1.attn.q.weight'\].*unexpected keys"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \(1\): \['blocks.1.attn.q.weight'\].*unexpected keys"
+    ):
         convert_hf_vit(config, sd)
     config["num_hidden_layers"] = 3
     with pytest.raises(ValueError, match="blocks.2"):

@@ -31,7 +31,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 TOL = 1e-5
 DEPTHS = (2, 2, 2)
-# Attention layers (in forward order) that end each stage; HF returns one attention map per stage, its last block's.
+# Attention layers (forward order) ending each stage: HF returns one map per stage, its last block's.
 STAGE_LAST = [1, 3, 5]
 # (64, 64): the training size; maps 16/8/4, stages 0-1 shifted, stage 2 one window, no shift.
 # (52, 52): map 13 -> padded to 16, odd merge 13 -> 7, map 7 -> padded to 8 (shifted).
@@ -99,11 +99,11 @@ def to_original(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     ]
     for key, value in sd.items():
         m = re.match(r"^(.*)\.attn\.([qkv])\.(weight|bias)$", key)
-        if m:
-            if m.group(2) == "q":
-                parts = [sd[f"{m.group(1)}.attn.{n}.{m.group(3)}"] for n in "qkv"]
-                out[f"{m.group(1)}.attn.qkv.{m.group(3)}"] = torch.cat(parts, dim=0)
+        if m and m.group(2) != "q":
             continue
+        if m:
+            value = torch.cat([sd[f"{m.group(1)}.attn.{n}.{m.group(3)}"] for n in "qkv"], dim=0)
+            key = f"{m.group(1)}.attn.qkv.{m.group(3)}"
         for pattern, repl in rules:
             key = re.sub(pattern, repl, key)
         out[key] = value
@@ -118,7 +118,10 @@ def to_original(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 def reference_outputs(hf_model, x: Tensor):
     with torch.no_grad():
         return hf_model(
-            x, output_attentions=True, output_hidden_states=True, output_hidden_states_before_downsampling=True
+            x,
+            output_attentions=True,
+            output_hidden_states=True,
+            output_hidden_states_before_downsampling=True,
         )
 
 
@@ -214,7 +217,9 @@ def test_original_layout_ibot_checkpoint(hf_files, ours: SwinTransformer) -> Non
 def test_original_layout_infers_shrunken_window() -> None:
     """A stage smaller than the window has a smaller table (as Microsoft builds it); inference reads it."""
     torch.manual_seed(3)
-    cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4)
+    cfg = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4
+    )
     model = SwinTransformer(cfg).eval()
     assert model.stages[2].blocks[0].relative_position_bias_table.shape == (3 * 3, 4)  # map 2x2 -> window 2
     assert model.stages[1].blocks[1].shift == 0  # map 4x4 == window: no shift
@@ -305,7 +310,7 @@ def test_contract(ours: SwinTransformer) -> None:
 
 
 def test_gradients_reach_bias_tables_and_projections(ours: SwinTransformer) -> None:
-    model = SwinTransformer(ours.cfg)
+    model = SwinTransformer(ours.cfg).eval()  # eval: the HF config carries drop_path_rate=0.1
     model.load_state_dict(ours.state_dict())
     model.forward_features(images((52, 52))).square().sum().backward()
     for stage in model.stages:

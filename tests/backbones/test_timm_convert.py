@@ -58,8 +58,15 @@ def _hf_state(model) -> dict[str, torch.Tensor]:
 
 
 def test_dino_checkpoint_with_teacher_wrapper(tmp_path) -> None:
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=128, intermediate_size=256,
-                                 num_hidden_layers=2, num_attention_heads=2, layer_norm_eps=1e-6)
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        layer_norm_eps=1e-6,
+    )
     ref = transformers.ViTModel(cfg, add_pooling_layer=False)
     ref.set_attn_implementation("eager")
     ref.eval().save_pretrained(tmp_path / "hf")
@@ -78,8 +85,15 @@ def test_dino_checkpoint_with_teacher_wrapper(tmp_path) -> None:
 
 
 def test_dinov2_original_layout_with_registers(tmp_path) -> None:
-    cfg = transformers.Dinov2WithRegistersConfig(image_size=40, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                                                 num_attention_heads=1, mlp_ratio=2, num_register_tokens=4)
+    cfg = transformers.Dinov2WithRegistersConfig(
+        image_size=40,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        mlp_ratio=2,
+        num_register_tokens=4,
+    )
     ref = transformers.Dinov2WithRegistersModel(cfg)
     ref.set_attn_implementation("eager")
     ref.eval().save_pretrained(tmp_path / "hf")

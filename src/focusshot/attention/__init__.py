@@ -3,4 +3,12 @@
 from focusshot.attention.core import TAP_KINDS, Attention, AttentionTap
 from focusshot.attention.record import Recording, RecordingError, attention_modules, record
 
-__all__ = ["TAP_KINDS", "Attention", "AttentionTap", "Recording", "RecordingError", "attention_modules", "record"]
+__all__ = [
+    "TAP_KINDS",
+    "Attention",
+    "AttentionTap",
+    "Recording",
+    "RecordingError",
+    "attention_modules",
+    "record",
+]

@@ -80,6 +80,8 @@ class Attention(nn.Module):
         proj_drop: dropout after the output projection.
         scale: logit scale; ``head_dim ** -0.5`` when ``None``.
         layout: ``"global"`` or ``"windowed"`` (see :class:`AttentionTap`).
+        out_dim: width of the output projection; ``dim`` when ``None`` (CLIP's attention pool
+            projects to its embedding width here).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Attention(nn.Module):
         proj_drop: float = 0.0,
         scale: float | None = None,
         layout: str = "global",
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -102,7 +105,7 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = nn.Linear(dim, out_dim or dim, bias=proj_bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.tap = AttentionTap(layout=layout)
@@ -120,7 +123,7 @@ class Attention(nn.Module):
                 to ``(B, H, N, N)``; added to the logits before the softmax.
 
         Returns:
-            ``(B, N, C)``.
+            ``(B, N, out_dim)``.
         """
         b, n, c = x.shape
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))

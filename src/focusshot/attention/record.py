@@ -37,7 +37,9 @@ def attention_modules(model: nn.Module) -> list[Attention]:
 class Recording:
     """What one :func:`record` context captured, per layer and kind."""
 
-    def __init__(self, layers: list[int], modules: list[Attention], kinds: tuple[str, ...], total: int) -> None:
+    def __init__(
+        self, layers: list[int], modules: list[Attention], kinds: tuple[str, ...], total: int
+    ) -> None:
         self.layers = layers
         self._total = total
         self.kinds = kinds
@@ -129,7 +131,9 @@ def record(
     normalised = sorted({i % total for i in chosen})
     picked = [modules[i] for i in normalised]
     if any(m.tap.active for m in picked):
-        raise RecordingError("a recording is already open on these layers; nested recordings are not supported")
+        raise RecordingError(
+            "a recording is already open on these layers; nested recordings are not supported"
+        )
     rec = Recording(normalised, picked, tuple(kinds), total)
     for m in picked:
         m.tap.kinds = frozenset(kinds)
@@ -144,9 +148,7 @@ def record(
             m.tap.keep_grad = False
             m.tap.store = {}
     if ok:
-        missing = [
-            f"{k}@layer{i}" for k in kinds for i in normalised if not rec._stores[i].get(k)
-        ]
+        missing = [f"{k}@layer{i}" for k in kinds for i in normalised if not rec._stores[i].get(k)]
         if missing:
             raise RecordingError(
                 "the recording captured nothing for " + ", ".join(missing) + ": was a forward pass through "

@@ -81,7 +81,9 @@ class TextTransformer(nn.Module):
 class CLIP(Backbone):
     """A CLIP model that is also a backbone: the image tower's contract plus text encoding."""
 
-    def __init__(self, visual: Backbone, text: TextTransformer, tokenizer=None, logit_scale: float = 4.6052) -> None:
+    def __init__(
+        self, visual: Backbone, text: TextTransformer, tokenizer=None, logit_scale: float = 4.6052
+    ) -> None:
         super().__init__()
         self.visual = visual
         self.text = text

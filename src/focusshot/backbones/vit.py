@@ -136,9 +136,13 @@ class VisionTransformer(Backbone):
         if preprocess is not None:
             self.preprocess = preprocess
         grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.width, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.patch_embed = nn.Conv2d(
+            cfg.in_chans, cfg.width, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.width)) if cfg.num_registers else None
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.width)) if cfg.num_registers else None
+        )
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, cfg.width) * 0.02)
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
@@ -176,7 +180,9 @@ class VisionTransformer(Backbone):
             x = torch.cat([x[:, :1], self.register_tokens.expand(b, -1, -1), x[:, 1:]], dim=1)
         return self.norm_pre(x)
 
-    def forward_blocks(self, x: Tensor, start: int = 0, stop: int | None = None, attn_bias: AttnBias = None) -> Tensor:
+    def forward_blocks(
+        self, x: Tensor, start: int = 0, stop: int | None = None, attn_bias: AttnBias = None
+    ) -> Tensor:
         """Run blocks ``start..stop-1`` on tokens ``(B, N, C)`` (bias indexed by absolute layer)."""
         stop = len(self.blocks) if stop is None else stop
         for i in range(start, stop):

@@ -1,0 +1,54 @@
+"""Classifier heads over features (DESIGN principle 7: heads are pure).
+
+``create_head(name, **kwargs).fit(features, labels) -> FittedHead``; ``fitted.logits(query)``.
+Heads see features only and never import :mod:`focusshot.backbones`.
+"""
+
+from focusshot.heads.base import (
+    FittedHead,
+    Head,
+    HeadInputError,
+    create_head,
+    fitted_from_state,
+    head_arguments,
+    list_heads,
+    load_fitted,
+    register_head,
+    save_fitted,
+)
+from focusshot.heads.linear import LinearClassifier
+from focusshot.heads.logistic import LogisticRegression
+from focusshot.heads.metaoptnet import MetaOptNet
+from focusshot.heads.nearest_neighbour import NearestNeighbour, NearestNeighbourClassifier
+from focusshot.heads.protonet import ProtoNet, PrototypeClassifier
+from focusshot.heads.ridge import R2D2, Ridge
+from focusshot.heads.svm import SVM
+from focusshot.heads.tip_adapter import TipAdapter, TipAdapterClassifier, TipAdapterF
+from focusshot.heads.zeroshot import ZeroShot
+
+__all__ = [
+    "R2D2",
+    "SVM",
+    "FittedHead",
+    "Head",
+    "HeadInputError",
+    "LinearClassifier",
+    "LogisticRegression",
+    "MetaOptNet",
+    "NearestNeighbour",
+    "NearestNeighbourClassifier",
+    "ProtoNet",
+    "PrototypeClassifier",
+    "Ridge",
+    "TipAdapter",
+    "TipAdapterClassifier",
+    "TipAdapterF",
+    "ZeroShot",
+    "create_head",
+    "fitted_from_state",
+    "head_arguments",
+    "list_heads",
+    "load_fitted",
+    "register_head",
+    "save_fitted",
+]

@@ -88,11 +88,15 @@ def _need(config: dict[str, Any], key: str, what: str) -> Any:
     return config[key]
 
 
-def _vit_from_hf(config: dict[str, Any], layer_scale: bool, pre_norm: bool, proj_dim: int | None) -> ViTConfig:
+def _vit_from_hf(
+    config: dict[str, Any], layer_scale: bool, pre_norm: bool, proj_dim: int | None
+) -> ViTConfig:
     width = int(_need(config, "hidden_size", "vit"))
     mlp = config.get("intermediate_size") or int(width * float(config.get("mlp_ratio", 4)))
     act = config.get("hidden_act", "gelu")
-    act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}.get(act, act)
+    act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}.get(
+        act, act
+    )
     return ViTConfig(
         image_size=int(_need(config, "image_size", "vit")),
         patch_size=int(_need(config, "patch_size", "vit")),
@@ -161,7 +165,9 @@ def _clip_vision(vc: dict[str, Any], sd: dict[str, Tensor], proj_dim: int | None
     if "embeddings.position_embedding.weight" in ours:
         ours["pos_embed"] = ours.pop("embeddings.position_embedding.weight").unsqueeze(0)
     model = VisionTransformer(cfg, preprocess=_clip_preprocess(cfg.image_size))
-    load_checked(model, {k: v for k, v in ours.items() if not _DROP.search(k)}, "Hugging Face CLIP vision tower")
+    load_checked(
+        model, {k: v for k, v in ours.items() if not _DROP.search(k)}, "Hugging Face CLIP vision tower"
+    )
     return model
 
 
@@ -173,7 +179,9 @@ def _split(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def convert_hf_clip(config: dict[str, Any], state_dict: dict[str, Tensor], tokenizer=None) -> CLIP | VisionTransformer:
+def convert_hf_clip(
+    config: dict[str, Any], state_dict: dict[str, Tensor], tokenizer=None
+) -> CLIP | VisionTransformer:
     """HF ``clip`` (both towers) -> :class:`CLIP`; ``clip_vision_model`` -> a CLIP-style ViT."""
     model_type = config.get("model_type", "clip")
     sd = strip_prefixes(state_dict, ("model.",))
@@ -198,5 +206,9 @@ def convert_hf_clip(config: dict[str, Any], state_dict: dict[str, Tensor], token
     if "embeddings.position_embedding.weight" in tsd:
         tsd["pos_embed"] = tsd.pop("embeddings.position_embedding.weight")
     load_checked(text, {k: v for k, v in tsd.items() if not _DROP.search(k)}, "Hugging Face CLIP text tower")
-    scale = float(sd["logit_scale"]) if "logit_scale" in sd else float(config.get("logit_scale_init_value", 2.6592))
+    scale = (
+        float(sd["logit_scale"])
+        if "logit_scale" in sd
+        else float(config.get("logit_scale_init_value", 2.6592))
+    )
     return CLIP(vision, text, tokenizer=tokenizer, logit_scale=scale)

@@ -112,6 +112,8 @@ def swin_config_from_hf(config: Mapping[str, Any]) -> SwinConfig:
 
     Hugging Face applies ``layer_norm_eps`` to the blocks and the final norm only; its
     patch-embedding and patch-merging norms keep PyTorch's 1e-5, hence ``patch_norm_eps=1e-5``.
+    Dropout and stochastic-depth rates are carried over (they act only in training mode; note
+    that ``transformers`` defaults ``drop_path_rate`` to 0.1).
     """
     model_type = config.get("model_type", "swin")
     if model_type != "swin":

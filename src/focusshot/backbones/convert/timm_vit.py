@@ -54,7 +54,9 @@ def convert_timm_vit(
     """
     sd = strip_prefixes(unwrap_checkpoint(state_dict), PREFIXES)
     if not is_timm_vit(sd):
-        raise ValueError("not a timm-layout ViT checkpoint: expected keys 'cls_token' and 'blocks.0.attn.qkv.weight'")
+        raise ValueError(
+            "not a timm-layout ViT checkpoint: expected keys 'cls_token' and 'blocks.0.attn.qkv.weight'"
+        )
     sd = {k: v for k, v in sd.items() if not _DROP.match(k)}
     width = sd["cls_token"].shape[-1]
     patch = sd["patch_embed.proj.weight"].shape[-1]

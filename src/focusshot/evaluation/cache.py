@@ -1,0 +1,631 @@
+"""The shared feature cache: pay for each image once (DESIGN, "Performance").
+
+A method declares the deepest frozen prefix of the backbone it needs (:class:`Prefix`); the
+runner asks :class:`FeatureCache` for that prefix of every image and gets a float32 tensor back.
+Each (backbone weights, preprocessing, prefix, image content) combination is computed once,
+stored on disk in float16, and reused across episodes, methods, runs and processes::
+
+    cache = FeatureCache("~/.cache/focusshot/features")
+    feats = cache.get(backbone, paths, Prefix.pooled())            # (N, num_features)
+    toks = cache.get(backbone, paths, Prefix.tokens(-2))           # (N, T, C): entering block L-2
+    heads = cache.get(backbone, paths, Prefix.head_out((9, 10)))   # (N, 2, H, D): [CLS] row per head
+
+On-disk layout: one safetensors file per entry, ``root/<key[:2]>/<key>.safetensors``, where
+``key`` is :func:`entry_key`. One file per entry keeps every write independent: a write goes
+to a temporary file in the entry's own folder and is published with ``os.replace`` (atomic on
+POSIX), so a reader sees either no entry or a whole one, any number of processes may fill one
+cache without locks (two writers of one entry write the same bytes; the last rename wins),
+and an interrupted run keeps every entry it finished. The two-hex-digit sub-folders keep
+folders small (256 of them; 10^6 entries give ~4,000 files each).
+
+Every entry is verified when read: it must parse as safetensors, carry this format's metadata
+and its own key, have the shape its metadata states and the shape the backbone and prefix
+imply, and its bytes must hash to the sha256 stored beside them. An entry that fails any check
+(truncated by a killed process, damaged on disk, written by another version) is recomputed
+and replaced, never returned. Because of the check no ``fsync`` is done on write.
+
+Values are stored as float16 (half the disk and memory of float32; well inside the noise of
+every few-shot head). An entry whose values do not fit in float16 (beyond +-65504) is stored
+as float32 instead, so nothing is ever silently turned into ``inf``. ``get`` returns float32
+computed from the stored values, so a result is bit-identical whether it was just computed,
+read from disk, or found in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from focusshot.attention.record import attention_modules, record
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.loading import weights_digest
+from focusshot.data.images import ImageError, load_rgb
+from focusshot.data.transforms import make_transform
+
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheStats",
+    "FeatureCache",
+    "Prefix",
+    "entry_key",
+    "expected_shape",
+    "file_sha256",
+]
+
+#: Version of the entry format and of the key recipe; bump it to invalidate every old entry.
+CACHE_FORMAT = "focusshot-feature-cache/1"
+
+PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out")
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+_TENSOR_NAME = "features"
+
+
+# --------------------------------------------------------------------------------------------
+# what is cached
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Which frozen prefix of a backbone to cache.
+
+    Attributes:
+        kind: ``"pooled"``: ``backbone.forward_features(x)`` (CLIP: the projected image
+            embedding), per image ``(num_features,)``.
+            ``"tokens"``: the tokens entering block ``layer`` of a ViT, i.e.
+            ``forward_blocks(embed(x), 0, layer)``, per image ``(T, C)``. ``layer`` is ``L - k``
+            for methods that train the last ``k`` of ``L`` blocks; a negative ``layer`` counts
+            from the end (``-k`` is ``L - k``), ``0`` is the embedding output and ``L`` the last
+            block's output (un-normed, what ``forward_head`` takes).
+            ``"head_out"``: the per-head outputs of the [CLS] row (before the output
+            projection) of the attention layers ``layer`` (a tuple, negatives from the end),
+            per image ``(len(layer), H, D)``, as ``record(..., "head_out")`` gives them.
+        layer: ``None`` for pooled, an int for tokens, a tuple of distinct ints for head_out.
+    """
+
+    kind: str
+    layer: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PREFIX_KINDS:
+            raise ValueError(f"unknown prefix kind {self.kind!r}; valid: {list(PREFIX_KINDS)}")
+        if self.kind == "pooled":
+            if self.layer is not None:
+                raise ValueError(f"a pooled prefix takes no layer, got {self.layer!r}")
+        elif self.kind == "tokens":
+            if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+                raise ValueError(
+                    f"a tokens prefix needs one int layer (the block whose input is cached), got "
+                    f"{self.layer!r}"
+                )
+        else:
+            layers = (self.layer,) if isinstance(self.layer, int) else self.layer
+            if not isinstance(layers, (tuple, list)) or not layers:
+                raise ValueError(f"a head_out prefix needs one or more attention layers, got {self.layer!r}")
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in layers):
+                raise ValueError(f"head_out layers must be ints, got {self.layer!r}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"head_out layers must be distinct, got {self.layer!r}")
+            object.__setattr__(self, "layer", tuple(int(v) for v in layers))
+
+    @classmethod
+    def pooled(cls) -> Prefix:
+        """Pooled (CLIP: projected) features ``(num_features,)`` per image."""
+        return cls("pooled")
+
+    @classmethod
+    def tokens(cls, layer: int) -> Prefix:
+        """Tokens entering block ``layer`` (``-k``: ``L - k``), ``(T, C)`` per image."""
+        return cls("tokens", layer)
+
+    @classmethod
+    def head_out(cls, layers: int | Sequence[int]) -> Prefix:
+        """[CLS]-row per-head outputs of attention ``layers``, ``(len(layers), H, D)`` per image."""
+        return cls("head_out", tuple(layers) if isinstance(layers, Sequence) else layers)
+
+    def key(self) -> str:
+        """This prefix in cache keys: ``"pooled"``, ``"tokens:10"``, ``"head_out:9,10"``..."""
+        if self.kind == "pooled":
+            return "pooled"
+        if self.kind == "tokens":
+            return f"tokens:{self.layer}"
+        return "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
+
+    def resolve(self, backbone: nn.Module) -> Prefix:
+        """This prefix with negative layers turned into absolute ones for ``backbone`` (checked).
+
+        Raises:
+            ValueError: the backbone cannot produce this prefix (no ViT token path, no global
+                [CLS] attention) or a layer is out of range.
+        """
+        if self.kind == "pooled":
+            return self
+        if self.kind == "tokens":
+            vit = _vit_tower(backbone)
+            if vit is None:
+                raise ValueError(
+                    f"{type(backbone).__name__} has no ViT token path (embed + forward_blocks); "
+                    "cache its pooled features instead"
+                )
+            depth = len(vit.blocks)
+            layer = int(self.layer)  # type: ignore[arg-type]
+            if not -depth <= layer <= depth:
+                raise ValueError(
+                    f"tokens layer {layer} out of range for {depth} blocks (valid: -{depth}..{depth})"
+                )
+            return Prefix("tokens", layer if layer >= 0 else depth + layer)
+        caps = getattr(backbone, "capabilities", None)
+        modules = attention_modules(backbone)
+        if not modules or (caps is not None and not caps.global_cls):
+            raise ValueError(
+                f"{type(backbone).__name__} has no global [CLS] attention to cache head outputs of "
+                "(capabilities.global_cls is False)"
+            )
+        total = len(modules)
+        bad = [v for v in self.layer if not -total <= v < total]  # type: ignore[union-attr]
+        if bad:
+            raise ValueError(f"head_out layers {bad} out of range for {total} attention layers")
+        return Prefix("head_out", tuple(v % total for v in self.layer))  # type: ignore[union-attr]
+
+
+def _vit_tower(backbone: nn.Module) -> nn.Module | None:
+    """The module with ``embed`` and ``forward_blocks`` (the backbone itself, or a CLIP's ``visual``)."""
+    for m in (backbone, getattr(backbone, "visual", None)):
+        if (
+            m is not None
+            and callable(getattr(m, "embed", None))
+            and callable(getattr(m, "forward_blocks", None))
+            and isinstance(getattr(m, "blocks", None), nn.ModuleList)
+        ):
+            return m
+    return None
+
+
+def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
+    """Per-image shape of ``prefix`` (resolved) on ``backbone`` at its preprocessing's crop size.
+
+    ``(num_features,)`` for pooled, ``(prefix_tokens + rows * cols, width)`` for tokens and
+    ``(len(layers), H, D)`` for head_out.
+    """
+    if prefix.kind == "pooled":
+        return (int(backbone.num_features),)
+    if prefix.kind == "tokens":
+        vit = _vit_tower(backbone)
+        assert vit is not None  # resolve() checked it
+        rows, cols = vit.grid_size(backbone.preprocess.crop)
+        width = int(vit.cls_token.shape[-1])
+        return (int(vit.num_prefix_tokens) + rows * cols, width)
+    modules = attention_modules(backbone)
+    heads = {(modules[i].num_heads, modules[i].head_dim) for i in prefix.layer}  # type: ignore[union-attr]
+    if len(heads) != 1:
+        raise ValueError(
+            f"head_out layers {prefix.layer} differ in heads x head_dim ({sorted(heads)}); "
+            "cache them with one prefix each"
+        )
+    ((h, d),) = heads
+    return (len(prefix.layer), int(h), int(d))  # type: ignore[arg-type]
+
+
+def _compute(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
+    """Images ``(B, 3, H, W)`` -> ``(B, *expected_shape)`` for a resolved ``prefix``."""
+    if prefix.kind == "pooled":
+        return backbone.forward_features(x)
+    vit = _vit_tower(backbone)
+    if prefix.kind == "tokens":
+        return vit.forward_blocks(vit.embed(x), 0, prefix.layer)  # type: ignore[union-attr]
+    layers = list(prefix.layer)  # type: ignore[arg-type]
+    with record(backbone, "head_out", layers=layers) as rec:
+        if vit is not None and len(vit.attention_modules()) == len(vit.blocks):
+            vit.forward_blocks(vit.embed(x), 0, max(layers) + 1)  # later blocks are not needed
+        else:
+            backbone.forward_features(x)
+    return torch.stack([rec.get("head_out", i)[:, :, 0] for i in layers], dim=1)  # (B, len, H, D)
+
+
+# --------------------------------------------------------------------------------------------
+# keys
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _architecture(backbone: nn.Module) -> str:
+    """The class and config of the image tower: what the weights hash cannot tell (activations, eps...)."""
+    tower = getattr(backbone, "visual", backbone)
+    return f"{type(backbone).__name__}/{type(tower).__name__}:{getattr(tower, 'cfg', None)!r}"
+
+
+def entry_key(
+    weights_sha256: str, preprocess: dict, prefix_key: str, image_sha256: str, architecture: str = ""
+) -> str:
+    """The cache key of one entry: sha256 (hex) of all that determines its value.
+
+    Args:
+        weights_sha256: ``backbone.identity.weights_sha256``.
+        preprocess: the transform's settings (``make_transform(preprocess).to_dict()``).
+        prefix_key: ``Prefix.key()`` of the resolved prefix.
+        image_sha256: sha256 of the image file's bytes.
+        architecture: class and config of the image tower.
+    """
+    payload = {
+        "format": CACHE_FORMAT,
+        "weights_sha256": weights_sha256,
+        "architecture": architecture,
+        "preprocess": preprocess,
+        "prefix": prefix_key,
+        "image_sha256": image_sha256,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# entries on disk
+
+
+def _tensor_sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _encode_entry(values: Tensor, key: str, extra: dict[str, str]) -> tuple[Tensor, bytes]:
+    """One image's values (any float dtype) -> (stored tensor, safetensors bytes)."""
+    values = values.detach().cpu()
+    stored = values.to(torch.float16)
+    if not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(values).all()):
+        stored = values.to(torch.float32)  # out of float16 range: keep it exact rather than inf
+    stored = stored.contiguous()
+    meta = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "shape": json.dumps(list(stored.shape)),
+        "dtype": str(stored.dtype).removeprefix("torch."),
+        "data_sha256": _tensor_sha256(stored),
+        **extra,
+    }
+    return stored, st_save({_TENSOR_NAME: stored}, metadata=meta)
+
+
+def _decode_entry(data: bytes, key: str, shape: tuple[int, ...]) -> Tensor | None:
+    """Parse and verify an entry's bytes; ``None`` when anything is off."""
+    try:
+        if len(data) < 8:
+            return None
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if header_len > len(data) - 8:
+            return None
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+            return None
+        tensors = st_load(data)
+        t = tensors.get(_TENSOR_NAME)
+        if t is None or len(tensors) != 1 or t.dtype not in (torch.float16, torch.float32):
+            return None
+        if tuple(t.shape) != shape or json.loads(meta.get("shape", "null")) != list(shape):
+            return None
+        if str(t.dtype).removeprefix("torch.") != meta.get("dtype"):
+            return None
+        if _tensor_sha256(t) != meta.get("data_sha256"):
+            return None
+        return t
+    except Exception:  # any parse failure means a damaged entry
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:16]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# the cache
+
+
+@dataclass
+class CacheStats:
+    """Counts over :meth:`FeatureCache.get` calls, one per requested image.
+
+    Attributes:
+        memory_hits: served from the in-memory layer.
+        disk_hits: read (and verified) from disk.
+        misses: computed with the backbone (``corrupt`` ones included).
+        corrupt: on disk but failing verification, hence recomputed and replaced.
+        written: entries written to disk.
+    """
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    written: int = 0
+
+    @property
+    def hits(self) -> int:
+        """Images served without running the backbone."""
+        return self.memory_hits + self.disk_hits
+
+    def reset(self) -> None:
+        self.memory_hits = self.disk_hits = self.misses = self.corrupt = self.written = 0
+
+
+class FeatureCache:
+    """Frozen-prefix features of image files, computed once and kept on disk (see the module doc).
+
+    Args:
+        root: the cache folder (created on demand; may be shared by processes and runs).
+        memory_bytes: budget of the in-memory layer (least recently used entries leave
+            first); ``0`` turns it off.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], memory_bytes: int = 2 << 30) -> None:
+        self.root = Path(os.path.expanduser(os.fspath(root)))
+        self.memory_bytes = int(memory_bytes)
+        self.stats = CacheStats()
+        self._memory: OrderedDict[str, Tensor] = OrderedDict()
+        self._memory_used = 0
+        # absolute path -> ((size, mtime_ns, inode, device), sha256): images are not re-read
+        # while their stat signature is unchanged.
+        self._image_sha: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+
+    # ---- paths and keys
+
+    def path_for(self, key: str) -> Path:
+        """Where the entry ``key`` lives: ``root/<key[:2]>/<key>.safetensors``."""
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def image_sha256(self, path: str | os.PathLike[str]) -> str:
+        """sha256 of an image file's bytes, remembered while its size, mtime and inode hold."""
+        full = os.path.abspath(os.fspath(path))
+        st = os.stat(full)
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        known = self._image_sha.get(full)
+        if known is not None and known[0] == sig:
+            return known[1]
+        digest = file_sha256(full)
+        self._image_sha[full] = (sig, digest)
+        return digest
+
+    def keys(self, backbone: Backbone, paths: Sequence[str | os.PathLike[str]], prefix: Prefix) -> list[str]:
+        """The entry key of every image in ``paths`` for ``prefix`` of ``backbone``."""
+        base = self._key_base(backbone, prefix.resolve(backbone))
+        return [entry_key(*base[:3], self.image_sha256(p), base[3]) for p in paths]
+
+    @staticmethod
+    def _key_base(backbone: Backbone, prefix: Prefix) -> tuple[str, dict, str, str]:
+        weights = backbone.identity.weights_sha256 or weights_digest(backbone)
+        transform = make_transform(backbone.preprocess).to_dict()
+        return weights, transform, prefix.key(), _architecture(backbone)
+
+    # ---- memory layer
+
+    def _remember(self, key: str, t: Tensor) -> None:
+        if self.memory_bytes <= 0 or key in self._memory:
+            return
+        size = t.numel() * t.element_size()
+        if size > self.memory_bytes:
+            return
+        self._memory[key] = t
+        self._memory_used += size
+        while self._memory_used > self.memory_bytes:
+            _, old = self._memory.popitem(last=False)
+            self._memory_used -= old.numel() * old.element_size()
+
+    def clear_memory(self) -> None:
+        """Drop the in-memory layer (the disk entries stay)."""
+        self._memory.clear()
+        self._memory_used = 0
+        self._image_sha.clear()
+
+    # ---- disk
+
+    def read(self, key: str, shape: tuple[int, ...]) -> Tensor | None:
+        """The verified stored tensor of entry ``key`` (float16 or float32), ``None`` if absent or damaged."""
+        try:
+            data = self.path_for(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return _decode_entry(data, key, shape)
+
+    def verify(self) -> list[Path]:
+        """Files under ``root`` that are not a valid entry for their own name (shape unchecked)."""
+        bad: list[Path] = []
+        for path in sorted(self.root.glob("*/*.safetensors")):
+            key = path.stem
+            data = path.read_bytes()
+            try:
+                (n,) = struct.unpack("<Q", data[:8])
+                shape = tuple(json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["shape"]))
+            except Exception:
+                bad.append(path)
+                continue
+            if _decode_entry(data, key, shape) is None:
+                bad.append(path)
+        return bad
+
+    def temporary_files(self) -> list[Path]:
+        """Left-over temporary files (from killed writers, or writers still running)."""
+        return sorted(self.root.glob("*/.*.tmp"))
+
+    # ---- the main call
+
+    def get(
+        self,
+        backbone: Backbone,
+        paths: Sequence[str | os.PathLike[str]],
+        prefix: Prefix,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> Tensor:
+        """``prefix`` of every image in ``paths``: float32 ``(N, *expected_shape(backbone, prefix))``.
+
+        Entries found in memory or (verified) on disk are reused; the rest are computed in
+        batches of ``batch_size`` under ``torch.inference_mode`` on the backbone's device (in
+        eval mode; its mode is restored afterwards), written to disk as they are computed, and
+        returned. The next batch's images are decoded in a background thread while the
+        backbone runs.
+
+        Raises:
+            FileNotFoundError: a path does not exist (before anything is computed).
+            ImageError: an image cannot be decoded; it names the file (and counts the others).
+                Every other image is still computed and stored first, so nothing is lost and a
+                rerun computes only what was missing.
+            ValueError: the backbone cannot produce ``prefix``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        prefix = prefix.resolve(backbone)
+        shape = expected_shape(backbone, prefix)
+        weights, transform_cfg, prefix_key, arch = self._key_base(backbone, prefix)
+        str_paths = [os.fspath(p) for p in paths]
+        keys = [entry_key(weights, transform_cfg, prefix_key, self.image_sha256(p), arch) for p in str_paths]
+
+        found: dict[str, Tensor] = {}
+        source: dict[str, str] = {}  # key -> "memory", "disk" or "computed"
+        todo: dict[str, str] = {}  # key -> a path to compute it from
+        for key, path in zip(keys, str_paths, strict=True):
+            if key in source:
+                continue
+            t = self._memory.get(key)
+            if t is not None:
+                self._memory.move_to_end(key)
+                found[key], source[key] = t, "memory"
+                continue
+            t = self.read(key, shape)
+            if t is not None:
+                self._remember(key, t)
+                found[key], source[key] = t, "disk"
+                continue
+            if self.path_for(key).exists():
+                self.stats.corrupt += 1
+            todo[key], source[key] = path, "computed"
+
+        errors: list[ImageError] = []
+        if todo:
+            extra = {"prefix": prefix_key, "backbone": str(backbone.identity.name), "weights_sha256": weights}
+            errors = self._fill(backbone, prefix, shape, todo, found, batch_size, progress, extra)
+        for key in keys:
+            kind = source[key]
+            if kind == "memory":
+                self.stats.memory_hits += 1
+            elif kind == "disk":
+                self.stats.disk_hits += 1
+            else:
+                self.stats.misses += 1
+        if errors:
+            first = errors[0]
+            others = [str(e.path) for e in errors[1:4]]
+            more = f" (and {len(errors) - 1} more unreadable image(s), e.g. {others})"
+            raise ImageError(first.path, first.reason + (more if len(errors) > 1 else ""))
+        if not keys:
+            return torch.zeros((0, *shape), dtype=torch.float32)
+        return torch.stack([found[k] for k in keys]).float()
+
+    def _fill(
+        self,
+        backbone: Backbone,
+        prefix: Prefix,
+        shape: tuple[int, ...],
+        todo: dict[str, str],
+        found: dict[str, Tensor],
+        batch_size: int,
+        progress: bool,
+        extra: dict[str, str],
+    ) -> list[ImageError]:
+        """Compute, store and remember every entry of ``todo``; returns the images that failed."""
+        transform = make_transform(backbone.preprocess)
+        items = list(todo.items())
+        chunks = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
+        try:
+            device = next(backbone.parameters()).device
+        except StopIteration:
+            device = torch.device("cpu")
+        errors: list[ImageError] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), unit="img", desc=f"cache {prefix.key()}")
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            for chunk, (ok, batch, bad) in zip(chunks, _prefetched(chunks, transform), strict=True):
+                errors.extend(bad)
+                if ok:
+                    with torch.inference_mode():
+                        out = _compute(backbone, prefix, batch.to(device)).float().cpu()
+                    if tuple(out.shape[1:]) != shape:
+                        raise RuntimeError(
+                            f"{type(backbone).__name__} gave {tuple(out.shape[1:])} per image for "
+                            f"{prefix.key()}, expected {shape}"
+                        )
+                    for (key, _), values in zip(ok, out, strict=True):
+                        stored, data = _encode_entry(values.clone(), key, extra)
+                        _write_atomic(self.path_for(key), data)
+                        self.stats.written += 1
+                        self._remember(key, stored)
+                        found[key] = stored
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            backbone.train(was_training)
+            if bar is not None:
+                bar.close()
+        return errors
+
+
+def _load_chunk(
+    chunk: list[tuple[str, str]], transform: Callable
+) -> tuple[list[tuple[str, str]], Tensor | None, list[ImageError]]:
+    ok: list[tuple[str, str]] = []
+    tensors: list[Tensor] = []
+    bad: list[ImageError] = []
+    for key, path in chunk:
+        try:
+            tensors.append(transform(load_rgb(path)))
+            ok.append((key, path))
+        except ImageError as err:
+            bad.append(err)
+    return ok, (torch.stack(tensors) if tensors else None), bad
+
+
+def _prefetched(
+    chunks: list[list[tuple[str, str]]], transform: Callable
+) -> Iterator[tuple[list[tuple[str, str]], Tensor | None, list[ImageError]]]:
+    """Decoded chunks in order; chunk ``i + 1`` is decoded in a thread while ``i`` is consumed."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_load_chunk, chunks[0], transform)
+        for i in range(len(chunks)):
+            result = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(_load_chunk, chunks[i + 1], transform)
+            yield result
