@@ -282,7 +282,7 @@ class TipAdapterF(TipAdapter):
                     loss.backward()
                     opt.step()
                     sched.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                 losses.append(total / n)
             trained = keys.detach().clone()
         info = {"epochs": self.epochs, "train_loss": losses, "seed": self.seed}

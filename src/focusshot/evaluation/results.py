@@ -1,0 +1,181 @@
+"""Resumable result logs and summaries.
+
+One JSONL line per episode (or split run) is appended and flushed as soon as it is done; a
+restarted run reads the log, skips what is there, and ends with the same summary as an
+uninterrupted one. ``run.json`` beside the log holds the run's configuration, seed, versions and
+backbone identity; a restart with a different configuration is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import focusshot
+from focusshot.evaluation.metrics import mean_ci95, paired_difference
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded beside every result."""
+    return {
+        "focusshot": focusshot.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class ResultLog:
+    """Append-only JSONL log of finished units of work, keyed by ``key_fields``.
+
+    Args:
+        directory: the run's output folder (created).
+        run_info: the run's configuration; stored in ``run.json``. When ``run.json`` exists, its
+            ``config`` must equal ``run_info["config"]`` or :class:`ValueError` names the fields
+            that differ.
+        key_fields: the fields that identify one unit (e.g. ``("method", "episode")``).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], run_info: dict[str, Any], key_fields: tuple[str, ...]):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "results.jsonl"
+        self.key_fields = key_fields
+        info_path = self.directory / "run.json"
+        if info_path.is_file():
+            old = json.loads(info_path.read_text())
+            if old.get("config") != run_info.get("config"):
+                diff = sorted(
+                    k
+                    for k in set(old.get("config", {})) | set(run_info.get("config", {}))
+                    if old.get("config", {}).get(k) != run_info.get("config", {}).get(k)
+                )
+                raise ValueError(
+                    f"{self.directory} holds results of a different run (config differs in {diff}); "
+                    "use another --output folder"
+                )
+        else:
+            tmp = info_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
+            tmp.replace(info_path)
+        self.rows: list[dict[str, Any]] = self._read()
+        self.done = {self.key(r) for r in self.rows}
+
+    def key(self, row: dict[str, Any]) -> tuple:
+        return tuple(row[f] for f in self.key_fields)
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        rows, good_bytes = [], 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                    good_bytes += len(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by a killed run: drop it and everything after
+        if good_bytes != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+        return rows
+
+    def has(self, **key: Any) -> bool:
+        return tuple(key[f] for f in self.key_fields) in self.done
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write ``row`` as one line, flushed and synced before returning."""
+        k = self.key(row)
+        if k in self.done:
+            raise ValueError(f"{k} is already in {self.path}")
+        line = json.dumps(row, sort_keys=True, default=float) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+        self.done.add(k)
+
+
+def summarise(rows: Iterable[dict[str, Any]], group: tuple[str, ...], metrics: tuple[str, ...], ci: bool):
+    """Mean (and 95% CI half width, or std when ``ci`` is false) of ``metrics`` per ``group``."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[g] for g in group), []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+        items = groups[key]
+        row: dict[str, Any] = dict(zip(group, key, strict=True))
+        row["n"] = len(items)
+        for m in metrics:
+            vals = np.array([it[m] for it in items if it.get(m) is not None], dtype=float)
+            if not len(vals):
+                continue
+            if ci:
+                mean, half = mean_ci95(vals)
+                row[m], row[f"{m}_ci95"] = mean, half
+            else:
+                row[m] = float(vals.mean())
+                row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def paired(rows: list[dict[str, Any]], methods: list[str], unit: str) -> list[dict[str, Any]]:
+    """Paired accuracy differences of every method against the first, over shared ``unit`` values."""
+    if len(methods) < 2:
+        return []
+    acc = {m: {r[unit]: r["accuracy"] for r in rows if r["method"] == m} for m in methods}
+    base = methods[0]
+    out = []
+    for m in methods[1:]:
+        shared = sorted(set(acc[m]) & set(acc[base]))
+        if len(shared) < 2:
+            continue
+        res = paired_difference([acc[m][u] for u in shared], [acc[base][u] for u in shared])
+        out.append({
+            "method": m, "baseline": base, "mean_difference": res.mean, "ci95": res.half_width,
+            "method_better": res.a_better, "baseline_better": res.b_better, "ties": res.ties,
+            "episodes": res.episodes, "significant": res.significant,
+        })
+    return out
+
+
+def write_tables(directory: Path, summary: list[dict[str, Any]], name: str = "summary") -> tuple[Path, Path]:
+    """Write ``summary`` rows as ``<name>.csv`` and ``<name>.md`` in ``directory``."""
+    cols: list[str] = []
+    for r in summary:
+        cols += [c for c in r if c not in cols]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in summary:
+        writer.writerow(r)
+    csv_path = directory / f"{name}.csv"
+    csv_path.write_text(buf.getvalue())
+    md_path = directory / f"{name}.md"
+    md_path.write_text(markdown_table(summary, cols))
+    return csv_path, md_path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """A GitHub markdown table of ``rows`` over ``cols``."""
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""Class names -> CLIP text classifier weights (Radford et al., 2021, "prompt ensembling")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+#: A short ensemble of CLIP's ImageNet prompt templates.
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a bad photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "itap of a {}.",
+)
+
+
+def readable(name: str) -> str:
+    """A folder-style class name as words: ``"t_shirt"`` -> ``"t shirt"``."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+@torch.inference_mode()
+def class_text_embeddings(
+    clip, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> Tensor:
+    """Text embeddings ``(C, T, D)`` of every class name in every template, each L2-normalised.
+
+    Args:
+        clip: a :class:`focusshot.backbones.clip.CLIP` (anything with ``encode_text`` and a tokenizer).
+        class_names: the C class names (underscores read as spaces).
+        templates: T prompt templates with one ``{}``.
+    """
+    if not hasattr(clip, "encode_text"):
+        raise ValueError(f"{type(clip).__name__} has no text tower: zero-shot heads need a CLIP backbone")
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError("every template needs one '{}' where the class name goes")
+    texts = [t.format(readable(c)) for c in class_names for t in templates]
+    emb = clip.encode_text(texts).float()
+    emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return emb.reshape(len(class_names), len(templates), -1)
