@@ -43,7 +43,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         for err in emb.bad:
             print(f"  {err.path}: {err.reason}", file=sys.stderr)
         print(
-            f"the {len(emb.paths)} good images were saved to {partial}; rerun with --skip-bad to skip bad files",
+            f"the {len(emb.paths)} good images were saved to {partial}; "
+            "rerun with --skip-bad to skip bad files",
             file=sys.stderr,
         )
         return 2
@@ -52,6 +53,93 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     save_embeddings(emb, output, backbone)
     print(f"wrote {tuple(emb.features.shape)} features of {backbone.identity.name} to {output}")
     return 0
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from focusshot.api import evaluate
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    shots: int | list[int] = args.shots if args.protocol == "split" else args.shots[0]
+    if args.protocol == "episodic" and len(args.shots) != 1:
+        print("error: --shots takes one value under the episodic protocol", file=sys.stderr)
+        return 2
+    out = evaluate(
+        args.backbone,
+        args.data,
+        methods,
+        args.protocol,
+        args.output,
+        ways=args.ways,
+        shots=shots,
+        queries=args.queries,
+        episodes=args.episodes,
+        seed=args.seed,
+        split=args.split,
+        seeds=args.seeds,
+        cache_dir=args.cache_dir,
+        pretrained=not args.random_weights,
+        progress=not args.quiet,
+    )
+    print((out.directory / "summary.md").read_text(), end="")
+    if out.paired:
+        print()
+        print((out.directory / "paired.md").read_text(), end="")
+    print(f"results in {out.directory}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from focusshot.api import fit
+
+    clf = fit(
+        args.support,
+        backbone=args.backbone,
+        method=args.method,
+        pretrained=not args.random_weights,
+        progress=not args.quiet,
+    )
+    path = clf.save(args.output)
+    print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from focusshot.api import Classifier
+    from focusshot.data.images import list_images
+
+    clf = Classifier.load(args.classifier)
+    paths = list_images(args.images if len(args.images) > 1 else args.images[0])
+    if not paths:
+        print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+    probs, kept, bad = clf.predict_proba(paths, progress=not args.quiet)
+    for err in bad:
+        print(f"could not read {err.path}: {err.reason}", file=sys.stderr)
+    k = min(args.top_k, len(clf.class_names))
+    values, idx = probs.topk(k, dim=-1)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path", "label", "confidence"] + [f"top{i + 1}_{w}" for i in range(k) for w in ("label", "p")]
+        )
+        for p, v, i in zip(kept, values, idx, strict=True):
+            top = [
+                x for c, pv in zip(i, v, strict=True) for x in (clf.class_names[int(c)], f"{float(pv):.6f}")
+            ]
+            writer.writerow([p, clf.class_names[int(i[0])], f"{float(v[0]):.6f}", *top])
+    print(f"wrote {len(kept)} predictions to {out}")
+    return 2 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +165,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
+
+    from focusshot.evaluation.protocols import EpisodicConfig
+
+    d = EpisodicConfig()
+    p = sub.add_parser("evaluate", help="compare methods under the episodic or split protocol")
+    p.add_argument("--backbone", required=True, help="registry name, hf:<repo id>, or a local checkpoint")
+    p.add_argument(
+        "--data", required=True, help="class folders (with train/val/test), a manifest, or a split file"
+    )
+    p.add_argument("--protocol", choices=["episodic", "split"], default="episodic")
+    p.add_argument("--method", default="protonet", help="comma-separated methods (see `focusshot methods`)")
+    p.add_argument("--ways", type=int, default=d.ways, help="N, classes per episode")
+    p.add_argument(
+        "--shots", type=_ints, default=[d.shots], help="K (split protocol: a comma list, e.g. 1,2,4,8,16)"
+    )
+    p.add_argument("--queries", type=int, default=d.queries, help="Q, queries per class")
+    p.add_argument("--episodes", type=int, default=d.episodes, help="E, number of episodes")
+    p.add_argument("--seed", type=int, default=d.seed, help="episode sampler seed")
+    p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split protocol: few-shot sampling seeds")
+    p.add_argument("--split", default=None, help="episodic: the split to draw episodes from (default test)")
+    p.add_argument("--output", default="runs/evaluate", help="results folder (a rerun resumes it)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE or ~/.cache)")
+    p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("fit", help="fit a classifier on a folder of labelled support images")
+    p.add_argument("support", help="folder with one sub-folder per class (or a manifest)")
+    p.add_argument("--backbone", required=True, help="registry name, hf:<repo id>, or a local checkpoint")
+    p.add_argument("--method", default="protonet", help="a frozen-feature method (see `focusshot methods`)")
+    p.add_argument("--output", required=True, help="classifier file to write (.safetensors)")
+    p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("predict", help="classify images with a fitted classifier")
+    p.add_argument("classifier", help="a file written by `focusshot fit`")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--output", required=True, help="CSV to write: path, label, confidence, top-k")
+    p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("methods", help="list the methods evaluate and fit accept")
+    p.set_defaults(func=_cmd_methods)
     return parser
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from focusshot.methods.feature_heads import create_feature_method, list_feature_methods
+
+    for name in list_feature_methods():
+        m = create_feature_method(name)
+        print(f"{name:<20} head={m.head:<18} {'needs a CLIP backbone' if m.needs_text else ''}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,9 @@ def test_matches_sklearn(clustered, C: float, fit_intercept: bool) -> None:
     ref_obj = float(logistic_objective(xs, ys, ref_w, ref_b, C))
     assert fitted.info["objective"] == pytest.approx(ref_obj, rel=1e-4)
     assert fitted.info["objective"] <= ref_obj * (1 + 1e-8)  # ours is at least as good
-    np.testing.assert_allclose(fitted.weight.numpy(), ref.coef_, atol=1e-3 * max(1.0, np.abs(ref.coef_).max()))
+    np.testing.assert_allclose(
+        fitted.weight.numpy(), ref.coef_, atol=1e-3 * max(1.0, np.abs(ref.coef_).max())
+    )
     assert fitted.info["C"] == C
 
 

@@ -21,7 +21,9 @@ def test_ridge_matches_sklearn(clustered, fit_intercept: bool, n_shot: int, dim:
     ref = linear_model.Ridge(alpha=lam, fit_intercept=fit_intercept, solver="cholesky")
     ref.fit(xs.numpy(), np.eye(4)[ys.numpy()])
     np.testing.assert_allclose(fitted.weight.numpy(), ref.coef_, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(fitted.bias.numpy(), np.broadcast_to(ref.intercept_, (4,)), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        fitted.bias.numpy(), np.broadcast_to(ref.intercept_, (4,)), rtol=1e-8, atol=1e-10
+    )
     np.testing.assert_allclose(fitted.logits(xq).numpy(), ref.predict(xq.numpy()), rtol=1e-8, atol=1e-10)
 
 

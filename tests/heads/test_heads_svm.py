@@ -12,7 +12,9 @@ cp = pytest.importorskip("cvxpy")
 svm = pytest.importorskip("sklearn.svm")
 
 
-def cvxpy_binary_svm(x: np.ndarray, s: np.ndarray, C: float, loss: str, intercept: bool) -> tuple[float, np.ndarray]:
+def cvxpy_binary_svm(
+    x: np.ndarray, s: np.ndarray, C: float, loss: str, intercept: bool
+) -> tuple[float, np.ndarray]:
     """min 1/2 (||w||^2 + b^2) + C sum loss(s (x w + b)), the bias penalised as LIBLINEAR does."""
     w = cp.Variable(x.shape[1])
     b = cp.Variable() if intercept else 0.0

@@ -74,8 +74,10 @@ def _text(backbone: Backbone, methods: list[FeatureHeadMethod], class_names: lis
         return None
     if not backbone.capabilities.text:
         bad = [m.name for m in methods if m.needs_text]
-        raise ValueError(f"method(s) {bad} need class text embeddings, but backbone "
-                         f"{backbone.identity.name!r} has no text tower")
+        raise ValueError(
+            f"method(s) {bad} need class text embeddings, but backbone "
+            f"{backbone.identity.name!r} has no text tower"
+        )
     from focusshot.methods.text import class_text_embeddings
 
     return class_text_embeddings(backbone, class_names)
@@ -117,8 +119,15 @@ def run_episodic(
         stop_after: stop after this many new episodes (to test resumption); ``None`` runs all.
     """
     ms = _methods(methods)
-    sampler = EpisodeSampler(data.labels, config.ways, config.shots, config.queries, config.episodes,
-                             config.seed, class_names=data.class_names)
+    sampler = EpisodeSampler(
+        data.labels,
+        config.ways,
+        config.shots,
+        config.queries,
+        config.episodes,
+        config.seed,
+        class_names=data.class_names,
+    )
     info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint}, methods)
     info["data_classes"] = data.class_names
     log = ResultLog(output, info, ("method", "episode"))
@@ -135,14 +144,23 @@ def run_episodic(
         ys, yq = torch.tensor(ep.support_labels), torch.tensor(ep.query_labels)
         assert bool((labels[sup] == torch.tensor(ep.classes)[ys]).all())
         for m in todo:
-            fitted = m.fit(feats[sup], ys, ep.ways,
-                           text_embeddings=None if text is None else text[list(ep.classes)])
+            fitted = m.fit(
+                feats[sup], ys, ep.ways, text_embeddings=None if text is None else text[list(ep.classes)]
+            )
             logits = fitted.logits(feats[qry])
-            log.append({
-                "method": m.name, "episode": ep.index, "seed": ep.seed, "run_seed": config.seed,
-                "ways": ep.ways, "shots": ep.shots, "queries": ep.queries,
-                "accuracy": accuracy(logits, yq), "nll": nll(logits, yq, from_logits=True),
-            })
+            log.append(
+                {
+                    "method": m.name,
+                    "episode": ep.index,
+                    "seed": ep.seed,
+                    "run_seed": config.seed,
+                    "ways": ep.ways,
+                    "shots": ep.shots,
+                    "queries": ep.queries,
+                    "accuracy": accuracy(logits, yq),
+                    "nll": nll(logits, yq, from_logits=True),
+                }
+            )
         new += bool(todo)
         if bar is not None:
             bar.update(1)
@@ -175,8 +193,12 @@ def run_split(
             raise ValueError(f"the split protocol needs a {need!r} split; found {sorted(splits)}")
     ms = _methods(methods)
     train, test, val = splits["train"], splits["test"], splits.get("val")
-    info = _base_info(backbone, "split", {**asdict(config), "shots": list(config.shots),
-                                          "seeds": list(config.seeds)}, methods)
+    info = _base_info(
+        backbone,
+        "split",
+        {**asdict(config), "shots": list(config.shots), "seeds": list(config.seeds)},
+        methods,
+    )
     info["data_classes"] = train.class_names
     log = ResultLog(output, info, ("method", "shots", "split_seed"))
     f_train = _features(cache, backbone, train, progress)
@@ -187,26 +209,44 @@ def run_split(
     classes = len(train.class_names)
     for k in config.shots:
         for s in config.seeds:
-            idx = torch.tensor(few_shot_indices(train.labels, k, s, num_classes=classes,
-                                                class_names=train.class_names))
+            idx = torch.tensor(
+                few_shot_indices(train.labels, k, s, num_classes=classes, class_names=train.class_names)
+            )
             vf = vl = None
             if val is not None and f_val is not None:
-                vidx = torch.tensor(few_shot_indices(val.labels, validation_shots(k), s, num_classes=classes,
-                                                     class_names=val.class_names, allow_fewer=True))
+                vidx = torch.tensor(
+                    few_shot_indices(
+                        val.labels,
+                        validation_shots(k),
+                        s,
+                        num_classes=classes,
+                        class_names=val.class_names,
+                        allow_fewer=True,
+                    )
+                )
                 vf, vl = f_val[vidx], torch.tensor(val.labels)[vidx]
             for m in ms:
                 if log.has(method=m.name, shots=k, split_seed=s):
                     continue
-                fitted = m.fit(f_train[idx], y_train[idx], classes, text_embeddings=text,
-                               val_features=vf, val_labels=vl)
+                fitted = m.fit(
+                    f_train[idx], y_train[idx], classes, text_embeddings=text, val_features=vf, val_labels=vl
+                )
                 logits = fitted.logits(f_test)
                 probs = logits.double().softmax(-1)
-                log.append({
-                    "method": m.name, "shots": k, "split_seed": s, "seed": s,
-                    "accuracy": accuracy(logits, y_test), "ece": ece(probs, y_test), "nll": nll(probs, y_test),
-                    "selected": _selected(fitted), "selected_on": "val" if vf is not None else "defaults",
-                    "test_images": len(test.paths),
-                })
+                log.append(
+                    {
+                        "method": m.name,
+                        "shots": k,
+                        "split_seed": s,
+                        "seed": s,
+                        "accuracy": accuracy(logits, y_test),
+                        "ece": ece(probs, y_test),
+                        "nll": nll(probs, y_test),
+                        "selected": _selected(fitted),
+                        "selected_on": "val" if vf is not None else "defaults",
+                        "test_images": len(test.paths),
+                    }
+                )
     summary = summarise(log.rows, ("method", "shots"), ("accuracy", "ece", "nll"), ci=False)
     write_tables(log.directory, summary)
     return RunOutcome(log.directory, log.rows, summary, [])

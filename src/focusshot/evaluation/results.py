@@ -45,7 +45,9 @@ class ResultLog:
         key_fields: the fields that identify one unit (e.g. ``("method", "episode")``).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], run_info: dict[str, Any], key_fields: tuple[str, ...]):
+    def __init__(
+        self, directory: str | os.PathLike[str], run_info: dict[str, Any], key_fields: tuple[str, ...]
+    ):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "results.jsonl"
@@ -142,11 +144,19 @@ def paired(rows: list[dict[str, Any]], methods: list[str], unit: str) -> list[di
         if len(shared) < 2:
             continue
         res = paired_difference([acc[m][u] for u in shared], [acc[base][u] for u in shared])
-        out.append({
-            "method": m, "baseline": base, "mean_difference": res.mean, "ci95": res.half_width,
-            "method_better": res.a_better, "baseline_better": res.b_better, "ties": res.ties,
-            "episodes": res.episodes, "significant": res.significant,
-        })
+        out.append(
+            {
+                "method": m,
+                "baseline": base,
+                "mean_difference": res.mean,
+                "ci95": res.half_width,
+                "method_better": res.a_better,
+                "baseline_better": res.b_better,
+                "ties": res.ties,
+                "episodes": res.episodes,
+                "significant": res.significant,
+            }
+        )
     return out
 
 
