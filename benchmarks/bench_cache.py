@@ -2,7 +2,7 @@
 
 Run by hand (not part of the tests)::
 
-    python benchmarks/bench_cache.py                      # clothing-small/train, efficientnet-lite0 @160 px
+    python benchmarks/bench_cache.py                      # clothing-small/train, efficientnet-lite0 @224 px
     python benchmarks/bench_cache.py --backbone vit-s192  # a random ViT (width 192, depth 6) at 64 px
 
 Episodes: ``--episodes`` (600) 5-way 5-shot 15-query tasks from ``EpisodeSampler`` over a pool of
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--backbone", default="efficientnet-lite0", help="efficientnet-lite0, vit-s192 or a registry name"
     )
-    ap.add_argument(
-        "--image-size", type=int, default=None, help="crop size (efficientnet-lite0 default: 160)"
-    )
+    ap.add_argument("--image-size", type=int, default=None, help="crop size (default: the backbone's own)")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument(
         "--baseline-episodes", type=int, default=20, help="episodes timed for the re-encoding arm"
@@ -128,8 +126,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder (cold)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    if args.image_size is None and args.backbone == "efficientnet-lite0":
-        args.image_size = 160
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -128,7 +128,12 @@ def test_keys_follow_weights_preprocessing_prefix_and_bytes(images: list[Path], 
     # no weights hash in the identity: the state dict is hashed instead
     c0, c1 = create_backbone("tiny-vit", seed=0), create_backbone("tiny-vit", seed=1)
     c0.identity.weights_sha256 = c1.identity.weights_sha256 = ""
-    assert set(cache.keys(c0, images, Prefix.pooled())).isdisjoint(cache.keys(c1, images, Prefix.pooled()))
+    k0 = cache.keys(c0, images, Prefix.pooled())
+    assert set(k0).isdisjoint(cache.keys(c1, images, Prefix.pooled()))
+    assert cache.keys(c0, images, Prefix.pooled()) == k0
+    with torch.no_grad():
+        next(c0.parameters()).add_(0.5)  # an in-place edit is seen
+    assert set(cache.keys(c0, images, Prefix.pooled())).isdisjoint(k0)
     # same bytes at another path: same key; changed bytes: new key, recomputed
     copy = tmp_path / "copy.png"
     copy.write_bytes(images[0].read_bytes())

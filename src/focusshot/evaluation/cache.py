@@ -39,6 +39,7 @@ import json
 import os
 import struct
 import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ from torch import Tensor, nn
 from focusshot.attention.record import attention_modules, record
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.loading import weights_digest
+from focusshot.backbones.vit import VisionTransformer
 from focusshot.data.images import ImageError, load_rgb
 from focusshot.data.transforms import make_transform
 
@@ -70,7 +72,6 @@ __all__ = [
 CACHE_FORMAT = "focusshot-feature-cache/1"
 
 PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out")
-_FP16_MAX = float(torch.finfo(torch.float16).max)
 _TENSOR_NAME = "features"
 
 
@@ -181,15 +182,10 @@ class Prefix:
         return Prefix("head_out", tuple(v % total for v in self.layer))  # type: ignore[union-attr]
 
 
-def _vit_tower(backbone: nn.Module) -> nn.Module | None:
-    """The module with ``embed`` and ``forward_blocks`` (the backbone itself, or a CLIP's ``visual``)."""
+def _vit_tower(backbone: nn.Module) -> VisionTransformer | None:
+    """The ViT with ``embed`` and ``forward_blocks``: the backbone itself, or a CLIP's ``visual``."""
     for m in (backbone, getattr(backbone, "visual", None)):
-        if (
-            m is not None
-            and callable(getattr(m, "embed", None))
-            and callable(getattr(m, "forward_blocks", None))
-            and isinstance(getattr(m, "blocks", None), nn.ModuleList)
-        ):
+        if isinstance(m, VisionTransformer):
             return m
     return None
 
@@ -228,7 +224,7 @@ def _compute(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
         return vit.forward_blocks(vit.embed(x), 0, prefix.layer)  # type: ignore[union-attr]
     layers = list(prefix.layer)  # type: ignore[arg-type]
     with record(backbone, "head_out", layers=layers) as rec:
-        if vit is not None and len(vit.attention_modules()) == len(vit.blocks):
+        if vit is not None:
             vit.forward_blocks(vit.embed(x), 0, max(layers) + 1)  # later blocks are not needed
         else:
             backbone.forward_features(x)
@@ -394,6 +390,9 @@ class FeatureCache:
         # absolute path -> ((size, mtime_ns, inode, device), sha256): images are not re-read
         # while their stat signature is unchanged.
         self._image_sha: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._weights_memo: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ---- paths and keys
 
@@ -418,11 +417,27 @@ class FeatureCache:
         base = self._key_base(backbone, prefix.resolve(backbone))
         return [entry_key(*base[:3], self.image_sha256(p), base[3]) for p in paths]
 
-    @staticmethod
-    def _key_base(backbone: Backbone, prefix: Prefix) -> tuple[str, dict, str, str]:
-        weights = backbone.identity.weights_sha256 or weights_digest(backbone)
+    def _weights_sha256(self, backbone: Backbone) -> str:
+        """``identity.weights_sha256``, or when empty a hash of the state dict (redone after in-place edits).
+
+        A filled-in ``identity.weights_sha256`` is trusted: whoever changes the weights of such a
+        backbone in place must update it (or clear it).
+        """
+        if backbone.identity.weights_sha256:
+            return backbone.identity.weights_sha256
+        try:
+            versions = tuple(t._version for t in backbone.state_dict().values())  # bumped by in-place writes
+        except RuntimeError:  # inference tensors keep no version counter: hash every time
+            return weights_digest(backbone)
+        known = self._weights_memo.get(backbone)
+        if known is None or known[0] != versions:
+            known = (versions, weights_digest(backbone))
+            self._weights_memo[backbone] = known
+        return known[1]
+
+    def _key_base(self, backbone: Backbone, prefix: Prefix) -> tuple[str, dict, str, str]:
         transform = make_transform(backbone.preprocess).to_dict()
-        return weights, transform, prefix.key(), _architecture(backbone)
+        return self._weights_sha256(backbone), transform, prefix.key(), _architecture(backbone)
 
     # ---- memory layer
 
@@ -459,7 +474,10 @@ class FeatureCache:
         bad: list[Path] = []
         for path in sorted(self.root.glob("*/*.safetensors")):
             key = path.stem
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # replaced or removed meanwhile
+                continue
             try:
                 (n,) = struct.unpack("<Q", data[:8])
                 shape = tuple(json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["shape"]))
@@ -546,7 +564,10 @@ class FeatureCache:
             raise ImageError(first.path, first.reason + (more if len(errors) > 1 else ""))
         if not keys:
             return torch.zeros((0, *shape), dtype=torch.float32)
-        return torch.stack([found[k] for k in keys]).float()
+        rows = [found[k] for k in keys]
+        if len({t.dtype for t in rows}) > 1:  # float32 entries (out of float16 range) among float16 ones
+            rows = [t.float() for t in rows]
+        return torch.stack(rows).float()
 
     def _fill(
         self,

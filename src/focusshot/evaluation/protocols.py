@@ -128,7 +128,7 @@ def run_episodic(
         config.seed,
         class_names=data.class_names,
     )
-    info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint}, methods)
+    info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint()}, methods)
     info["data_classes"] = data.class_names
     log = ResultLog(output, info, ("method", "episode"))
     feats = _features(cache, backbone, data, progress)
@@ -253,9 +253,10 @@ def run_split(
 
 
 def _selected(fitted) -> dict[str, Any]:
-    """Hyper-parameters a fitted head recorded (C, alpha, beta...), JSON-able scalars only."""
+    """Hyper-parameters a fitted head recorded (C, alpha, beta...): its JSON-able scalars."""
     cfg = fitted.config() if hasattr(fitted, "config") else {}
-    return {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool)) and k != "type"}
+    flat = {**cfg, **(cfg.get("info") or {})}
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) and k not in ("type", "head")}
 
 
 def _bar(progress: bool, total: int, desc: str):

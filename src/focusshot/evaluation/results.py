@@ -114,7 +114,7 @@ def summarise(rows: Iterable[dict[str, Any]], group: tuple[str, ...], metrics: t
     for r in rows:
         groups.setdefault(tuple(r[g] for g in group), []).append(r)
     out = []
-    for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
+    for key in groups:  # first-appearance order: methods as the user listed them
         items = groups[key]
         row: dict[str, Any] = dict(zip(group, key, strict=True))
         row["n"] = len(items)

@@ -1,0 +1,110 @@
+"""Both protocols end to end on written images with a tiny backbone; resumption gives the same summary."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import focusshot
+from focusshot.data.sources import from_folder
+from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.protocols import EpisodicConfig, SplitConfig, run_episodic, run_split
+
+
+def _write_dataset(root: Path, classes: int = 6, per_class: int = 12, splits: tuple[str, ...] = ()) -> Path:
+    """Class folders of small images whose colour depends on the class (so classes are separable)."""
+    g = torch.Generator().manual_seed(0)
+    for split in splits or ("",):
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            base = torch.tensor([(c * 53) % 256, (c * 97) % 256, (c * 151) % 256], dtype=torch.float32)
+            for i in range(per_class):
+                noise = torch.rand(24, 24, 3, generator=g) * 60
+                arr = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return from_folder(_write_dataset(tmp_path_factory.mktemp("pool")))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return focusshot.create_backbone("tiny-vit")
+
+
+def test_episodic_run_writes_lines_summary_and_versions(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=2, queries=4, episodes=6, seed=3)
+    out = run_episodic(backbone, pool, ["protonet", "ridge"], cfg, tmp_path / "run", cache)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 12
+    assert {(r["method"], r["episode"]) for r in lines} == {(m, e) for m in ("protonet", "ridge") for e in range(6)}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["run_seed"] == 3 for r in lines)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["ways"] == 3 and run["versions"]["torch"] == torch.__version__
+    assert run["backbone"]["name"] == "tiny-vit"
+    summary = {r["method"]: r for r in out.summary}
+    mean = sum(r["accuracy"] for r in lines if r["method"] == "protonet") / 6
+    assert summary["protonet"]["accuracy"] == pytest.approx(mean)
+    assert summary["protonet"]["accuracy"] > 1 / 3  # colour classes are easy, even for random weights
+    assert (tmp_path / "run" / "summary.csv").is_file() and (tmp_path / "run" / "paired.md").is_file()
+    assert out.paired[0]["method"] == "ridge" and out.paired[0]["baseline"] == "protonet"
+
+
+def test_killed_and_restarted_run_gives_the_same_summary(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=3, episodes=8, seed=1)
+    methods = ["protonet", "metaoptnet"]
+    full = run_episodic(backbone, pool, methods, cfg, tmp_path / "full", cache)
+    # a run that stops after 3 episodes, then a line cut in half as a kill mid-write would leave
+    part = run_episodic(backbone, pool, methods, cfg, tmp_path / "resumed", cache, stop_after=3)
+    assert len(part.rows) == 6
+    with open(tmp_path / "resumed" / "results.jsonl", "a") as f:
+        f.write('{"method": "protonet", "episo')
+    resumed = run_episodic(backbone, pool, methods, cfg, tmp_path / "resumed", cache)
+    assert len(resumed.rows) == 16
+    assert resumed.summary == full.summary
+    assert resumed.paired == full.paired
+
+
+def test_restart_with_another_config_is_refused(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    run_episodic(backbone, pool, ["protonet"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "run", cache)
+    with pytest.raises(ValueError, match=r"config differs in \[.*'shots'\]"):
+        run_episodic(backbone, pool, ["protonet"], EpisodicConfig(3, 2, 3, 2, 0), tmp_path / "run", cache)
+
+
+def test_same_seed_same_numbers(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=3, episodes=4, seed=7)
+    a = run_episodic(backbone, pool, ["logistic"], cfg, tmp_path / "a", cache)
+    b = run_episodic(backbone, pool, ["logistic"], cfg, tmp_path / "b", cache)
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in b.rows]
+
+
+def test_split_protocol_selects_on_validation(tmp_path, backbone) -> None:
+    splits = from_folder(_write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test")))
+    cache = FeatureCache(tmp_path / "cache")
+    out = run_split(backbone, splits, ["logistic", "protonet"], SplitConfig(shots=(1, 2), seeds=(1, 2)),
+                    tmp_path / "run", cache)
+    assert len(out.rows) == 8
+    logistic = [r for r in out.rows if r["method"] == "logistic"]
+    assert all(r["selected_on"] == "val" and "C" in r["selected"] for r in logistic)
+    assert all(0 <= r["ece"] <= 1 and r["nll"] > 0 and r["test_images"] == 24 for r in out.rows)
+    rows = {(r["method"], r["shots"]): r for r in out.summary}
+    assert rows[("protonet", 2)]["n"] == 2 and "accuracy_std" in rows[("protonet", 2)]
+
+
+def test_zero_shot_needs_a_clip_backbone(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="no text tower"):
+        run_episodic(backbone, pool, ["zeroshot"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "run", cache)
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    out = run_episodic(clip, pool, ["zeroshot", "tip_adapter"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "z", cache)
+    assert {r["method"] for r in out.rows} == {"zeroshot", "tip_adapter"}

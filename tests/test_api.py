@@ -1,0 +1,58 @@
+"""fit / save / load / predict for practitioners, through the Python API and the CLI."""
+
+import csv
+
+import pytest
+import torch
+
+import focusshot
+from focusshot.api import Classifier, fit
+from focusshot.cli import main
+from tests.evaluation.test_protocols import _write_dataset
+
+
+def test_fit_save_load_predict(tmp_path) -> None:
+    support = _write_dataset(tmp_path / "support", classes=3, per_class=4)
+    clf = fit(support, backbone="tiny-vit", method="protonet")
+    path = clf.save(tmp_path / "clf.safetensors")
+    again = Classifier.load(path)
+    assert again.class_names == ["class_0", "class_1", "class_2"]
+    images = sorted((support / "class_1").iterdir())
+    preds = again.predict(images, top_k=2)
+    assert [p.path for p in preds] == [str(p) for p in images]
+    assert all(p.label == "class_1" for p in preds)  # support images of an easy class
+    assert all(len(p.top) == 2 and p.top[0][0] == p.label for p in preds)
+    probs, _, _ = clf.predict_proba(images)
+    torch.testing.assert_close(probs, again.predict_proba(images)[0])
+
+
+def test_load_refuses_other_backbone_weights(tmp_path) -> None:
+    clf = fit(_write_dataset(tmp_path / "s", classes=2, per_class=2), backbone="tiny-vit")
+    path = clf.save(tmp_path / "clf.safetensors")
+    with pytest.raises(ValueError, match="differ from those"):
+        Classifier.load(path, backbone=focusshot.create_backbone("tiny-vit", seed=5))
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        Classifier.load(tmp_path / "junk.safetensors")
+
+
+def test_cli_fit_predict_evaluate(tmp_path, capsys) -> None:
+    support = _write_dataset(tmp_path / "support", classes=3, per_class=4)
+    clf = tmp_path / "clf.safetensors"
+    assert main(["fit", str(support), "--backbone", "tiny-vit", "--method", "ridge", "--output", str(clf),
+                 "--quiet"]) == 0
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(clf), str(support / "class_2"), "--output", str(preds), "--top-k", "3",
+                 "--quiet"]) == 0
+    rows = list(csv.DictReader(open(preds)))
+    assert len(rows) == 4 and {"path", "label", "confidence", "top3_label"} <= set(rows[0])
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+    code = main(["evaluate", "--backbone", "tiny-vit", "--data", str(support), "--method", "protonet,svm",
+                 "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "3", "--output",
+                 str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| protonet |" in out and "| svm |" in out
+    assert main(["evaluate", "--backbone", "tiny-vit", "--data", str(support), "--method", "nope",
+                 "--output", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
