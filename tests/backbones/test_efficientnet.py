@@ -61,21 +61,23 @@ def test_lite0_contract_and_shapes(lite0: EfficientNetLite0) -> None:
     assert lite0.attention_modules() == []
     assert lite0.preprocess == EFFICIENTNET_LITE_PREPROCESS
     assert len(lite0.blocks) == 16 and lite0.stage_ends == (0, 2, 4, 7, 10, 14, 15)
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 96, 96)  # small input keeps the test fast; 224 gives the 7x7 grid above
     with torch.inference_mode():
         tokens = lite0.forward_tokens(x)
         feats = lite0.forward_features(x)
         logits = lite0.forward_logits(x)
         inter = lite0.forward_intermediates(x, [0, 3, 6, -1])
         maps = lite0.forward_intermediates(x, [1], as_maps=True)
-    assert tokens.shape == (2, 49, 1280)
+        head = lite0.classifier(feats)
+    assert tokens.shape == (2, 9, 1280)
     assert feats.shape == (2, 1280)
     assert logits.shape == (2, 1000)
     torch.testing.assert_close(feats, tokens.mean(1))
+    torch.testing.assert_close(logits, head)
     assert tokens.min() >= 0 and tokens.max() <= 6  # after the head's ReLU6
-    assert [t.shape for t in inter] == [(2, 112 * 112, 16), (2, 14 * 14, 80), (2, 49, 320), (2, 49, 1280)]
+    assert [t.shape for t in inter] == [(2, 48 * 48, 16), (2, 6 * 6, 80), (2, 9, 320), (2, 9, 1280)]
     torch.testing.assert_close(inter[-1], tokens)
-    assert maps[0].shape == (2, 24, 56, 56)
+    assert maps[0].shape == (2, 24, 24, 24)
     with pytest.raises(ValueError, match="no attention"):
         lite0.forward_tokens(x, attn_bias=torch.zeros(1))
 
@@ -171,13 +173,14 @@ def test_real_photos_sensible(lite0: EfficientNetLite0) -> None:
     query = {c: batch(_few("test", c, 6)) for c in classes}
     with torch.inference_mode():
         centroids = torch.stack([F.normalize(lite0.forward_features(support[c]), dim=-1).mean(0) for c in classes])
+        feats = {c: lite0.forward_features(query[c]) for c in classes}
         correct = 0
         for i, c in enumerate(classes):
-            f = F.normalize(lite0.forward_features(query[c]), dim=-1)
-            correct += int((torch.cdist(f, centroids).argmin(-1) == i).sum())
+            nearest = torch.cdist(F.normalize(feats[c], dim=-1), centroids).argmin(-1)
+            correct += int((nearest == i).sum())
         # The ImageNet head: t-shirts are "jersey", shoes one of the footwear classes.
-        top_shirt = lite0.forward_logits(query["t-shirt"]).argmax(-1).tolist()
-        top_shoe = lite0.forward_logits(query["shoes"]).argmax(-1).tolist()
+        top_shirt = lite0.classifier(feats["t-shirt"]).argmax(-1).tolist()
+        top_shoe = lite0.classifier(feats["shoes"]).argmax(-1).tolist()
     assert correct >= 11, f"nearest-centroid got {correct}/12 (chance is 6)"
     assert sum(t == IMAGENET_JERSEY for t in top_shirt) >= 4, top_shirt
     assert sum(t in IMAGENET_FOOTWEAR for t in top_shoe) >= 5, top_shoe

@@ -112,3 +112,14 @@ def test_project_simplex_is_the_euclidean_projection() -> None:
         theta = r[i][on]
         assert float(theta.max() - theta.min()) < 1e-12
         assert bool((r[i][~on] <= theta[0] + 1e-12).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(clustered) -> None:
+    xs, ys, xq, _ = clustered(5, 3, 32, seed=6, n_query=4, episodes=8)
+    head = create_head("metaoptnet", tol=1e-9)
+    cpu = head.fit(xs, ys)
+    gpu = head.fit(xs.cuda(), ys.cuda())
+    assert gpu.weight.device.type == "cuda"
+    torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, atol=1e-6, rtol=1e-6)
+    assert torch.equal(gpu.predict(xq.cuda()).cpu(), cpu.predict(xq))

@@ -1,0 +1,1 @@
+"""Training loops (contrastive pretraining of the FocusWorld CLIP)."""
