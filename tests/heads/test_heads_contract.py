@@ -41,7 +41,9 @@ def make(name: str):
 
 
 def test_registry_lists_every_head() -> None:
-    assert list_heads() == ALL_HEADS
+    names = list_heads()
+    assert names == sorted(names)
+    assert set(ALL_HEADS) <= set(names)
 
 
 def test_unknown_name_lists_valid_heads() -> None:
@@ -55,6 +57,13 @@ def test_unknown_argument_lists_valid_arguments() -> None:
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['lambda'\] for head 'ridge'") as info:
         create_head("ridge", **{"lambda": 1.0})
     assert "lam" in str(info.value) and "fit_intercept" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_every_setting_has_help_text(name: str) -> None:
+    cls = type(make(name))
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{name}.{f.name} has no help text in its field metadata"
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,9 @@ class EfficientNetLite0(Backbone):
     capabilities = Capabilities(attention=False, global_cls=False, tokens=True, text=False)
     num_prefix_tokens = 0
 
-    def __init__(self, cfg: EfficientNetLiteConfig | None = None, preprocess: Preprocess | None = None) -> None:
+    def __init__(
+        self, cfg: EfficientNetLiteConfig | None = None, preprocess: Preprocess | None = None
+    ) -> None:
         super().__init__()
         cfg = cfg or EfficientNetLiteConfig()
         self.cfg = cfg

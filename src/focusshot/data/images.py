@@ -19,8 +19,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "load_rgb", "to_rgb"
 
 #: File name endings (lower case) that ``list_images`` treats as images.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-    | {".pnm", ".tga", ".ico"}
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
 )
 
 #: Modes that carry an alpha channel (or a palette/transparency that becomes one).

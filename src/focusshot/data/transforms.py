@@ -133,9 +133,13 @@ class ImageTransform:
     """
 
     def __init__(self, preprocess: PreprocessLike, crop_rounding: CropRounding = "round") -> None:
-        missing = [a for a in ("resize", "crop", "mean", "std", "interpolation") if not hasattr(preprocess, a)]
+        missing = [
+            a for a in ("resize", "crop", "mean", "std", "interpolation") if not hasattr(preprocess, a)
+        ]
         if missing:
-            raise TypeError(f"preprocess lacks attribute(s) {missing}; it needs resize, crop, mean, std, interpolation")
+            raise TypeError(
+                f"preprocess lacks attribute(s) {missing}; it needs resize, crop, mean, std, interpolation"
+            )
         self.resize = int(preprocess.resize)
         self.crop = int(preprocess.crop)
         self.mean = tuple(float(v) for v in preprocess.mean)

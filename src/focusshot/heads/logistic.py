@@ -14,7 +14,7 @@ one weight vector instead of two, which equals this head at twice the C.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from focusshot.heads.base import (
     Head,
     check_support,
     check_validation,
+    doc,
     l2_normalize,
     positive,
     register_head,
@@ -118,12 +119,16 @@ class LogisticRegression(Head):
         tol: gradient tolerance (on the objective divided by C N).
     """
 
-    C: float = 1.0
-    C_grid: tuple[float, ...] = DEFAULT_C_GRID
-    fit_intercept: bool = True
-    normalize: bool = False
-    max_iter: int = 1000
-    tol: float = 1e-8
+    C: float = field(
+        default=1.0, metadata=doc("inverse regularisation strength used without validation data")
+    )
+    C_grid: tuple[float, ...] = field(
+        default=DEFAULT_C_GRID, metadata=doc("C candidates searched on validation data")
+    )
+    fit_intercept: bool = field(default=True, metadata=doc("learn an unpenalised per-class bias"))
+    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
+    max_iter: int = field(default=1000, metadata=doc("L-BFGS iterations at most, per C"))
+    tol: float = field(default=1e-8, metadata=doc("gradient tolerance (objective divided by C N)"))
 
     def __post_init__(self) -> None:
         positive("C", self.C)

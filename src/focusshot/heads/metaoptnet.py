@@ -16,7 +16,7 @@ certified relative duality gap, any number of episodes at once: features (E, N, 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from torch import Tensor
 from focusshot.heads.base import (
     Head,
     check_support,
+    doc,
     l2_normalize,
     one_hot,
     positive,
@@ -51,11 +52,13 @@ class MetaOptNet(Head):
         max_iter: iteration cap of the solver (a warning is raised for episodes not solved by then).
     """
 
-    C: float = 0.1
-    scale: float = 1.0
-    normalize: bool = False
-    tol: float = 1e-6
-    max_iter: int = 20000
+    C: float = field(default=0.1, metadata=doc("SVM cost (MetaOptNet's C_reg)"))
+    scale: float = field(default=1.0, metadata=doc("fixed multiplier on the logits"))
+    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
+    tol: float = field(
+        default=1e-6, metadata=doc("relative duality gap at which an episode counts as solved")
+    )
+    max_iter: int = field(default=20000, metadata=doc("solver iterations at most"))
 
     def __post_init__(self) -> None:
         positive("C", self.C)

@@ -1,8 +1,13 @@
-"""Nearest-neighbour head: a query takes the label of its most similar support example."""
+"""Nearest-neighbour head: a query takes the label of its most similar support example.
+
+The 1-NN rule (Cover & Hart, "Nearest neighbor pattern classification", IEEE Trans. Inf. Theory
+1967), with cosine similarity as in the few-shot baselines of Vinyals et al. (Matching Networks,
+NeurIPS 2016) and Wang et al. (SimpleShot, 2019).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -11,6 +16,7 @@ from focusshot.heads.base import (
     Head,
     check_query,
     check_support,
+    doc,
     l2_normalize,
     one_of,
     register_head,
@@ -68,7 +74,10 @@ class NearestNeighbour(Head):
         metric: ``"cosine"`` (features L2-normalised) or ``"euclidean"`` (squared distance).
     """
 
-    metric: str = "cosine"
+    metric: str = field(
+        default="cosine",
+        metadata=doc("similarity: cosine (features L2-normalised) or euclidean (squared distance)"),
+    )
 
     def __post_init__(self) -> None:
         one_of("metric", self.metric, METRICS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -11,6 +11,7 @@ from focusshot.heads.base import (
     Head,
     check_query,
     check_support,
+    doc,
     l2_normalize,
     one_hot,
     one_of,
@@ -71,8 +72,10 @@ class ProtoNet(Head):
             probabilities; it never changes a prediction).
     """
 
-    distance: str = "euclidean"
-    temperature: float = 1.0
+    distance: str = field(default="euclidean", metadata=doc("euclidean (squared, as in the paper) or cosine"))
+    temperature: float = field(
+        default=1.0, metadata=doc("scores are divided by it (never changes a prediction)")
+    )
 
     def __post_init__(self) -> None:
         one_of("distance", self.distance, DISTANCES)

@@ -13,7 +13,7 @@ with differentiable closed-form solvers", ICLR 2019, eq. 6). Solves run in float
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from focusshot.heads.base import (
     HeadInputError,
     check_support,
     check_validation,
+    doc,
     l2_normalize,
     one_hot,
     one_of,
@@ -98,13 +99,17 @@ class Ridge(Head):
         calibrate: pick ``scale`` on the validation split (needs ``val_features``/``val_labels``).
     """
 
-    lam: float = 1.0
-    fit_intercept: bool = False
-    normalize: bool = False
-    solver: str = "auto"
-    scale: float = 1.0
-    bias: float = 0.0
-    calibrate: bool = False
+    lam: float = field(default=1.0, metadata=doc("ridge penalty lambda (>= 0)"))
+    fit_intercept: bool = field(
+        default=False, metadata=doc("fit an unpenalised per-class intercept (centre X and Y)")
+    )
+    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
+    solver: str = field(default="auto", metadata=doc("auto, primal (D x D system) or dual (N x N, Woodbury)"))
+    scale: float = field(default=1.0, metadata=doc("fixed multiplier on the scores"))
+    bias: float = field(default=0.0, metadata=doc("fixed scalar added to every score"))
+    calibrate: bool = field(
+        default=False, metadata=doc("choose the scale by validation NLL (needs a validation split)")
+    )
 
     def __post_init__(self) -> None:
         positive("lam", self.lam, allow_zero=True)
@@ -180,10 +185,14 @@ class R2D2(Head):
         normalize: L2-normalise support and query features first.
     """
 
-    lam: float = 50.0
-    alpha: float = 1.0
-    beta: float = 0.0
-    normalize: bool = False
+    lam: float = field(default=50.0, metadata=doc("ridge penalty lambda (MetaOptNet's R2D2 value)"))
+    alpha: float = field(
+        default=1.0, metadata=doc("fixed scale on the regression outputs (meta-learnt in the paper)")
+    )
+    beta: float = field(
+        default=0.0, metadata=doc("fixed offset on the regression outputs (meta-learnt in the paper)")
+    )
+    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
 
     def __post_init__(self) -> None:
         positive("lam", self.lam)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -11,6 +11,7 @@ from torch import Tensor
 from focusshot.heads.base import (
     Head,
     check_support,
+    doc,
     l2_normalize,
     one_of,
     positive,
@@ -47,13 +48,15 @@ class SVM(Head):
         max_iter: iteration cap of the solver (a warning is raised if it stops there).
     """
 
-    C: float = 1.0
-    loss: str = "squared_hinge"
-    fit_intercept: bool = True
-    intercept_scaling: float = 1.0
-    normalize: bool = False
-    tol: float = 1e-6
-    max_iter: int = 20000
+    C: float = field(default=1.0, metadata=doc("misclassification cost"))
+    loss: str = field(default="squared_hinge", metadata=doc("squared_hinge (LinearSVC's default) or hinge"))
+    fit_intercept: bool = field(
+        default=True, metadata=doc("add a constant feature (a penalised bias per class, as LIBLINEAR)")
+    )
+    intercept_scaling: float = field(default=1.0, metadata=doc("value of that constant feature"))
+    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
+    tol: float = field(default=1e-6, metadata=doc("relative duality gap to reach"))
+    max_iter: int = field(default=20000, metadata=doc("solver iterations at most"))
 
     def __post_init__(self) -> None:
         positive("C", self.C)

@@ -27,6 +27,7 @@ from focusshot.heads.base import (
     HeadInputError,
     check_query,
     check_validation,
+    doc,
     l2_normalize,
     one_hot,
     positive,
@@ -128,7 +129,7 @@ def _check_grid(name: str, grid: tuple[float, ...]) -> None:
 
 
 @register_head("tip_adapter")
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
 class TipAdapter(Head):
     """Training-free Tip-Adapter (Zhang et al., ECCV 2022).
 
@@ -141,12 +142,18 @@ class TipAdapter(Head):
         beta_grid: beta candidates searched when a validation split is given.
     """
 
-    text_embeddings: Tensor = field(repr=False)
-    alpha: float = 1.0
-    beta: float = 5.5
-    scale: float = 100.0
-    alpha_grid: tuple[float, ...] = field(default=DEFAULT_ALPHA_GRID, repr=False)
-    beta_grid: tuple[float, ...] = field(default=DEFAULT_BETA_GRID, repr=False)
+    text_embeddings: Tensor = field(metadata=doc("(C, T, D) or (C, D) class text embeddings"), repr=False)
+    alpha: float = field(
+        default=1.0, metadata=doc("residual ratio of the cache logits (used without validation data)")
+    )
+    beta: float = field(default=5.5, metadata=doc("affinity sharpness (used without validation data)"))
+    scale: float = field(default=100.0, metadata=doc("CLIP's logit scale on the zero-shot term"))
+    alpha_grid: tuple[float, ...] = field(
+        default=DEFAULT_ALPHA_GRID, metadata=doc("alpha candidates searched on validation data"), repr=False
+    )
+    beta_grid: tuple[float, ...] = field(
+        default=DEFAULT_BETA_GRID, metadata=doc("beta candidates searched on validation data"), repr=False
+    )
 
     def __post_init__(self) -> None:
         text_classifier(self.text_embeddings)
@@ -204,7 +211,7 @@ class TipAdapter(Head):
 
 
 @register_head("tip_adapter_f")
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: Tip-Adapter whose cache keys are fine-tuned (Zhang et al., ECCV 2022, sec. 3.3).
 
@@ -226,12 +233,12 @@ class TipAdapterF(TipAdapter):
         (the rest as in :class:`TipAdapter`)
     """
 
-    epochs: int = 20
-    lr: float = 1e-3
-    eps: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    seed: int = 0
+    epochs: int = field(default=20, metadata=doc("training epochs over the support set"))
+    lr: float = field(default=1e-3, metadata=doc("AdamW learning rate (cosine schedule)"))
+    eps: float = field(default=1e-4, metadata=doc("AdamW epsilon"))
+    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
+    batch_size: int = field(default=256, metadata=doc("mini-batch size"))
+    seed: int = field(default=0, metadata=doc("seed of the mini-batch order"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

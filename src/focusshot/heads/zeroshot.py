@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from focusshot.heads.base import Head, HeadInputError, check_support, l2_normalize, positive, register_head
+from focusshot.heads.base import (
+    Head,
+    HeadInputError,
+    check_support,
+    doc,
+    l2_normalize,
+    positive,
+    register_head,
+)
 from focusshot.heads.linear import LinearClassifier
 
 
@@ -50,7 +58,7 @@ def check_text_support(
 
 
 @register_head("zeroshot")
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
 class ZeroShot(Head):
     """CLIP zero-shot classifier: ``logits = scale * cos(q, t_c)``, t_c the template-averaged text embedding.
 
@@ -62,8 +70,8 @@ class ZeroShot(Head):
         scale: CLIP's logit scale (100 for the released models).
     """
 
-    text_embeddings: Tensor = field(repr=False)
-    scale: float = 100.0
+    text_embeddings: Tensor = field(metadata=doc("(C, T, D) or (C, D) class text embeddings"), repr=False)
+    scale: float = field(default=100.0, metadata=doc("CLIP's logit scale"))
 
     def __post_init__(self) -> None:
         text_classifier(self.text_embeddings)  # validates
