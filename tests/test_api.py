@@ -39,20 +39,74 @@ def test_load_refuses_other_backbone_weights(tmp_path) -> None:
 def test_cli_fit_predict_evaluate(tmp_path, capsys) -> None:
     support = _write_dataset(tmp_path / "support", classes=3, per_class=4)
     clf = tmp_path / "clf.safetensors"
-    assert main(["fit", str(support), "--backbone", "tiny-vit", "--method", "ridge", "--output", str(clf),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(support),
+                "--backbone",
+                "tiny-vit",
+                "--method",
+                "ridge",
+                "--output",
+                str(clf),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     preds = tmp_path / "preds.csv"
-    assert main(["predict", str(clf), str(support / "class_2"), "--output", str(preds), "--top-k", "3",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["predict", str(clf), str(support / "class_2"), "--output", str(preds), "--top-k", "3", "--quiet"]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(preds)))
     assert len(rows) == 4 and {"path", "label", "confidence", "top3_label"} <= set(rows[0])
     assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
-    code = main(["evaluate", "--backbone", "tiny-vit", "--data", str(support), "--method", "protonet,svm",
-                 "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "3", "--output",
-                 str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            "--backbone",
+            "tiny-vit",
+            "--data",
+            str(support),
+            "--method",
+            "protonet,svm",
+            "--ways",
+            "3",
+            "--shots",
+            "1",
+            "--queries",
+            "2",
+            "--episodes",
+            "3",
+            "--output",
+            str(tmp_path / "run"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| protonet |" in out and "| svm |" in out
-    assert main(["evaluate", "--backbone", "tiny-vit", "--data", str(support), "--method", "nope",
-                 "--output", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--backbone",
+                "tiny-vit",
+                "--data",
+                str(support),
+                "--method",
+                "nope",
+                "--output",
+                str(tmp_path / "r2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "unknown method 'nope'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The command line: backbones, --version, embed (tiny CLIP on written images; EfficientNet on real photos)."""
+"""The command line: backbones, --version, embed (tiny CLIP on written images; EfficientNet, real photos)."""
 
 from pathlib import Path
 
@@ -129,6 +129,6 @@ def test_embed_real_photos_with_efficientnet(tmp_path) -> None:
         )
         == 0
     )
-    feats, paths, identity = load_embeddings(out)
+    feats, _, identity = load_embeddings(out)
     assert feats.shape == (8, 1280) and identity["source"] == "package"
     assert torch.isfinite(feats).all() and feats.abs().sum() > 0

@@ -16,6 +16,7 @@ from focusshot.backbones.efficientnet import (
     EfficientNetLite0,
     convert_efficientnet_pytorch,
     create_efficientnet_lite0,
+    efficientnet_from_state_dict,
     efficientnet_lite0_weights_path,
     load_efficientnet_pytorch_weights,
     tiny_efficientnet,
@@ -156,6 +157,15 @@ def test_mismatch_error_lists_missing_and_unexpected(raw_state: dict[str, torch.
     assert "unexpected keys (1): ['_blocks.3._se_reduce.weight']" in msg
     with pytest.raises(ValueError, match="shape mismatches"):
         load_efficientnet_pytorch_weights(tiny_efficientnet(num_classes=1000), raw_state)
+
+
+def test_from_state_dict_without_classifier(raw_state: dict[str, torch.Tensor]) -> None:
+    features_only = {k: v for k, v in raw_state.items() if not k.startswith("_fc.")}
+    model = efficientnet_from_state_dict(features_only)
+    assert model.classifier is None and not model.training
+    torch.testing.assert_close(model.head.conv.weight, raw_state["_conv_head.weight"])
+    with pytest.raises(RuntimeError, match="no classifier"):
+        model.forward_logits(torch.zeros(1, 3, 32, 32))
 
 
 def test_weights_path_must_hold_a_state_dict(tmp_path: Path) -> None:

@@ -206,6 +206,13 @@ def test_corrupt_entries_are_recomputed(images: list[Path], tmp_path: Path) -> N
     assert calls.n == 1 and cache.verify() == []
     assert cache.read(keys[0], (model.num_features,)) is not None
     assert cache.read(keys[0], (model.num_features + 1,)) is None  # shape disagreeing with the model
+    # a killed writer's temporary file is ignored by readers and removed once stale
+    stale = files[0].parent / f".{files[0].name[:16]}.abc.tmp"
+    stale.write_bytes(whole[:10])
+    assert cache.temporary_files() == [stale] and cache.verify() == []
+    assert cache.remove_temporary_files(older_than_s=3600) == 0
+    os.utime(stale, (1, 1))
+    assert cache.remove_temporary_files(older_than_s=3600) == 1 and not stale.exists()
 
 
 def test_float16_overflow_kept_as_float32() -> None:

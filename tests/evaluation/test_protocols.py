@@ -44,7 +44,9 @@ def test_episodic_run_writes_lines_summary_and_versions(tmp_path, pool, backbone
     out = run_episodic(backbone, pool, ["protonet", "ridge"], cfg, tmp_path / "run", cache)
     lines = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 12
-    assert {(r["method"], r["episode"]) for r in lines} == {(m, e) for m in ("protonet", "ridge") for e in range(6)}
+    assert {(r["method"], r["episode"]) for r in lines} == {
+        (m, e) for m in ("protonet", "ridge") for e in range(6)
+    }
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["run_seed"] == 3 for r in lines)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["ways"] == 3 and run["versions"]["torch"] == torch.__version__
@@ -89,10 +91,18 @@ def test_same_seed_same_numbers(tmp_path, pool, backbone) -> None:
 
 
 def test_split_protocol_selects_on_validation(tmp_path, backbone) -> None:
-    splits = from_folder(_write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test")))
+    splits = from_folder(
+        _write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test"))
+    )
     cache = FeatureCache(tmp_path / "cache")
-    out = run_split(backbone, splits, ["logistic", "protonet"], SplitConfig(shots=(1, 2), seeds=(1, 2)),
-                    tmp_path / "run", cache)
+    out = run_split(
+        backbone,
+        splits,
+        ["logistic", "protonet"],
+        SplitConfig(shots=(1, 2), seeds=(1, 2)),
+        tmp_path / "run",
+        cache,
+    )
     assert len(out.rows) == 8
     logistic = [r for r in out.rows if r["method"] == "logistic"]
     assert all(r["selected_on"] == "val" and "C" in r["selected"] for r in logistic)
@@ -106,5 +116,7 @@ def test_zero_shot_needs_a_clip_backbone(tmp_path, pool, backbone) -> None:
     with pytest.raises(ValueError, match="no text tower"):
         run_episodic(backbone, pool, ["zeroshot"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "run", cache)
     clip = focusshot.create_backbone("tiny-clip-vit")
-    out = run_episodic(clip, pool, ["zeroshot", "tip_adapter"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "z", cache)
+    out = run_episodic(
+        clip, pool, ["zeroshot", "tip_adapter"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "z", cache
+    )
     assert {r["method"] for r in out.rows} == {"zeroshot", "tip_adapter"}

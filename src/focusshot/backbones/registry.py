@@ -91,7 +91,7 @@ TINY_CLIP_WORDS = (
 def _tiny_clip() -> CLIP:
     from focusshot.backbones.tokenizer import ClipTokenizer
 
-    tok = ClipTokenizer.train([TINY_CLIP_WORDS], vocab_size=300)
+    tok = ClipTokenizer.train([TINY_CLIP_WORDS], vocab_size=600)
     vcfg = ViTConfig(
         32, 8, 32, 2, 4, 64, patch_bias=False, pre_norm=True, act="quick_gelu", eps=1e-5, proj_dim=16
     )

@@ -41,7 +41,7 @@ try:  # optional, as in OpenAI's tokenizer: repairs mojibake before tokenising
 except ImportError:  # pragma: no cover - depends on the environment
     ftfy = None
 
-__all__ = ["EOT_TOKEN", "OPENAI_NUM_MERGES", "SOT_TOKEN", "ClipTokenizer", "bytes_to_unicode"]
+__all__ = ["EOT_TOKEN", "OPENAI_NUM_MERGES", "SOT_TOKEN", "ClipTokenizer", "bytes_to_unicode", "clean_text"]
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"

@@ -25,22 +25,41 @@ def world_tokenizer():
     from focusshot.data.world import caption_vocabulary
 
     words = sorted(caption_vocabulary())
-    return ClipTokenizer.train([" ".join(words)] * 4 + words, vocab_size=512)
+    return ClipTokenizer.train([" ".join(words)] * 4 + words, vocab_size=768)
 
 
 def build_world_clip(tokenizer=None) -> CLIP:
     """The world-clip architecture with random weights."""
     tok = tokenizer or world_tokenizer()
     vcfg = ViTConfig(
-        image_size=IMAGE_SIZE, patch_size=8, width=192, depth=6, num_heads=3, mlp_dim=768,
-        patch_bias=False, pre_norm=True, act="gelu", eps=1e-5, proj_dim=128,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        width=192,
+        depth=6,
+        num_heads=3,
+        mlp_dim=768,
+        patch_bias=False,
+        pre_norm=True,
+        act="gelu",
+        eps=1e-5,
+        proj_dim=128,
     )
     tcfg = TextConfig(
-        vocab_size=tok.vocab_size, context_length=32, width=128, depth=4, num_heads=2, mlp_dim=512,
-        proj_dim=128, act="gelu", eps=1e-5, eot_token_id=tok.eot_token_id,
+        vocab_size=tok.vocab_size,
+        context_length=32,
+        width=128,
+        depth=4,
+        num_heads=2,
+        mlp_dim=512,
+        proj_dim=128,
+        act="gelu",
+        eps=1e-5,
+        eot_token_id=tok.eot_token_id,
     )
     pre = replace(CLIP_PREPROCESS, resize=IMAGE_SIZE, crop=IMAGE_SIZE)
-    return CLIP(VisionTransformer(vcfg, preprocess=pre), TextTransformer(tcfg), tokenizer=tok, logit_scale=2.6593)
+    return CLIP(
+        VisionTransformer(vcfg, preprocess=pre), TextTransformer(tcfg), tokenizer=tok, logit_scale=2.6593
+    )
 
 
 def shipped_weights() -> Path:

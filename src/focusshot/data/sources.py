@@ -571,12 +571,18 @@ def open_source(
     * a folder: :func:`from_folder`;
     * ``*.csv`` or ``*.jsonl``: :func:`from_manifest`;
     * ``*.json``: :func:`from_coop_split`, with images under ``image_root`` (default: the JSON's
-      folder).
+      folder);
+    * ``world:<suite>[?size=..&per_class=..&seed=..]``: a FocusWorld suite, generated into the
+      cache on first use (:func:`focusshot.data.world.open_world`).
 
     Raises:
         FileNotFoundError: ``spec`` does not exist.
         ValueError: ``spec`` is a file of another kind; the message lists the kinds understood.
     """
+    if isinstance(spec, str) and spec.startswith("world:"):
+        from focusshot.data.world import open_world
+
+        return open_world(spec)
     path = Path(os.fspath(spec)).expanduser()
     if path.is_dir():
         if image_root is not None:

@@ -24,8 +24,8 @@ Suites (see :data:`SUITES`):
 * ``world:clutter``: the target plus 1-4 distractors of other novel classes (often sharing a
   shape, colour or pattern with it), smaller objects, partial occlusion;
 * ``world:fine``: one object, restricted to the *fine-grained block* of novel classes (two
-  similar shapes x three similar colours x all patterns) where most class pairs differ in one or
-  two attributes only;
+  similar shapes x two similar colours x all patterns) where every class pair differs in one or
+  two attributes, rarely three;
 * ``world:base``: base classes, 0-4 distractors, for pretraining (captions name every object).
 
 Materialised suites (:func:`build_world`, :func:`open_world`, and ``open_source("world:...")``)
@@ -109,7 +109,7 @@ _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 #: The fine-grained block: every combination of these shapes and colours (with every pattern) is
 #: a novel class, and ``world:fine`` draws from these classes only.
 FINE_SHAPES: tuple[str, ...] = ("circle", "hexagon")
-FINE_COLOURS: tuple[str, ...] = ("red", "orange", "pink")
+FINE_COLOURS: tuple[str, ...] = ("red", "orange")
 
 #: Fraction of all classes held out as novel.
 NOVEL_FRACTION = 0.25
@@ -117,7 +117,7 @@ NOVEL_FRACTION = 0.25
 SPLIT_SEED = 20240917
 
 # Appearance constants, in units of image_size / 64 pixels where they are lengths.
-_SUPERSAMPLE = 3  # samples per pixel side (odd, so the centre sample is the pixel centre)
+_SUPERSAMPLE = 2  # antialiasing: samples per pixel side
 _STRIPE_PERIOD = 5.0
 _DOT_PERIOD = 5.5
 _DOT_RADIUS = 1.55
@@ -145,6 +145,8 @@ class WorldClass:
     shape: str
     colour: str
     pattern: str
+    #: Stable integer id in ``0 .. 255``: ``(shape * 8 + colour) * 4 + pattern`` (value indices).
+    id: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -154,17 +156,13 @@ class WorldClass:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(allowed)}")
+        s, c = SHAPES.index(self.shape), _COLOUR_NAMES.index(self.colour)
+        object.__setattr__(self, "id", (s * len(_COLOUR_NAMES) + c) * len(PATTERNS) + PATTERNS.index(self.pattern))
 
     @property
     def name(self) -> str:
         """``"<colour> <pattern> <shape>"``, e.g. ``"red striped star"``."""
         return f"{self.colour} {self.pattern} {self.shape}"
-
-    @property
-    def id(self) -> int:
-        """Stable integer id in ``0 .. 255``: ``(shape * 8 + colour) * 4 + pattern`` (indices)."""
-        s, c, p = SHAPES.index(self.shape), _COLOUR_NAMES.index(self.colour), PATTERNS.index(self.pattern)
-        return (s * len(_COLOUR_NAMES) + c) * len(PATTERNS) + p
 
     @classmethod
     def from_id(cls, class_id: int) -> WorldClass:
@@ -235,21 +233,54 @@ def _covers_pairs(base: Sequence[WorldClass], skip_shape_colour: set[tuple[str, 
     return want_sc <= sc and want_sp <= sp and want_cp <= cp
 
 
+def _balanced_draw(
+    rng: np.random.Generator, candidates: Sequence[WorldClass], quota: Mapping[str, int], n: int
+) -> list[WorldClass] | None:
+    """``n`` distinct random candidates with at most ``quota[value]`` of each attribute value; ``None``
+    when the random greedy draw runs into a dead end."""
+    left = dict(quota)
+    chosen: list[WorldClass] = []
+    pool = list(candidates)
+    while len(chosen) < n:
+        ok = [c for c in pool if all(left[a] > 0 for a in c.attributes)]
+        if not ok:
+            return None
+        pick = ok[int(rng.integers(len(ok)))]
+        chosen.append(pick)
+        pool.remove(pick)
+        for a in pick.attributes:
+            left[a] -= 1
+    return chosen
+
+
 @functools.lru_cache(maxsize=1)
 def _split() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(base ids, novel ids, fine ids), sorted; fixed by :data:`SPLIT_SEED`."""
-    fine = sorted(c.id for c in _ALL if c.shape in FINE_SHAPES and c.colour in FINE_COLOURS)
+    """(base ids, novel ids, fine ids), sorted; fixed by :data:`SPLIT_SEED`.
+
+    The novel set is the fine-grained block plus a random draw from the other shapes and colours,
+    balanced so that every shape and every colour has 8 novel classes and every pattern 16.
+    """
+    fine = [c for c in _ALL if c.shape in FINE_SHAPES and c.colour in FINE_COLOURS]
     n_novel = round(NOVEL_FRACTION * len(_ALL))
-    rest = np.array([c.id for c in _ALL if c.id not in set(fine)], dtype=np.int64)
+    quota: dict[str, int] = {}
+    for values in (SHAPES, _COLOUR_NAMES, PATTERNS):
+        for v in values:
+            quota[v] = n_novel // len(values)
+    for c in fine:
+        for a in c.attributes:
+            quota[a] -= 1
+    candidates = [c for c in _ALL if c not in fine]
     skip = {(s, c) for s in FINE_SHAPES for c in FINE_COLOURS}
     rng = np.random.default_rng(SPLIT_SEED)
     for _ in range(1000):
-        extra = rng.choice(rest, size=n_novel - len(fine), replace=False)
-        novel = set(fine) | {int(i) for i in extra}
+        extra = _balanced_draw(rng, candidates, quota, n_novel - len(fine))
+        if extra is None:
+            continue
+        novel = {c.id for c in fine} | {c.id for c in extra}
         base = [c for c in _ALL if c.id not in novel]
         if _covers_pairs(base, skip):
-            return tuple(c.id for c in base), tuple(sorted(novel)), tuple(fine)
-    raise RuntimeError("could not draw a base/novel split that keeps every attribute pair in base")
+            return tuple(c.id for c in base), tuple(sorted(novel)), tuple(c.id for c in fine)
+    raise RuntimeError("could not draw a balanced base/novel split that keeps every attribute pair in base")
 
 
 def base_classes() -> list[WorldClass]:
@@ -263,8 +294,8 @@ def novel_classes() -> list[WorldClass]:
 
 
 def fine_classes() -> list[WorldClass]:
-    """The 24 novel classes of the fine-grained block (:data:`FINE_SHAPES` x :data:`FINE_COLOURS`
-    x every pattern), in id order. Each has 1 + 2 + 3 = 6 others in the block that differ from it in
+    """The 16 novel classes of the fine-grained block (:data:`FINE_SHAPES` x :data:`FINE_COLOURS`
+    x every pattern), in id order. Each has 1 + 1 + 3 = 5 others in the block that differ from it in
     one attribute only."""
     return [_ALL[i] for i in _split()[2]]
 
@@ -321,7 +352,7 @@ SUITES: dict[str, SuiteConfig] = {
         (0, 0),
         (0.34, 0.6),
         (0.2, 0.3),
-        help="one object; 24 novel classes (2 similar shapes x 3 similar colours x 4 patterns)",
+        help="one object; 16 novel classes (2 similar shapes x 2 similar colours x 4 patterns)",
     ),
     "base": SuiteConfig(
         "base",
@@ -531,7 +562,10 @@ def _object_frame(
 
 
 def _object_mask(obj: ObjectSpec, size: int) -> np.ndarray:
-    """The object's full (unoccluded) mask ``(size, size)`` bool: pixels whose centre is inside."""
+    """The object's full (unoccluded) mask ``(size, size)`` bool: the pixels whose centre is inside.
+
+    This one definition serves the occlusion checks of :func:`sample_scene` and the masks and boxes
+    of :func:`render_scene_full`, so the two always agree."""
     y0, y1, x0, x1 = _region(obj, size)
     out = np.zeros((size, size), dtype=bool)
     if y1 <= y0 or x1 <= x0:
@@ -544,17 +578,17 @@ def _object_mask(obj: ObjectSpec, size: int) -> np.ndarray:
 
 
 def _draw_object(canvas: np.ndarray, obj: ObjectSpec, unit: float) -> np.ndarray:
-    """Composite ``obj`` onto ``canvas`` ``(S, S, 3)`` float32 in place (antialiased, supersampled);
-    returns its full mask ``(S, S)`` bool, which equals the centre samples (:func:`_object_mask`)."""
+    """Composite ``obj`` onto ``canvas`` ``(S, S, 3)`` float32 in place (antialiased with
+    ``_SUPERSAMPLE**2`` samples per pixel); returns its full mask (:func:`_object_mask`)."""
     size = canvas.shape[0]
     y0, y1, x0, x1 = _region(obj, size)
-    mask = np.zeros((size, size), dtype=bool)
+    mask = _object_mask(obj, size)
     if y1 <= y0 or x1 <= x0:
         return mask
     ss = _SUPERSAMPLE
-    offsets = (np.arange(ss, dtype=np.float64) + 0.5) / ss
-    ys = (np.arange(y0, y1, dtype=np.float64)[:, None] + offsets[None, :]).reshape(-1, 1)
-    xs = (np.arange(x0, x1, dtype=np.float64)[:, None] + offsets[None, :]).reshape(1, -1)
+    offsets = (np.arange(ss, dtype=np.float32) + 0.5) / ss
+    ys = (np.arange(y0, y1, dtype=np.float32)[:, None] + offsets[None, :]).reshape(-1, 1)
+    xs = (np.arange(x0, x1, dtype=np.float32)[:, None] + offsets[None, :]).reshape(1, -1)
     u, v, pu, pv = _object_frame(obj, ys, xs)
     cls = obj.world_class
     inside = _inside(cls.shape, u, v)
@@ -571,8 +605,6 @@ def _draw_object(canvas: np.ndarray, obj: ObjectSpec, unit: float) -> np.ndarray
     region = canvas[y0:y1, x0:x1]
     region *= 1.0 - alpha[..., None]
     region += premul
-    c = ss // 2
-    mask[y0:y1, x0:x1] = inside.reshape(h, ss, w, ss)[:, c, :, c]
     return mask
 
 
@@ -595,8 +627,8 @@ def _upsample_matrix(n: int, size: int) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, knots: int, size: int) -> np.ndarray:
     """Smooth random field ``(size, size, 3)`` float32 with unit-variance knots."""
     m = _upsample_matrix(knots, size)
-    k = rng.standard_normal((knots, knots, 3)).astype(np.float32)
-    return np.einsum("yi,ijc,xj->yxc", m, k, m, optimize=True)
+    k = rng.standard_normal((3, knots, knots)).astype(np.float32)
+    return (m @ k @ m.T).transpose(1, 2, 0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -673,6 +705,12 @@ def _visible_fractions(masks: Sequence[np.ndarray]) -> list[float]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _neighbours() -> tuple[frozenset[int], ...]:
+    """For each class id, the ids of the classes one attribute away from it."""
+    return tuple(frozenset(o.id for o in _ALL if attribute_difference(c, o) == 1) for c in _ALL)
+
+
 def _distractor_class(
     rng: np.random.Generator, target: WorldClass, pool: Sequence[WorldClass], used: set[int], similar: float
 ) -> WorldClass | None:
@@ -680,7 +718,8 @@ def _distractor_class(
     if not others:
         return None
     if similar > 0 and rng.random() < similar:
-        near = [c for c in others if attribute_difference(c, target) == 1]
+        close = _neighbours()[target.id]
+        near = [c for c in others if c.id in close]
         if near:
             return near[int(rng.integers(len(near)))]
     return others[int(rng.integers(len(others)))]

@@ -39,6 +39,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -491,6 +492,19 @@ class FeatureCache:
     def temporary_files(self) -> list[Path]:
         """Left-over temporary files (from killed writers, or writers still running)."""
         return sorted(self.root.glob("*/.*.tmp"))
+
+    def remove_temporary_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files untouched for ``older_than_s`` seconds; returns how many went.
+
+        Those are killed writers' leftovers; younger ones may belong to a writer at work and stay.
+        """
+        now, removed = time.time(), 0
+        for path in self.temporary_files():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= older_than_s:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     # ---- the main call
 

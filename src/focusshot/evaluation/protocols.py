@@ -256,7 +256,8 @@ def _selected(fitted) -> dict[str, Any]:
     """Hyper-parameters a fitted head recorded (C, alpha, beta...): its JSON-able scalars."""
     cfg = fitted.config() if hasattr(fitted, "config") else {}
     flat = {**cfg, **(cfg.get("info") or {})}
-    return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) and k not in ("type", "head")}
+    keep = (int, float, str, bool)
+    return {k: v for k, v in flat.items() if isinstance(v, keep) and k not in ("type", "head")}
 
 
 def _bar(progress: bool, total: int, desc: str):

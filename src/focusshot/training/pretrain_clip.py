@@ -97,7 +97,12 @@ def pretrain(cfg: PretrainConfig, output: str | Path, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            row = {"step": step, "loss": float(loss), "batch_acc": acc, "seconds": round(time.time() - start, 1)}
+            row = {
+                "step": step,
+                "loss": float(loss),
+                "batch_acc": acc,
+                "seconds": round(time.time() - start, 1),
+            }
             history.append(row)
             log(json.dumps(row))
     output = Path(output)

@@ -1,0 +1,205 @@
+"""Where does [CLS] look? Attention metrics against known target masks (e.g. FocusWorld's).
+
+Given last-layer attention probabilities ``(B, H, N, N)`` of a backbone with a global [CLS] row
+(``capabilities.global_cls``) and per-image target masks at the input resolution, for each image:
+
+* ``cls_target_mass``: the share of the [CLS] row's attention over *patch* tokens (heads averaged;
+  prefix tokens dropped and the row renormalised over patches) that falls on the target, each patch
+  weighted by the fraction of its pixels inside the mask;
+* ``target_area``: the mean of those patch weights, i.e. the fraction of patches the target
+  covers: ``cls_target_mass`` of attention spread uniformly over patches, the chance level;
+* ``patches_95``: how many patches, taken in order of decreasing attention, cover 95% of the
+  [CLS]-to-patch mass (small: focused; the number of patches: spread out);
+* ``prefix_mass``: the share of the (un-renormalised) [CLS] row spent on prefix tokens ([CLS]
+  itself and registers).
+
+Masks must be brought to the input resolution with the same geometry as the images:
+:func:`resize_crop_mask` applies the evaluation transform's resize-shorter + centre-crop with
+nearest-neighbour sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from focusshot.attention.record import record
+from focusshot.data.transforms import CropRounding, center_crop, resize_shorter
+
+__all__ = [
+    "NoGlobalClsError",
+    "cls_attention_metrics",
+    "measure_attention",
+    "patch_target_weights",
+    "require_global_cls",
+    "resize_crop_mask",
+    "transform_masks",
+]
+
+
+class NoGlobalClsError(ValueError):
+    """The backbone's attention has no global [CLS] row (windowed attention, CNNs)."""
+
+
+def require_global_cls(backbone: nn.Module) -> None:
+    """Raise :class:`NoGlobalClsError` unless ``backbone.capabilities.global_cls`` is true."""
+    caps = getattr(backbone, "capabilities", None)
+    if caps is None or not getattr(caps, "global_cls", False) or not getattr(caps, "attention", True):
+        raise NoGlobalClsError(
+            f"{type(backbone).__name__} has no global [CLS] attention row (capabilities: {caps}); "
+            "[CLS]-mass metrics need a ViT or CLIP ViT (not Swin's windowed attention, not a CNN)"
+        )
+
+
+def resize_crop_mask(
+    mask: np.ndarray | Tensor, resize: int, crop: int, crop_rounding: CropRounding = "round"
+) -> np.ndarray:
+    """A mask ``(H, W)`` bool -> ``(crop, crop)`` bool, with the evaluation transform's geometry.
+
+    Resize the shorter side to ``resize`` (``int`` truncation of the longer side) and centre-crop
+    ``crop`` (zero-padding a smaller image), exactly as :func:`focusshot.data.transforms.resize_shorter`
+    and :func:`~focusshot.data.transforms.center_crop` do for images, with nearest-neighbour sampling.
+    """
+    arr = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"a mask must be 2-D (H, W), got shape {tuple(arr.shape)}")
+    img = Image.fromarray(arr.astype(bool).astype(np.uint8) * 255, mode="L")
+    img = center_crop(resize_shorter(img, int(resize), "nearest"), int(crop), crop_rounding)
+    return np.asarray(img) >= 128
+
+
+def transform_masks(
+    masks: Sequence[np.ndarray | Tensor], preprocess: Any, crop_rounding: CropRounding = "round"
+) -> Tensor:
+    """Masks (each ``(H_i, W_i)`` bool) -> ``(B, crop, crop)`` bool tensor, with the geometry of
+    ``preprocess`` (anything with ``resize`` and ``crop``, such as a backbone's ``Preprocess``)."""
+    out = [resize_crop_mask(m, preprocess.resize, preprocess.crop, crop_rounding) for m in masks]
+    if not out:
+        raise ValueError("no masks given")
+    return torch.from_numpy(np.stack(out))
+
+
+def patch_target_weights(masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Per-patch target coverage: masks ``(B, H_img, W_img)`` -> ``(B, rows * cols)`` in [0, 1].
+
+    Patch ``(r, c)`` covers pixel rows ``r*p_h .. (r+1)*p_h`` and columns ``c*p_w .. (c+1)*p_w`` with
+    ``p_h = H_img // rows`` and ``p_w = W_img // cols`` (the patch embedding's stride; pixels beyond
+    the last whole patch, which it drops, are ignored). Patches are in row-major order.
+    """
+    rows, cols = (int(v) for v in grid)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (B, H, W), got shape {tuple(masks.shape)}")
+    b, h, w = masks.shape
+    if rows < 1 or cols < 1 or h < rows or w < cols:
+        raise ValueError(f"a {h}x{w} mask cannot be split into a {rows}x{cols} patch grid")
+    ph, pw = h // rows, w // cols
+    m = masks[:, : rows * ph, : cols * pw].to(torch.float32)
+    return m.reshape(b, rows, ph, cols, pw).mean(dim=(2, 4)).reshape(b, rows * cols)
+
+
+def cls_attention_metrics(
+    probs: Tensor,
+    masks: Tensor | np.ndarray,
+    num_prefix_tokens: int,
+    grid: tuple[int, int],
+    coverage: float = 0.95,
+) -> dict[str, Tensor]:
+    """[CLS]-attention metrics per image (see the module docstring).
+
+    Args:
+        probs: attention probabilities ``(B, H, N, N)`` of one layer with a global [CLS] row
+            (token 0), ``N = num_prefix_tokens + rows * cols``.
+        masks: target masks ``(B, H_img, W_img)`` bool at the input resolution.
+        num_prefix_tokens: tokens ahead of the patches ([CLS] plus registers).
+        grid: the patch grid ``(rows, cols)``.
+        coverage: the mass that ``patches_95`` covers (0.95).
+
+    Returns:
+        a dict of float32 ``(B,)`` tensors ``cls_target_mass``, ``target_area``, ``prefix_mass``
+        and the int64 ``(B,)`` tensor ``patches_95``.
+    """
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must lie in (0, 1], got {coverage}")
+    if probs.ndim != 4 or probs.shape[-1] != probs.shape[-2]:
+        raise ValueError(f"probs must be (B, heads, N, N), got shape {tuple(probs.shape)}")
+    rows, cols = (int(v) for v in grid)
+    prefix = int(num_prefix_tokens)
+    if prefix < 1:
+        raise NoGlobalClsError(
+            "num_prefix_tokens is 0: there is no [CLS] token whose row could be measured"
+        )
+    n = probs.shape[-1]
+    if n != prefix + rows * cols:
+        raise ValueError(
+            f"probs have {n} tokens but {prefix} prefix tokens + a {rows}x{cols} grid make "
+            f"{prefix + rows * cols}; windowed attention (Swin) has no global [CLS] row, and the grid "
+            "must be that of the recorded input size"
+        )
+    m = torch.as_tensor(masks)
+    if m.ndim != 3 or m.shape[0] != probs.shape[0]:
+        raise ValueError(
+            f"masks must be (B, H, W) with B = {probs.shape[0]} images, got shape {tuple(m.shape)}"
+        )
+    weights = patch_target_weights(m.to(probs.device), (rows, cols))  # (B, P)
+    row = probs[:, :, 0, :].detach().to(torch.float32).mean(dim=1)  # (B, N)
+    patch = row[:, prefix:]
+    total = patch.sum(dim=1, keepdim=True)
+    if bool((total <= 0).any()):
+        raise ValueError("a [CLS] row puts no attention on any patch; cannot renormalise")
+    attn = patch / total  # (B, P), sums to 1
+    mass = (attn * weights).sum(dim=1)
+    sorted_attn = attn.sort(dim=1, descending=True).values
+    csum = sorted_attn.cumsum(dim=1)
+    count = (csum < coverage - 1e-6).sum(dim=1) + 1
+    count = count.clamp(max=attn.shape[1]).to(torch.int64)
+    return {
+        "cls_target_mass": mass,
+        "patches_95": count,
+        "target_area": weights.mean(dim=1),
+        "prefix_mass": row[:, :prefix].sum(dim=1) / row.sum(dim=1),
+    }
+
+
+def measure_attention(
+    backbone: nn.Module, images: Tensor, masks: Tensor | np.ndarray, coverage: float = 0.95
+) -> dict[str, Tensor]:
+    """Run ``backbone`` on ``images`` and measure its last layer's [CLS] attention against ``masks``.
+
+    Args:
+        backbone: a focusshot backbone with ``capabilities.global_cls`` (ViT, CLIP ViT, CLIP
+            ResNet's attention pool), ``num_prefix_tokens`` and ``grid_size``.
+        images: the transformed input ``(B, 3, H, W)``.
+        masks: target masks ``(B, H, W)`` bool at the same resolution as ``images`` (see
+            :func:`transform_masks`).
+        coverage: the mass ``patches_95`` covers.
+
+    Returns:
+        :func:`cls_attention_metrics` of the last attention layer: ``(B,)`` tensors.
+
+    Raises:
+        NoGlobalClsError: the backbone has no global [CLS] row (Swin, CNNs).
+    """
+    require_global_cls(backbone)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    m = torch.as_tensor(masks)
+    if tuple(m.shape) != (images.shape[0], images.shape[2], images.shape[3]):
+        raise ValueError(
+            f"masks must be (B, H, W) = {(images.shape[0], images.shape[2], images.shape[3])} to match "
+            f"the images, got {tuple(m.shape)}; bring them to the input resolution with transform_masks"
+        )
+    grid = backbone.grid_size((int(images.shape[2]), int(images.shape[3])))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad(), record(backbone, "probs", layers=[-1]) as rec:
+            backbone.forward_features(images)
+    finally:
+        backbone.train(was_training)
+    probs = rec.get("probs", -1)
+    return cls_attention_metrics(probs, m, int(backbone.num_prefix_tokens), grid, coverage)
