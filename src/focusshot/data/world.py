@@ -24,8 +24,8 @@ Suites (see :data:`SUITES`):
 * ``world:clutter``: the target plus 1-4 distractors of other novel classes (often sharing a
   shape, colour or pattern with it), smaller objects, partial occlusion;
 * ``world:fine``: one object, restricted to the *fine-grained block* of novel classes (two
-  similar shapes x two similar colours x all patterns) where every class pair differs in one or
-  two attributes, rarely three;
+  similar shapes x two similar colours x all patterns), where each class has five others one
+  attribute away and only one pair in five differs in all three;
 * ``world:base``: base classes, 0-4 distractors, for pretraining (captions name every object).
 
 Materialised suites (:func:`build_world`, :func:`open_world`, and ``open_source("world:...")``)
@@ -157,7 +157,9 @@ class WorldClass:
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(allowed)}")
         s, c = SHAPES.index(self.shape), _COLOUR_NAMES.index(self.colour)
-        object.__setattr__(self, "id", (s * len(_COLOUR_NAMES) + c) * len(PATTERNS) + PATTERNS.index(self.pattern))
+        object.__setattr__(
+            self, "id", (s * len(_COLOUR_NAMES) + c) * len(PATTERNS) + PATTERNS.index(self.pattern)
+        )
 
     @property
     def name(self) -> str:
@@ -639,32 +641,30 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A textured background ``(size, size, 3)`` float32 in 0-255: tinted grey, gradient, smooth
+    """A textured background ``(size, size, 3)`` float32 in 0-255: tinted grey, a gradient, smooth
     noise at two scales, faint blobs and lines. Low saturation, so that colour belongs to objects."""
     ys, xs = _pixel_grid(size)
     unit = size / 64.0
-    level = rng.uniform(70, 185)
-    base = level + rng.normal(0.0, 10.0, 3)
-    img = np.broadcast_to(base.astype(np.float32), (size, size, 3)).copy()
+    base = (rng.uniform(70, 185) + rng.normal(0.0, 10.0, 3)).astype(np.float32)
     ang = rng.uniform(0, 2 * math.pi)
-    ramp = ((xs * math.cos(ang) + ys * math.sin(ang)) / size - 0.5).astype(np.float32)
-    img += ramp[..., None] * (rng.uniform(0, 50) * (1 + rng.normal(0, 0.15, 3))).astype(np.float32)
-    img += _smooth_noise(rng, 5, size) * np.float32(rng.uniform(3, 12))
-    img += _smooth_noise(rng, 17, size) * np.float32(rng.uniform(1, 6))
+    grey = (xs * math.cos(ang) + ys * math.sin(ang)) * np.float32(rng.uniform(0, 50) / size)
     for _ in range(int(rng.integers(0, 4))):  # blobs
         cy, cx = rng.uniform(0, size, 2)
-        sigma = rng.uniform(0.06, 0.25) * size
-        d2 = ((ys - cy) ** 2 + (xs - cx) ** 2) / np.float32(2 * sigma * sigma)
-        amp = (rng.choice([-1.0, 1.0]) * rng.uniform(8, 25) + rng.normal(0, 5, 3)).astype(np.float32)
-        img += np.exp(-d2)[..., None] * amp
+        inv = np.float32(1.0 / (2 * (rng.uniform(0.06, 0.25) * size) ** 2))
+        amp = np.float32(rng.choice([-1.0, 1.0]) * rng.uniform(8, 25))
+        grey = grey + amp * np.exp(-(((ys - cy) ** 2 + (xs - cx) ** 2) * inv))
     for _ in range(int(rng.integers(0, 4))):  # lines
         py, px = rng.uniform(0, size, 2)
         theta = rng.uniform(0, math.pi)
         d = np.abs((xs - px) * math.sin(theta) - (ys - py) * math.cos(theta))
         width = rng.uniform(0.5, 1.4) * unit
         amp = np.float32(rng.choice([-1.0, 1.0]) * rng.uniform(10, 30))
-        img += (np.clip(1.0 - d / np.float32(width), 0.0, 1.0) * amp)[..., None]
-    return img
+        grey = grey + amp * np.clip(1.0 - d * np.float32(1.0 / width), 0.0, 1.0)
+    noise = _smooth_noise(rng, 5, size) * np.float32(rng.uniform(3, 12))
+    noise += _smooth_noise(rng, 17, size) * np.float32(rng.uniform(1, 6))
+    noise += grey[..., None]
+    noise += base
+    return noise
 
 
 # --------------------------------------------------------------------------------------------
@@ -925,6 +925,7 @@ def iter_batches(
 _MANIFEST = "manifest.jsonl"
 _SETTINGS = "world.json"
 _MASK_SUFFIX = ".mask.npy"
+_MARKER = ".focusshot-world"  # marks a folder whose images/ this module may replace
 
 
 def _slug(name: str) -> str:
@@ -998,11 +999,15 @@ def build_world(
     (one JSON object per image: ``path`` relative to ``root``, ``label`` (the class name),
     ``class_id``, ``box`` of the target, ``caption``, ``distractors`` (class id, name and box of
     each), ``mask``, ``scene`` (the :class:`SceneSpec` as a dict)) and ``root/world.json`` (the
-    settings, written last). A folder already holding a complete build with the same settings is
-    reused as it is; a build with other settings is replaced.
+    settings, written last) and a marker file ``.focusshot-world``. A folder already holding a
+    complete build with the same settings is reused as it is; a build with other settings (or an
+    interrupted one) is replaced.
 
     The returned set's ``class_names`` are the suite's class names in id order
     (:func:`suite_classes`), ``labels`` index them, and ``boxes`` are the target boxes.
+
+    Raises:
+        FileExistsError: ``root`` has an ``images`` folder that this function did not make.
     """
     cfg = _suite(suite)
     if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
@@ -1018,8 +1023,16 @@ def build_world(
         return found
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / _SETTINGS).unlink(missing_ok=True)  # incomplete until the settings are written again
     images_dir = root / "images"
+    marker = root / _MARKER
+    if images_dir.exists() and not marker.is_file():
+        raise FileExistsError(
+            f"{root}: holds an 'images' folder that no FocusWorld build made; "
+            "choose an empty or FocusWorld-only folder"
+        )
+    marker.touch()
+    (root / _SETTINGS).unlink(missing_ok=True)  # incomplete until the settings are written again
+    (root / _MANIFEST).unlink(missing_ok=True)
     if images_dir.is_dir():
         shutil.rmtree(images_dir)
     pool = suite_classes(cfg)
@@ -1108,4 +1121,6 @@ def open_world(spec: str, cache_root: str | os.PathLike[str] | None = None) -> L
     suite, opts = parse_world_spec(spec)
     root = Path(os.fspath(cache_root)).expanduser() if cache_root is not None else world_cache_root()
     folder = root / f"{suite[len('world:') :]}-s{opts['image_size']}-n{opts['per_class']}-seed{opts['seed']}"
-    return build_world(suite, folder, image_size=opts["image_size"], per_class=opts["per_class"], seed=opts["seed"])
+    return build_world(
+        suite, folder, image_size=opts["image_size"], per_class=opts["per_class"], seed=opts["seed"]
+    )

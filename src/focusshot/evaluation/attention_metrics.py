@@ -130,9 +130,7 @@ def cls_attention_metrics(
     rows, cols = (int(v) for v in grid)
     prefix = int(num_prefix_tokens)
     if prefix < 1:
-        raise NoGlobalClsError(
-            "num_prefix_tokens is 0: there is no [CLS] token whose row could be measured"
-        )
+        raise NoGlobalClsError("num_prefix_tokens is 0: there is no [CLS] token whose row could be measured")
     n = probs.shape[-1]
     if n != prefix + rows * cols:
         raise ValueError(
