@@ -92,6 +92,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if out.paired:
         print()
         print((out.directory / "paired.md").read_text(), end="")
+    if out.attention.get("available"):
+        a = out.attention
+        print(
+            f"\nlast-layer [CLS] attention on the target: {a['cls_target_mass']:.3f} of its patch mass "
+            f"(chance {a['target_area']:.3f}); 95% of it on {a['patches_95']:.1f} patches; "
+            f"figure: {out.directory / a['figure']}"
+        )
     print(f"results in {out.directory}")
     return 0
 

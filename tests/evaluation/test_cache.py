@@ -215,6 +215,30 @@ def test_corrupt_entries_are_recomputed(images: list[Path], tmp_path: Path) -> N
     assert cache.remove_temporary_files(older_than_s=3600) == 1 and not stale.exists()
 
 
+def test_interrupted_run_leaves_only_whole_entries(
+    images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = create_backbone("tiny-vit")
+    cache = FeatureCache(tmp_path / "cache")
+    real_replace, published = os.replace, []
+
+    def interrupted_replace(src, dst):  # Ctrl-C while the third entry is being published
+        if len(published) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+        published.append(dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get(model, images, Prefix.pooled(), batch_size=2, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == 2
+    assert cache.verify() == [] and cache.temporary_files() == []
+    fresh = FeatureCache(tmp_path / "cache")
+    fresh.get(model, images, Prefix.pooled(), progress=False)
+    assert fresh.stats.disk_hits == 2 and fresh.stats.misses == len(images) - 2
+
+
 def test_float16_overflow_kept_as_float32() -> None:
     values = torch.tensor([1.0, -2.5, 1e6])
     stored, data = _encode_entry(values, "k", {})
@@ -225,18 +249,30 @@ def test_float16_overflow_kept_as_float32() -> None:
     assert CACHE_FORMAT in data16[:400].decode(errors="ignore")
 
 
-def _fill_worker(root: str, paths: list[str], reverse: bool, barrier, rounds: int, written) -> None:
+def _fill_worker(root: str, paths: list[str], reverse: bool, start, barrier, rounds: int, written) -> None:
     torch.set_num_threads(1)
     model = create_backbone("tiny-vit")
     order = paths[::-1] if reverse else paths
     cache = FeatureCache(root, memory_bytes=0)
+    start.wait()
     for _ in range(rounds):
         barrier.wait()
         cache.get(model, order, Prefix.pooled(), batch_size=1, progress=False)
     written.put(cache.stats.written)
 
 
+def _victim_worker(root: str, paths: list[str], start, running) -> None:
+    torch.set_num_threads(1)
+    model = create_backbone("tiny-vit")
+    cache = FeatureCache(root, memory_bytes=0)
+    start.wait()
+    while True:  # until SIGKILL
+        cache.get(model, paths[len(paths) // 2 :] + paths, Prefix.pooled(), batch_size=1, progress=False)
+        running.set()
+
+
 def test_two_processes_fill_one_cache(tmp_path: Path) -> None:
+    """Two writers race on every entry while a reader checks and a third writer is SIGKILLed."""
     paths = [str(p) for p in _write_images(tmp_path / "images", 16, seed=3)]
     root = tmp_path / "cache"
     model = create_backbone("tiny-vit")
@@ -247,36 +283,45 @@ def test_two_processes_fill_one_cache(tmp_path: Path) -> None:
     shape = (model.num_features,)
     ctx = mp.get_context("spawn")
     rounds = 3
-    barrier, written = ctx.Barrier(2), ctx.Queue()
+    start, barrier, written = ctx.Barrier(3), ctx.Barrier(2), ctx.Queue()
     procs = [
-        ctx.Process(target=_fill_worker, args=(str(root), paths, rev, barrier, rounds, written))
+        ctx.Process(target=_fill_worker, args=(str(root), paths, rev, start, barrier, rounds, written))
         for rev in (False, True)
     ]
-    for p in procs:
+    running = ctx.Event()
+    victim = ctx.Process(target=_victim_worker, args=(str(root), paths, start, running))
+    for p in [*procs, victim]:
         p.start()
     seen = 0
     try:
         # read while they write: an entry is either absent or whole and right, never partial
-        while any(p.is_alive() for p in procs):
+        while any(p.is_alive() for p in procs) or not (running.is_set() or not victim.is_alive()):
             for i, key in enumerate(keys):
-                t = cache.read(key, shape)
-                if t is not None:
-                    seen += 1
-                    torch.testing.assert_close(t.float(), ref[i], rtol=1e-3, atol=1e-3)
+                try:
+                    data = cache.path_for(key).read_bytes()
+                except FileNotFoundError:
+                    continue
+                t = _decode_entry(data, key, shape)
+                assert t is not None, "a reader saw a partly written entry"
+                seen += 1
+                torch.testing.assert_close(t.float(), ref[i], rtol=1e-3, atol=1e-3)
             # between rounds, drop entries so that the writers race on them again
             for key in keys[::3]:
                 cache.path_for(key).unlink(missing_ok=True)
     finally:
-        for p in procs:
+        victim.kill()  # SIGKILL, most likely in the middle of its work
+        for p in [*procs, victim]:
             p.join(timeout=60)
-    assert all(p.exitcode == 0 for p in procs)
+    assert all(p.exitcode == 0 for p in procs) and victim.exitcode == -9
     # both found the empty cache and computed every entry in round 1: each entry had two writers
     assert written.get(timeout=5) + written.get(timeout=5) >= 2 * len(keys)
     assert seen > 0
     # the last round may have followed the last unlink: fill what is missing, then check everything
     final = FeatureCache(root).get(model, paths, Prefix.pooled(), progress=False)
     torch.testing.assert_close(final, ref, rtol=1e-3, atol=1e-3)
-    assert cache.verify() == [] and cache.temporary_files() == []
+    assert cache.verify() == []  # a killed writer may leave a temporary file, never a bad entry
+    cache.remove_temporary_files(older_than_s=0)
+    assert cache.temporary_files() == []
     assert sorted(p.stem for p in root.glob("*/*.safetensors")) == sorted(keys)
 
 

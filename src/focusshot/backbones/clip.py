@@ -88,6 +88,8 @@ class CLIP(Backbone):
         self.visual = visual
         self.text = text
         self.tokenizer = tokenizer
+        #: prompt templates for zero-shot classifiers (``None``: CLIP's photo templates)
+        self.templates: tuple[str, ...] | None = None
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
         self.num_features = visual.num_features
         self.num_prefix_tokens = visual.num_prefix_tokens

@@ -58,6 +58,34 @@ class RunOutcome:
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]
     paired: list[dict[str, Any]]
+    attention: dict[str, Any] = field(default_factory=dict)
+
+
+def attention_section(backbone: Backbone, data: LabelledImages, directory: Path) -> dict[str, Any]:
+    """Where [CLS] looks on ``data`` (when it carries target masks and the backbone has a [CLS] row).
+
+    Writes ``attention.json`` and ``attention_maps.png`` into ``directory`` and returns the
+    figures, or ``{"available": False, "reason": ...}``.
+    """
+    import json
+
+    from focusshot.report.attention_maps import attention_report, save_attention_figure, target_masks
+
+    path = directory / "attention.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not (backbone.capabilities.attention and backbone.capabilities.global_cls):
+        out: dict[str, Any] = {"available": False, "reason": "the backbone has no global [CLS] attention row"}
+    else:
+        masks = target_masks(data)
+        if masks is None:
+            out = {"available": False, "reason": "the data carry no target masks or boxes"}
+        else:
+            out = {"available": True, "layer": "last", **attention_report(backbone, data, masks)}
+            save_attention_figure(backbone, data, masks, directory / "attention_maps.png")
+            out["figure"] = "attention_maps.png"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 Progress = Callable[[str, int, int], None] | None
@@ -105,6 +133,7 @@ def run_episodic(
     cache: FeatureCache,
     progress: bool = False,
     stop_after: int | None = None,
+    attention: bool = True,
 ) -> RunOutcome:
     """Evaluate ``methods`` on ``config.episodes`` episodes of ``data``; results go to ``output``.
 
@@ -117,6 +146,8 @@ def run_episodic(
         cache: the shared feature cache.
         progress: progress bars on stderr.
         stop_after: stop after this many new episodes (to test resumption); ``None`` runs all.
+        attention: measure last-layer [CLS] attention against target masks when the data have
+            them (:func:`attention_section`).
     """
     ms = _methods(methods)
     sampler = EpisodeSampler(
@@ -171,7 +202,8 @@ def run_episodic(
     write_tables(log.directory, summary)
     if pairs:
         write_tables(log.directory, pairs, "paired")
-    return RunOutcome(log.directory, log.rows, summary, pairs)
+    att = attention_section(backbone, data, log.directory) if attention else {}
+    return RunOutcome(log.directory, log.rows, summary, pairs, att)
 
 
 def run_split(

@@ -19,27 +19,34 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+def fill(template: str, name: str) -> str:
+    """Put ``name`` into ``template``; ``{article}`` becomes "a" or "an" by the name's first letter."""
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return template.replace("{article}", article).format(name)
+
+
 def readable(name: str) -> str:
     """A folder-style class name as words: ``"t_shirt"`` -> ``"t shirt"``."""
     return " ".join(name.replace("_", " ").replace("-", " ").split())
 
 
 @torch.inference_mode()
-def class_text_embeddings(
-    clip, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
-) -> Tensor:
+def class_text_embeddings(clip, class_names: Sequence[str], templates: Sequence[str] | None = None) -> Tensor:
     """Text embeddings ``(C, T, D)`` of every class name in every template, each L2-normalised.
 
     Args:
         clip: a :class:`focusshot.backbones.clip.CLIP` (anything with ``encode_text`` and a tokenizer).
         class_names: the C class names (underscores read as spaces).
-        templates: T prompt templates with one ``{}``.
+        templates: T prompt templates with one ``{}`` (and optionally ``{article}``); the
+            backbone's own ``templates`` when it has them, else :data:`DEFAULT_TEMPLATES`.
     """
     if not hasattr(clip, "encode_text"):
         raise ValueError(f"{type(clip).__name__} has no text tower: zero-shot heads need a CLIP backbone")
+    if templates is None:
+        templates = getattr(clip, "templates", None) or DEFAULT_TEMPLATES
     if not templates or any("{}" not in t for t in templates):
         raise ValueError("every template needs one '{}' where the class name goes")
-    texts = [t.format(readable(c)) for c in class_names for t in templates]
+    texts = [fill(t, readable(c)) for c in class_names for t in templates]
     emb = clip.encode_text(texts).float()
     emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return emb.reshape(len(class_names), len(templates), -1)

@@ -1,0 +1,1 @@
+"""Reports: attention-map figures."""

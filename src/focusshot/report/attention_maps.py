@@ -1,0 +1,133 @@
+"""Where the model looked: [CLS] attention over a labelled set with target masks, and a figure.
+
+:func:`target_masks` finds each image's target mask: FocusWorld's per-pixel ``<image>.mask.npy``
+when present, else the image's box as a rectangle, else none. :func:`attention_report` measures
+the last layer's [CLS] attention against them (``cls_target_mass``, ``patches_95``,
+``target_area``; see :mod:`focusshot.evaluation.attention_metrics`) and
+:func:`save_attention_figure` draws images, heat maps and mask outlines into one PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from focusshot.attention.record import record
+from focusshot.backbones.base import Backbone
+from focusshot.data.images import load_rgb
+from focusshot.data.sources import LabelledImages
+from focusshot.data.transforms import center_crop, make_transform, resize_shorter
+from focusshot.evaluation.attention_metrics import measure_attention, require_global_cls, transform_masks
+
+
+def _mask_file(path: str) -> Path:
+    p = Path(path)
+    return p.with_name(p.stem + ".mask.npy")
+
+
+def target_masks(data: LabelledImages) -> list[np.ndarray] | None:
+    """One boolean mask ``(H, W)`` per image at its stored size, or ``None`` if the data have none."""
+    masks: list[np.ndarray] = []
+    for i, path in enumerate(data.paths):
+        f = _mask_file(path)
+        if f.is_file():
+            masks.append(np.load(f, allow_pickle=False).astype(bool))
+            continue
+        box = data.boxes[i] if data.boxes is not None else None
+        if box is None:
+            return None
+        with Image.open(path) as im:
+            w, h = im.size
+        m = np.zeros((h, w), dtype=bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        m[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] = True
+        masks.append(m)
+    return masks
+
+
+@torch.inference_mode()
+def attention_report(
+    backbone: Backbone, data: LabelledImages, masks: Sequence[np.ndarray], batch_size: int = 64
+) -> dict[str, float]:
+    """Mean last-layer [CLS] attention metrics over ``data`` (every image once).
+
+    Returns:
+        ``cls_target_mass`` (mean share of [CLS]->patch attention on the target), ``target_area``
+        (its chance level: the target's share of patches), ``patches_95`` (mean number of patches
+        holding 95% of the mass), ``images``.
+    """
+    require_global_cls(backbone)
+    tf = make_transform(backbone.preprocess)
+    sums: dict[str, float] = {}
+    for s in range(0, len(data.paths), batch_size):
+        paths = data.paths[s : s + batch_size]
+        images = torch.stack([tf(load_rgb(p)) for p in paths])
+        m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess)
+        res = measure_attention(backbone, images, m)
+        for k in ("cls_target_mass", "target_area", "patches_95"):
+            sums[k] = sums.get(k, 0.0) + float(res[k].double().sum())
+    n = len(data.paths)
+    return {**{k: v / n for k, v in sums.items()}, "images": n}
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] ``(H, W)`` -> RGB uint8 ``(H, W, 3)`` (black -> red -> yellow -> white)."""
+    v = np.clip(values, 0.0, 1.0)
+    r = np.clip(3 * v, 0, 1)
+    g = np.clip(3 * v - 1, 0, 1)
+    b = np.clip(3 * v - 2, 0, 1)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+@torch.inference_mode()
+def save_attention_figure(
+    backbone: Backbone,
+    data: LabelledImages,
+    masks: Sequence[np.ndarray] | None,
+    output: str | Path,
+    count: int = 8,
+    scale: int = 2,
+) -> Path:
+    """Save a PNG: per image, the input, its [CLS] attention heat map, and the map over the input.
+
+    Images are the first of each class (up to ``count``); the target mask's outline is drawn in
+    cyan when masks are given.
+    """
+    require_global_cls(backbone)
+    pre = backbone.preprocess
+    picked: list[int] = []
+    for idx in data.indices_by_class():
+        if idx and len(picked) < count:
+            picked.append(idx[0])
+    tf = make_transform(pre)
+    images = torch.stack([tf(load_rgb(data.paths[i])) for i in picked])
+    with record(backbone, "probs", layers=[-1]) as rec:
+        backbone.forward_features(images)
+    probs = rec.get("probs")  # (B, H, N, N)
+    rows, cols = backbone.grid_size((images.shape[2], images.shape[3]))
+    cls = probs[:, :, 0, backbone.num_prefix_tokens :].mean(1).reshape(len(picked), rows, cols)
+    lo = cls.amin(dim=(1, 2), keepdim=True)
+    cls = (cls - lo) / (cls.amax(dim=(1, 2), keepdim=True) - lo).clamp_min(1e-12)
+    side = pre.crop * scale
+    sheet = Image.new("RGB", (3 * side + 8, len(picked) * (side + 4)), (255, 255, 255))
+    for r, i in enumerate(picked):
+        rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
+        rgb = rgb.resize((side, side), Image.NEAREST)
+        heat = Image.fromarray(_heat(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+        blend = Image.blend(rgb, heat, 0.55)
+        if masks is not None:
+            m = transform_masks([masks[i]], pre)[0].numpy()
+            edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
+            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+            ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
+        y = r * (side + 4)
+        for c, im in enumerate((rgb, heat, blend)):
+            sheet.paste(im, (c * (side + 4), y))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(output)
+    return output
