@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     w.add_argument("--output", required=True, help="weights file to write (.safetensors, float16)")
     w.set_defaults(func=_cmd_world_pretrain)
+    z = wsub.add_parser(
+        "zeroshot", help="zero-shot accuracy of a CLIP over all classes of a suite or dataset"
+    )
+    z.add_argument("--backbone", default="world-clip", help="a CLIP backbone (default world-clip)")
+    z.add_argument("--data", default="world:single", help="a FocusWorld suite or any data source")
+    z.set_defaults(func=_cmd_world_zeroshot)
 
     p = sub.add_parser("methods", help="list the methods evaluate and fit accept")
     p.set_defaults(func=_cmd_methods)
@@ -242,6 +248,22 @@ def _cmd_world_pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     info = pretrain(cfg, args.output)
     print(f"wrote {args.output} after {cfg.steps} steps in {info['seconds']} s (final {info['final']})")
+    return 0
+
+
+def _cmd_world_zeroshot(args: argparse.Namespace) -> int:
+    from focusshot.backbones.registry import create_backbone
+    from focusshot.data.sources import LabelledImages, open_source
+    from focusshot.evaluation.zeroshot import zero_shot_accuracy
+
+    data = open_source(args.data)
+    if not isinstance(data, LabelledImages):
+        data = data.get("test") or next(iter(data.values()))
+    res = zero_shot_accuracy(create_backbone(args.backbone), data)
+    print(
+        f"zero-shot {args.backbone} on {args.data}: top-1 {res['top1']:.3f}, top-5 {res['top5']:.3f} over "
+        f"{res['classes']} classes ({res['images']} images; chance {res['chance']:.3f})"
+    )
     return 0
 
 

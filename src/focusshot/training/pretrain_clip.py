@@ -99,7 +99,7 @@ def pretrain(cfg: PretrainConfig, output: str | Path, log=print) -> dict:
         if step % 50 == 0 or step == cfg.steps - 1:
             row = {
                 "step": step,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "batch_acc": acc,
                 "seconds": round(time.time() - start, 1),
             }
