@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from torch import Tensor, nn
+
+#: Key-renaming rules: ``(regex pattern, replacement)`` applied in order.
+Rules = list[tuple[str, str]]
+
+
+def rename(state_dict: Mapping[str, Tensor], rules: Rules) -> dict[str, Tensor]:
+    """Apply every ``(pattern, replacement)`` rule to every key, in order; values are kept."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
 
 
 def strip_prefixes(state_dict: dict[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:

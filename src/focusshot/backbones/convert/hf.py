@@ -15,10 +15,8 @@ from torch import Tensor
 
 from focusshot.backbones.base import CLIP_PREPROCESS, IMAGENET_PREPROCESS, Preprocess
 from focusshot.backbones.clip import CLIP, TextConfig, TextTransformer
-from focusshot.backbones.convert.common import load_checked, strip_prefixes
+from focusshot.backbones.convert.common import Rules, load_checked, rename, strip_prefixes
 from focusshot.backbones.vit import VisionTransformer, ViTConfig
-
-Rules = list[tuple[str, str]]
 
 # HF ViT / DeiT / DINO / DINOv2 block layout -> ours.
 _VIT_BLOCK: Rules = [
@@ -70,16 +68,6 @@ _CLIP_TEXT: Rules = [
 ]
 
 _DROP = re.compile(r"(^|\.)(pooler\.|position_ids$|mask_token$|classifier\.)")
-
-
-def rename(state_dict: dict[str, Tensor], rules: Rules) -> dict[str, Tensor]:
-    """Apply every ``(pattern, replacement)`` rule to every key, in order."""
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        for pattern, repl in rules:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
 
 
 def _need(config: dict[str, Any], key: str, what: str) -> Any:

@@ -29,10 +29,8 @@ from typing import Any
 from torch import Tensor
 
 from focusshot.backbones.base import Preprocess
-from focusshot.backbones.convert.common import load_checked, strip_prefixes
+from focusshot.backbones.convert.common import Rules, load_checked, rename, strip_prefixes
 from focusshot.backbones.swin import SwinConfig, SwinTransformer
-
-Rules = list[tuple[str, str]]
 
 _HF_RULES: Rules = [
     (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.blocks.\2."),
@@ -84,16 +82,6 @@ _HF_ACTS = {
     "quick_gelu": "quick_gelu",
     "relu": "relu",
 }
-
-
-def rename(state_dict: Mapping[str, Tensor], rules: Rules) -> dict[str, Tensor]:
-    """Apply every ``(pattern, replacement)`` rule to every key, in order; values are kept."""
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        for pattern, repl in rules:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
 
 
 def _square(value: Any, what: str) -> int:
