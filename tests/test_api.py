@@ -110,3 +110,13 @@ def test_cli_fit_predict_evaluate(tmp_path, capsys) -> None:
         == 2
     )
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_all_methods_depend_on_the_backbone() -> None:
+    from focusshot.api import resolve_methods
+
+    plain = resolve_methods(["all"], focusshot.create_backbone("tiny-vit"))
+    clip = resolve_methods(["protonet", "all"], focusshot.create_backbone("tiny-clip-vit"))
+    assert "protonet" in plain and "metaoptnet" in plain and "zeroshot" not in plain
+    assert clip[0] == "protonet" and clip.count("protonet") == 1
+    assert {"zeroshot", "tip_adapter", "tip_adapter_f"} <= set(clip)

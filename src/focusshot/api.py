@@ -61,6 +61,21 @@ def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | N
     return data[name]
 
 
+def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
+    """Expand ``"all"`` to every frozen-feature method the backbone supports (text ones need CLIP)."""
+    from focusshot.methods.feature_heads import list_feature_methods
+
+    out: list[str] = []
+    for name in methods:
+        if name == "all":
+            for m in list_feature_methods():
+                if (backbone.capabilities.text or not create_feature_method(m).needs_text) and m not in out:
+                    out.append(m)
+        elif name not in out:
+            out.append(name)
+    return out
+
+
 def evaluate(
     backbone: str | Backbone,
     data: str | os.PathLike[str] | LabelledImages | dict[str, LabelledImages],
@@ -81,10 +96,13 @@ def evaluate(
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
+    ``methods`` may contain ``"all"``: every frozen-feature method the backbone supports.
+
     Episodic runs draw from ``split`` (default: ``test`` when the data has splits). The split
     protocol needs train and test (validation optional) and takes ``shots`` as a list.
     """
     model, _ = _backbone(backbone, pretrained, seed)
+    methods = resolve_methods(methods, model)
     source = data if isinstance(data, (LabelledImages, dict)) else open_source(data)
     cache = FeatureCache(cache_dir or default_cache_dir())
     if protocol == "episodic":

@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="class folders (with train/val/test), a manifest, or a split file"
     )
     p.add_argument("--protocol", choices=["episodic", "split"], default="episodic")
-    p.add_argument("--method", default="protonet", help="comma-separated methods (see `focusshot methods`)")
+    p.add_argument(
+        "--method", default="protonet", help="comma-separated methods, or all (see `focusshot methods`)"
+    )
     p.add_argument("--ways", type=int, default=d.ways, help="N, classes per episode")
     p.add_argument(
         "--shots", type=_ints, default=[d.shots], help="K (split protocol: a comma list, e.g. 1,2,4,8,16)"
