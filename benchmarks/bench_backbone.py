@@ -8,6 +8,7 @@ Random weights (no pretrained ViT installs here); fp32; CPU. For each model:
 
 * roofline images/s = measured GEMM FLOP/s / model FLOPs per image, where the GEMM rate is
   measured in this run on the model's own largest matrix product (tokens x width x 4 width);
+* the GEMM rate, ours and transformers are measured in turn, ``--repeats`` rounds, best of each;
 * ours: ``forward_features`` (fused attention path) under ``torch.inference_mode``;
 * transformers: ``CLIPVisionModelWithProjection`` holding the same weights (its default
   attention implementation), same inputs; features are checked equal first.
@@ -48,10 +49,11 @@ def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
     return 2.0 * m * k * n * count / (time.perf_counter() - start)
 
 
-def timed(fn, x: torch.Tensor, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``fn(x)`` after one warm-up call."""
+def timed(fn, x: torch.Tensor, repeats: int, warmup: bool = True) -> float:
+    """Best-of-``repeats`` seconds of ``fn(x)`` (after one warm-up call when ``warmup``)."""
     with torch.inference_mode():
-        fn(x)
+        if warmup:
+            fn(x)
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
@@ -127,13 +129,17 @@ def main() -> None:
         grid = c.image_size // c.patch_size
         tokens = grid * grid + 1
         flops = vit_flops(c.width, c.depth, tokens, grid * grid, c.patch_size, c.mlp_dim, c.proj_dim)
-        rate = gemm_rate(args.batch * tokens, c.width, c.mlp_dim)
         x = torch.randn(args.batch, 3, c.image_size, c.image_size)
         ref = hf_twin(model)
         with torch.inference_mode():
             diff = float((model.forward_features(x[:2]) - ref(pixel_values=x[:2]).image_embeds).abs().max())
-        ours_s = timed(model.forward_features, x, args.repeats)
-        hf_s = timed(lambda t, r=ref: r(pixel_values=t).image_embeds, x, args.repeats)
+        # interleave the three measurements so that they see the same machine load; keep each one's best
+        ours_s = hf_s = float("inf")
+        rate = 0.0
+        for i in range(args.repeats):
+            rate = max(rate, gemm_rate(args.batch * tokens, c.width, c.mlp_dim, seconds=1.0))
+            ours_s = min(ours_s, timed(model.forward_features, x, 1, warmup=i == 0))
+            hf_s = min(hf_s, timed(lambda t, r=ref: r(pixel_values=t).image_embeds, x, 1, warmup=i == 0))
         roof = rate / flops
         row = {
             "model": name,

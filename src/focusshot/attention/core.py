@@ -110,6 +110,21 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.tap = AttentionTap(layout=layout)
 
+    def _fusable(self) -> bool:
+        """q, k and v are plain ``nn.Linear`` layers (no adapter wraps them)."""
+        return type(self.q) is nn.Linear and type(self.k) is nn.Linear and type(self.v) is nn.Linear
+
+    def _qkv_weight(self) -> Tensor:
+        return torch.cat([self.q.weight, self.k.weight, self.v.weight], dim=0)
+
+    def _qkv_bias(self) -> Tensor | None:
+        biases = [self.q.bias, self.k.bias, self.v.bias]
+        if all(bb is None for bb in biases):
+            return None
+        return torch.cat(
+            [bb if bb is not None else self.q.weight.new_zeros(self.q.out_features) for bb in biases]
+        )
+
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
@@ -126,7 +141,12 @@ class Attention(nn.Module):
             ``(B, N, out_dim)``.
         """
         b, n, c = x.shape
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        if self._fusable():
+            # one GEMM for q, k and v (same maths; plain Linear layers only, so adapters are respected)
+            qkv = F.linear(x, self._qkv_weight(), self._qkv_bias())
+            q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
         bias = _bias_as_float(attn_bias, q)
         drop = self.attn_drop if self.training else 0.0
         if not self.tap.active:
