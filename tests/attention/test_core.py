@@ -126,3 +126,20 @@ def test_attention_dropout_only_in_training() -> None:
     torch.testing.assert_close(attn(x), attn(x))
     attn.train()
     assert (attn(x) - attn(x)).abs().max() > 0
+
+
+def test_fused_qkv_path_equals_separate_projections() -> None:
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(2, 7, 32)
+    fused = attn(x)
+    assert attn._fusable()
+
+    class Wrapped(torch.nn.Linear):  # stands in for an adapter around q: the fused path must step aside
+        pass
+
+    wrapped = Wrapped(32, 32)
+    wrapped.load_state_dict(attn.q.state_dict())
+    attn.q = wrapped
+    assert not attn._fusable()
+    torch.testing.assert_close(attn(x), fused, atol=1e-6, rtol=1e-6)
