@@ -49,7 +49,7 @@ def fit_logistic(
     *,
     fit_intercept: bool = True,
     max_iter: int = 1000,
-    tol: float = 1e-8,
+    tol: float = 1e-6,
     init: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Minimise the multinomial logistic objective with L-BFGS.
@@ -128,7 +128,7 @@ class LogisticRegression(Head):
     fit_intercept: bool = field(default=True, metadata=doc("learn an unpenalised per-class bias"))
     normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
     max_iter: int = field(default=1000, metadata=doc("L-BFGS iterations at most, per C"))
-    tol: float = field(default=1e-8, metadata=doc("gradient tolerance (objective divided by C N)"))
+    tol: float = field(default=1e-6, metadata=doc("gradient tolerance (objective divided by C N)"))
 
     def __post_init__(self) -> None:
         positive("C", self.C)
