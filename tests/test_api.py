@@ -120,3 +120,11 @@ def test_all_methods_depend_on_the_backbone() -> None:
     assert "protonet" in plain and "metaoptnet" in plain and "zeroshot" not in plain
     assert clip[0] == "protonet" and clip.count("protonet") == 1
     assert {"zeroshot", "tip_adapter", "tip_adapter_f"} <= set(clip)
+
+
+def test_top_level_surface() -> None:
+    assert focusshot.fit is fit and focusshot.Classifier is Classifier
+    assert focusshot.create_method("metaoptnet").head == "metaoptnet"
+    assert "protonet" in focusshot.list_methods()
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        focusshot.nope  # noqa: B018

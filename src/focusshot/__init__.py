@@ -5,4 +5,33 @@ __version__ = "0.1.0"
 from focusshot.attention import record
 from focusshot.backbones import create_backbone, list_backbones
 
-__all__ = ["__version__", "create_backbone", "list_backbones", "record"]
+_LAZY = {
+    "evaluate": ("focusshot.api", "evaluate"),
+    "fit": ("focusshot.api", "fit"),
+    "Classifier": ("focusshot.api", "Classifier"),
+    "create_method": ("focusshot.methods.feature_heads", "create_feature_method"),
+    "list_methods": ("focusshot.methods.feature_heads", "list_feature_methods"),
+}
+
+
+def __getattr__(name: str):
+    """The workflow API, imported on first use (``focusshot.evaluate``, ``focusshot.fit``, ...)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'focusshot' has no attribute {name!r}")
+
+
+__all__ = [
+    "Classifier",
+    "__version__",
+    "create_backbone",
+    "create_method",
+    "evaluate",
+    "fit",
+    "list_backbones",
+    "list_methods",
+    "record",
+]

@@ -1,0 +1,1 @@
+"""Methods: published recipes composed from backbones, attention, adapters and heads."""
