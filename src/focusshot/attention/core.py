@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: What a tap can record, with the shape each tensor has.
+#: What a tap can record, with the shape each tensor has (for windowed attention, such as Swin's,
+#: ``B`` is images x windows and ``N`` the tokens of one window).
 TAP_KINDS: dict[str, str] = {
     "logits": "(B, H, N, N) pre-softmax attention logits, bias included",
     "probs": "(B, H, N, N) attention probabilities (before attention dropout)",
