@@ -120,3 +120,12 @@ def test_zero_shot_needs_a_clip_backbone(tmp_path, pool, backbone) -> None:
         clip, pool, ["zeroshot", "tip_adapter"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "z", cache
     )
     assert {r["method"] for r in out.rows} == {"zeroshot", "tip_adapter"}
+
+
+def test_head_threads_restores_the_thread_count() -> None:
+    from focusshot.evaluation.protocols import head_threads
+
+    before = torch.get_num_threads()
+    with head_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
