@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -82,7 +83,7 @@ class Identity:
         return asdict(self)
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, metaclass=ABCMeta):
     """Base class of focusshot image backbones.
 
     Subclasses set ``num_features`` (width of ``forward_features``), ``num_prefix_tokens``
@@ -108,21 +109,21 @@ class Backbone(nn.Module):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         return h // self.patch_size, w // self.patch_size
 
+    @abstractmethod
     def forward_tokens(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
         """Images ``(B, 3, H, W)`` -> output tokens of the last stage ``(B, N, C)``."""
-        raise NotImplementedError(f"{type(self).__name__} does not produce tokens")
 
+    @abstractmethod
     def forward_head(self, tokens: Tensor) -> Tensor:
         """Last-stage tokens ``(B, N, C)`` -> pooled features ``(B, num_features)``."""
-        raise NotImplementedError(f"{type(self).__name__} has no token head")
 
     def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
         """Images ``(B, 3, H, W)`` -> pooled (for CLIP: projected) features ``(B, num_features)``."""
         return self.forward_head(self.forward_tokens(x, attn_bias=attn_bias))
 
+    @abstractmethod
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Outputs of the blocks (or stages) at ``indices`` (negative counts from the end)."""
-        raise NotImplementedError(f"{type(self).__name__} has no intermediates")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)
