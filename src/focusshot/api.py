@@ -35,9 +35,9 @@ CLASSIFIER_FORMAT = "focusshot.classifier/1"
 
 
 def default_cache_dir() -> Path:
-    """``$FOCUSSHOT_CACHE``, else ``~/.cache/focusshot/features``."""
+    """``$FOCUSSHOT_CACHE/features``, else ``~/.cache/focusshot/features``."""
     env = os.environ.get("FOCUSSHOT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "focusshot" / "features"
+    return (Path(env) if env else Path.home() / ".cache" / "focusshot") / "features"
 
 
 def _backbone(backbone: str | Backbone, pretrained: bool, seed: int) -> tuple[Backbone, dict[str, Any]]:

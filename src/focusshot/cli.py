@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split protocol: few-shot sampling seeds")
     p.add_argument("--split", default=None, help="episodic: the split to draw episodes from (default test)")
     p.add_argument("--output", default="runs/evaluate", help="results folder (a rerun resumes it)")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE or ~/.cache)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
