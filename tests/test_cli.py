@@ -132,3 +132,10 @@ def test_embed_real_photos_with_efficientnet(tmp_path) -> None:
     feats, _, identity = load_embeddings(out)
     assert feats.shape == (8, 1280) and identity["source"] == "package"
     assert torch.isfinite(feats).all() and feats.abs().sum() > 0
+
+
+def test_world_zeroshot_command(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path))
+    assert main(["world", "zeroshot", "--backbone", "tiny-clip-vit", "--data", "world:fine?per_class=2"]) == 0
+    out = capsys.readouterr().out
+    assert "over 16 classes (32 images; chance 0.062)" in out

@@ -129,3 +129,24 @@ def test_head_threads_restores_the_thread_count() -> None:
     with head_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_episodic_run_reports_attention_on_world_masks(tmp_path, monkeypatch) -> None:
+    from focusshot.data.sources import open_source
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    pool = open_source("world:clutter?per_class=4&image_size=32")
+    cache = FeatureCache(tmp_path / "features")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=2, episodes=2, seed=0)
+    out = run_episodic(
+        focusshot.create_backbone("tiny-vit"), pool, ["protonet"], cfg, tmp_path / "vit", cache
+    )
+    att = out.attention
+    assert att["available"] and att["images"] == len(pool.paths)
+    assert 0 < att["target_area"] < 1 and 0 <= att["cls_target_mass"] <= 1 and 1 <= att["patches_95"] <= 16
+    assert (tmp_path / "vit" / "attention_maps.png").stat().st_size > 0
+    assert json.loads((tmp_path / "vit" / "attention.json").read_text()) == att
+    swin = run_episodic(
+        focusshot.create_backbone("tiny-swin"), pool, ["protonet"], cfg, tmp_path / "swin", cache
+    )
+    assert swin.attention == {"available": False, "reason": "the backbone has no global [CLS] attention row"}
