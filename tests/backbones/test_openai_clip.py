@@ -328,3 +328,16 @@ def test_wrong_shape_is_named(rn_clip: CLIP) -> None:
 def test_not_a_clip_state_dict() -> None:
     with pytest.raises(ValueError, match="text_projection"):
         convert_openai_clip({"foo": torch.zeros(1)})
+
+
+def test_tokenizer_files_beside_a_checkpoint_are_attached(rn_clip: CLIP, tmp_path: Path) -> None:
+    import focusshot
+    from focusshot.backbones.tokenizer import ClipTokenizer
+
+    save_file(ours_to_openai_rn(rn_clip), str(tmp_path / "rn.safetensors"))
+    assert focusshot.create_backbone(str(tmp_path / "rn.safetensors")).tokenizer is None
+    tok = ClipTokenizer.train(["a red striped star and a blue circle"], vocab_size=530)
+    tok.to_files(tmp_path)
+    model = focusshot.create_backbone(str(tmp_path / "rn.safetensors"))
+    assert isinstance(model.tokenizer, ClipTokenizer)
+    assert model.tokenizer.encode("a red star") == tok.encode("a red star")

@@ -101,11 +101,16 @@ def preprocess_from_hf(directory: Path, fallback: Preprocess) -> Preprocess:
 
 
 def _tokenizer_from_dir(directory: Path):
+    """A CLIP tokenizer from files beside a checkpoint: HF ``vocab.json`` + ``merges.txt``, or
+    OpenAI's ``bpe_simple_vocab_16e6.txt.gz``; ``None`` when neither is there."""
+    from focusshot.backbones.tokenizer import ClipTokenizer
+
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if vocab.is_file() and merges.is_file():
-        from focusshot.backbones.tokenizer import ClipTokenizer
-
         return ClipTokenizer.from_hf(vocab, merges)
+    bpe = directory / "bpe_simple_vocab_16e6.txt.gz"
+    if bpe.is_file():
+        return ClipTokenizer.from_bpe_gz(bpe)
     return None
 
 
@@ -150,7 +155,8 @@ def _set_preprocess(model: Backbone, preprocess: Preprocess) -> None:
 def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
     """A single checkpoint file -> backbone, recognised by its keys.
 
-    Recognised: OpenAI CLIP state dicts (``visual.conv1.weight``), timm / DINO / iBOT / DINOv2
+    Recognised: OpenAI CLIP state dicts (``visual.conv1.weight``; a tokenizer beside the file is
+    attached, see :func:`_tokenizer_from_dir`), timm / DINO / iBOT / DINOv2
     ViTs (``blocks.0.attn.qkv.weight``), original Swin / iBOT Swin (``layers.0.blocks.0.attn.qkv``)
     and EfficientNet-Lite0 (``_conv_stem.weight``).
     """
@@ -162,7 +168,7 @@ def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
     if any(k.endswith("visual.conv1.weight") for k in sd):
         from focusshot.backbones.convert.openai_clip import convert_openai_clip
 
-        return convert_openai_clip(sd)
+        return convert_openai_clip(sd, tokenizer=_tokenizer_from_dir(path.parent))
     if timm_vit.is_timm_vit(sd):
         return timm_vit.convert_timm_vit(sd, num_heads=num_heads)
     if any(".blocks.0.attn.relative_position_bias_table" in k for k in sd):
