@@ -142,8 +142,9 @@ class Attention(nn.Module):
             ``(B, N, out_dim)``.
         """
         b, n, c = x.shape
-        if self._fusable():
-            # one GEMM for q, k and v (same maths; plain Linear layers only, so adapters are respected)
+        if self._fusable() and not torch.is_grad_enabled():
+            # inference: one GEMM for q, k and v (same maths; plain Linear layers only, so adapters
+            # are respected). Training keeps three GEMMs, so gradients are summed as they always were.
             qkv = F.linear(x, self._qkv_weight(), self._qkv_bias())
             q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
