@@ -28,7 +28,7 @@ def _eager(model):
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 def _tiny_clip_hf(tmp_path, eos: int = 98):
