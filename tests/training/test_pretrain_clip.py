@@ -37,7 +37,7 @@ def test_contrastive_loss_decreases_on_a_fixed_batch() -> None:
     first = None
     for _ in range(8):
         loss, _ = clip_loss(model, x, ids)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
