@@ -382,6 +382,12 @@ def solve_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "mps" else torch.float64
 
 
+def solver_features(features: Tensor, normalize: bool) -> Tensor:
+    """Features ``(..., N, D)`` in the solver dtype (:func:`solve_dtype`), L2-normalised per row if asked."""
+    x = features.to(solve_dtype(features))
+    return l2_normalize(x) if normalize else x
+
+
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     """(..., N) int64 -> (..., N, C) one-hot in ``dtype``."""
     return torch.nn.functional.one_hot(labels.long(), num_classes).to(dtype)

@@ -27,7 +27,7 @@ from focusshot.heads.base import (
     l2_normalize,
     positive,
     register_head,
-    solve_dtype,
+    solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
 
@@ -150,10 +150,8 @@ class LogisticRegression(Head):
         """Fit W (C, D), b (C,) to features (N, D), labels (N,); search C on (V, D)/(V,) when given."""
         classes = check_support(features, labels, num_classes)
         val = check_validation(val_features, val_labels, features.shape[-1], classes)
-        dtype = solve_dtype(features)
-        x = features.to(dtype)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = solver_features(features, self.normalize)
+        dtype = x.dtype
         y = labels.long()
         kw = {"fit_intercept": self.fit_intercept, "max_iter": self.max_iter, "tol": self.tol}
         info: dict = {}

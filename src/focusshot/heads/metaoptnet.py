@@ -25,11 +25,10 @@ from focusshot.heads.base import (
     Head,
     check_support,
     doc,
-    l2_normalize,
     one_hot,
     positive,
     register_head,
-    solve_dtype,
+    solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.qp import solve_crammer_singer_dual
@@ -81,10 +80,8 @@ class MetaOptNet(Head):
         """
         batched = isinstance(features, Tensor) and features.ndim == 3
         classes = check_support(features, labels, num_classes, batched=batched)
-        dtype = solve_dtype(features)
-        x = features.to(dtype)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = solver_features(features, self.normalize)
+        dtype = x.dtype
         gram = x @ x.transpose(-1, -2)
         res = solve_crammer_singer_dual(
             gram, one_hot(labels, classes, dtype), self.C, tol=self.tol, max_iter=self.max_iter

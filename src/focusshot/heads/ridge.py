@@ -24,12 +24,11 @@ from focusshot.heads.base import (
     check_support,
     check_validation,
     doc,
-    l2_normalize,
     one_hot,
     one_of,
     positive,
     register_head,
-    solve_dtype,
+    solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
 
@@ -130,10 +129,8 @@ class Ridge(Head):
         val = check_validation(val_features, val_labels, features.shape[-1], classes)
         if self.calibrate and val is None:
             raise HeadInputError("ridge with calibrate=True needs val_features and val_labels")
-        dtype = solve_dtype(features)
-        x = features.to(dtype)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = solver_features(features, self.normalize)
+        dtype = x.dtype
         y = one_hot(labels, classes, dtype)
         if self.fit_intercept:
             x_mean, y_mean = x.mean(0), y.mean(0)
@@ -209,10 +206,8 @@ class R2D2(Head):
     ) -> LinearClassifier:
         """Fit W (C, D) to features (N, D), labels (N,) via the N x N system. Validation is ignored."""
         classes = check_support(features, labels, num_classes)
-        dtype = solve_dtype(features)
-        x = features.to(dtype)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = solver_features(features, self.normalize)
+        dtype = x.dtype
         w = ridge_weights(x, one_hot(labels, classes, dtype), self.lam, "dual")
         return LinearClassifier(
             w.T.contiguous().to(features.dtype),

@@ -12,11 +12,10 @@ from focusshot.heads.base import (
     Head,
     check_support,
     doc,
-    l2_normalize,
     one_of,
     positive,
     register_head,
-    solve_dtype,
+    solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.qp import solve_binary_svm_dual
@@ -75,10 +74,8 @@ class SVM(Head):
     ) -> LinearClassifier:
         """Fit W (C, D) and b (C,) to features (N, D), labels (N,). Validation is ignored."""
         classes = check_support(features, labels, num_classes)
-        dtype = solve_dtype(features)
-        x = features.to(dtype)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = solver_features(features, self.normalize)
+        dtype = x.dtype
         signs = torch.where(
             torch.nn.functional.one_hot(labels.long(), classes).bool(),
             torch.ones((), dtype=dtype, device=x.device),
