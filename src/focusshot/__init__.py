@@ -9,8 +9,8 @@ _LAZY = {
     "evaluate": ("focusshot.api", "evaluate"),
     "fit": ("focusshot.api", "fit"),
     "Classifier": ("focusshot.api", "Classifier"),
-    "create_method": ("focusshot.methods.feature_heads", "create_feature_method"),
-    "list_methods": ("focusshot.methods.feature_heads", "list_feature_methods"),
+    "create_method": ("focusshot.methods.base", "create_method"),
+    "list_methods": ("focusshot.methods.base", "list_methods"),
 }
 
 

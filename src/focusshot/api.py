@@ -28,10 +28,11 @@ from focusshot.embedding import embed_images
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
 from focusshot.evaluation.results import versions
-from focusshot.heads.base import FittedHead, fitted_from_state
-from focusshot.methods.feature_heads import create_feature_method
+from focusshot.methods.base import FitContext, Fitted, create_method, fitted_from_state, list_methods
 
-CLASSIFIER_FORMAT = "focusshot.classifier/1"
+CLASSIFIER_FORMAT = "focusshot.classifier/2"
+#: classifiers written before the method contract (a frozen-feature head only) still load
+_OLD_FORMATS = ("focusshot.classifier/1",)
 
 
 def default_cache_dir() -> Path:
@@ -61,18 +62,31 @@ def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | N
     return data[name]
 
 
+#: method groups ``evaluate`` expands: ``all`` (every method that trains nothing and that the
+#: backbone supports; text ones need CLIP) and ``tuning`` (the fine-tuning baselines)
+METHOD_GROUPS = ("all", "tuning")
+TUNING_METHODS = ("ft", "last_block", "lora", "ssf", "vpt")
+
+
 def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
-    """Expand ``"all"`` to every frozen-feature method the backbone supports (text ones need CLIP)."""
-    from focusshot.methods.feature_heads import list_feature_methods
+    """Expand the groups ``"all"`` (training-free methods) and ``"tuning"`` (fine-tuning baselines)."""
+    from focusshot.methods.base import method_class
 
     out: list[str] = []
     for name in methods:
         if name == "all":
-            for m in list_feature_methods():
-                if (backbone.capabilities.text or not create_feature_method(m).needs_text) and m not in out:
-                    out.append(m)
-        elif name not in out:
-            out.append(name)
+            names = [
+                m
+                for m in list_methods()
+                if not method_class(m).trains
+                and (backbone.capabilities.text or not method_class(m).needs_text)
+            ]
+        elif name == "tuning":
+            names = list(TUNING_METHODS)
+        else:
+            method_class(name)  # fails early, listing the valid names
+            names = [name]
+        out.extend(n for n in names if n not in out)
     return out
 
 
@@ -93,10 +107,15 @@ def evaluate(
     cache_dir: str | os.PathLike[str] | None = None,
     pretrained: bool = True,
     progress: bool = False,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    figures: bool = True,
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
-    ``methods`` may contain ``"all"``: every frozen-feature method the backbone supports.
+    ``methods`` may contain ``"all"`` (every training-free method the backbone supports) and
+    ``"tuning"`` (the fine-tuning baselines). ``method_options`` maps a method to its options
+    (``{"lora": {"rank": 8}}``); they are recorded in ``run.json``. With ``figures`` the attention
+    map figure is drawn when the data carry target masks.
 
     Episodic runs draw from ``split`` (default: ``test`` when the data has splits). The split
     protocol needs train and test (validation optional) and takes ``shots`` as a list.
@@ -110,12 +129,31 @@ def evaluate(
             raise ValueError("the episodic protocol takes one shots value")
         pool = _pick_split(source, split, "test")
         cfg = EpisodicConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed)
-        return run_episodic(model, pool, list(methods), cfg, output, cache, progress=progress)
+        out = run_episodic(
+            model, pool, list(methods), cfg, output, cache, progress=progress, method_options=method_options
+        )
+        if figures and out.attention.get("available"):
+            from focusshot.report.attention_maps import save_attention_figure, target_masks
+
+            fig = out.directory / "attention_maps.png"
+            if not fig.is_file():
+                save_attention_figure(model, pool, target_masks(pool), fig)
+            out.attention["figure"] = fig.name
+        return out
     if protocol == "split":
         if not isinstance(source, dict):
             raise ValueError("the split protocol needs data with train and test splits")
         ks = (shots,) if isinstance(shots, int) else tuple(shots)
-        return run_split(model, source, list(methods), SplitConfig(ks, tuple(seeds)), output, cache, progress)
+        return run_split(
+            model,
+            source,
+            list(methods),
+            SplitConfig(ks, tuple(seeds)),
+            output,
+            cache,
+            progress,
+            method_options=method_options,
+        )
     raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
 
 
@@ -130,33 +168,42 @@ class Prediction:
 
 
 class Classifier:
-    """A backbone plus a fitted head plus class names; saved as one safetensors file."""
+    """A backbone plus a fitted method plus class names; saved as one safetensors file."""
 
     def __init__(
         self,
         backbone: Backbone,
-        head: FittedHead,
+        fitted: Fitted,
         class_names: list[str],
         method: str,
         backbone_spec: dict[str, Any],
         info: dict[str, Any] | None = None,
     ) -> None:
-        if head.num_classes != len(class_names):
-            raise ValueError(f"head has {head.num_classes} classes but {len(class_names)} class names")
+        if fitted.num_classes != len(class_names):
+            raise ValueError(
+                f"the method scores {fitted.num_classes} classes but {len(class_names)} are named"
+            )
         self.backbone = backbone
-        self.head = head
+        self.fitted = fitted
         self.class_names = list(class_names)
         self.method = method
         self.backbone_spec = backbone_spec
         self.info = info or {}
+        self.prefix = create_method(method, fitted.config().get("options")).prefix(backbone)
 
-    @torch.inference_mode()
     def predict_proba(
         self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
     ) -> tuple[torch.Tensor, list[str], list]:
         """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
-        emb = embed_images(self.backbone, [str(p) for p in images], batch_size=batch_size, progress=progress)
-        probs = self.head.logits(emb.features).float().softmax(-1)
+        emb = embed_images(
+            self.backbone,
+            [str(p) for p in images],
+            batch_size=batch_size,
+            progress=progress,
+            prefix=self.prefix,
+        )
+        with torch.inference_mode():
+            probs = self.fitted.logits(emb.features).float().softmax(-1)
         return probs, emb.paths, emb.bad
 
     def predict(
@@ -186,7 +233,9 @@ class Classifier:
         ]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write head tensors and everything needed to rebuild the classifier (JSON metadata)."""
+        """Write the fitted tensors (adapter weights, head) and, as JSON metadata, everything needed
+        to rebuild the classifier: method and its config, class names, the backbone's source and
+        weights hash, preprocessing and versions."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -198,11 +247,13 @@ class Classifier:
             "backbone_spec": self.backbone_spec,
             "backbone": self.backbone.identity.to_dict(),
             "preprocess": self.backbone.preprocess.to_dict(),
-            "head": self.head.config(),
+            "prefix": self.prefix.key(),
+            "fitted": self.fitted.config(),
+            "fit_info": self.fitted.info(),
             "versions": versions(),
             **self.info,
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.fitted.state_dict().items()}
         tmp = path.with_name(path.name + ".tmp")
         save_file(state, str(tmp), metadata={"focusshot": json.dumps(meta)})
         tmp.replace(path)
@@ -222,8 +273,9 @@ class Classifier:
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             raise ValueError(f"{path}: not a readable classifier file ({exc})") from exc
-        if meta.get("format") != CLASSIFIER_FORMAT:
-            raise ValueError(f"{path}: not a focusshot classifier (format {meta.get('format')!r})")
+        fmt = meta.get("format")
+        if fmt != CLASSIFIER_FORMAT and fmt not in _OLD_FORMATS:
+            raise ValueError(f"{path}: not a focusshot classifier (format {fmt!r})")
         spec = meta["backbone_spec"]
         if backbone is None:
             if spec.get("pretrained") is None:
@@ -235,10 +287,16 @@ class Classifier:
                 f"{path}: the backbone's weights ({backbone.identity.weights_sha256[:12]}) differ from those "
                 f"the classifier was fitted with ({want[:12]}, source {spec['source']!r})"
             )
-        head = fitted_from_state(state, meta["head"])
+        config = (
+            meta["fitted"] if fmt == CLASSIFIER_FORMAT else {"method": meta["method"], "head": meta["head"]}
+        )
+        try:
+            fitted = fitted_from_state(state, config, backbone)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{path}: the fitted {meta['method']!r} does not load: {exc}") from exc
         return cls(
             backbone,
-            head,
+            fitted,
             meta["class_names"],
             meta["method"],
             spec,
@@ -251,49 +309,48 @@ def fit(
     backbone: str | Backbone = "efficientnet-lite0",
     method: str = "protonet",
     *,
+    options: dict[str, Any] | None = None,
     pretrained: bool = True,
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Classifier:
-    """Fit ``method`` on a support set (a folder with one sub-folder per class, or a manifest).
+    """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
+    or a manifest).
 
-    When the data has train/validation splits, the head fits on train and selects its
-    hyper-parameters (if any) on validation.
+    When the data has train/validation splits, the method fits on train and selects its
+    hyper-parameters (or its best training step) on validation. The support images' prefix goes
+    through the shared feature cache (``cache_dir``; default ``$FOCUSSHOT_CACHE/features``).
     """
     model, spec = _backbone(backbone, pretrained, seed)
     data = support if isinstance(support, LabelledImages) else open_source(support)
     val = data.get("val") if isinstance(data, dict) else None
     train = _pick_split(data, None, "train")
-    m = create_feature_method(method)
+    m = create_method(method, options)
     text = None
     if m.needs_text:
         from focusshot.methods.text import class_text_embeddings
 
         text = class_text_embeddings(model, train.class_names)
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    prefix = m.prefix(model)
 
     def feats(d: LabelledImages) -> torch.Tensor:
-        emb = embed_images(model, d.paths, batch_size=batch_size, progress=progress)
-        if emb.bad:
-            raise emb.bad[0]
-        return emb.features
+        return cache.get(model, d.paths, prefix, batch_size=batch_size, progress=progress)
 
-    vf = vl = None
-    if val is not None:
-        vf, vl = feats(val), torch.tensor(val.labels)
-    head = m.fit(
-        feats(train),
-        torch.tensor(train.labels),
-        len(train.class_names),
-        text_embeddings=text,
-        val_features=vf,
-        val_labels=vl,
+    vals = None if val is None else (feats(val), torch.tensor(val.labels))
+    ctx = FitContext(
+        model, len(train.class_names), train.class_names, text, vals, seed=seed, progress=progress
     )
+    fitted = m.fit(feats(train), torch.tensor(train.labels), ctx)
     info = {
         "fitted_on": {
             "support": str(support) if not isinstance(support, LabelledImages) else "memory",
             "images": len(train.paths),
             "validation_images": 0 if val is None else len(val.paths),
+            "options": m.options_dict(),
+            "seed": seed,
         }
     }
-    return Classifier(model, head, train.class_names, method, spec, info)
+    return Classifier(model, fitted, train.class_names, method, spec, info)

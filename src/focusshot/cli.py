@@ -63,6 +63,27 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _method_options(args: argparse.Namespace) -> dict[str, dict]:
+    """``--config FILE`` (JSON, TOML or YAML: ``{method: {option: value}}``) then every ``--set``."""
+    from focusshot.options import merge_settings, read_options_file
+
+    base = read_options_file(args.config) if getattr(args, "config", None) else {}
+    return merge_settings(base, getattr(args, "set", None) or [])
+
+
+def _add_option_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="METHOD.OPTION=VALUE",
+        help="a method option, e.g. --set lora.rank=8 (repeatable; values are JSON or plain text; "
+        "`focusshot methods` lists the options)",
+    )
+    p.add_argument(
+        "--config", default=None, help="JSON, TOML or YAML method options: {method: {option: value}}"
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from focusshot.api import evaluate
 
@@ -87,6 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         pretrained=not args.random_weights,
         progress=not args.quiet,
+        method_options=_method_options(args) or None,
     )
     print((out.directory / "summary.md").read_text(), end="")
     if out.paired:
@@ -97,8 +119,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"\nlast-layer [CLS] attention on the target: {a['cls_target_mass']:.3f} of its patch mass "
             f"(chance {a['target_area']:.3f}); 95% of it on {a['patches_95']:.1f} patches; "
-            f"figure: {out.directory / a['figure']}"
+            f"figure: {out.directory / a.get('figure', 'attention.json')}"
         )
+        for name, m in (a.get("methods") or {}).items():
+            print(f"  after adapting, {name}: {m['cls_target_mass']:.3f} of [CLS] patch mass on the target")
     print(f"results in {out.directory}")
     return 0
 
@@ -106,12 +130,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from focusshot.api import fit
 
+    opts = _method_options(args)
+    unknown = sorted(set(opts) - {args.method})
+    if unknown:
+        print(f"error: options given for {unknown}, but the method is {args.method!r}", file=sys.stderr)
+        return 2
     clf = fit(
         args.support,
         backbone=args.backbone,
         method=args.method,
+        options=opts.get(args.method),
         pretrained=not args.random_weights,
+        seed=args.seed,
         progress=not args.quiet,
+        cache_dir=args.cache_dir,
     )
     path = clf.save(args.output)
     print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
@@ -199,15 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_option_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("fit", help="fit a classifier on a folder of labelled support images")
     p.add_argument("support", help="folder with one sub-folder per class (or a manifest)")
     p.add_argument("--backbone", required=True, help="registry name, hf:<repo id>, or a local checkpoint")
-    p.add_argument("--method", default="protonet", help="a frozen-feature method (see `focusshot methods`)")
+    p.add_argument("--method", default="protonet", help="a method (see `focusshot methods`)")
     p.add_argument("--output", required=True, help="classifier file to write (.safetensors)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random in the fit")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_option_args(p)
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("predict", help="classify images with a fitted classifier")
@@ -239,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--data", default="world:single", help="a FocusWorld suite or any data source")
     z.set_defaults(func=_cmd_world_zeroshot)
 
-    p = sub.add_parser("methods", help="list the methods evaluate and fit accept")
+    p = sub.add_parser("methods", help="list the methods evaluate and fit accept, with their options")
+    p.add_argument("--verbose", action="store_true", help="also list the options every tuning method shares")
     p.set_defaults(func=_cmd_methods)
     return parser
 
@@ -270,12 +307,41 @@ def _cmd_world_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from focusshot.methods.feature_heads import create_feature_method, list_feature_methods
+    from focusshot.methods.base import list_methods, method_class, option_help
+    from focusshot.methods.finetune import FinetuneMethod
+    from focusshot.methods.tuning import SHARED_OPTIONS
 
-    for name in list_feature_methods():
-        m = create_feature_method(name)
-        print(f"{name:<20} head={m.head:<18} {'needs a CLIP backbone' if m.needs_text else ''}")
+    for name in list_methods():
+        cls = method_class(name)
+        if issubclass(cls, FinetuneMethod):
+            blocks = cls.Options().blocks
+            prefix = "images" if blocks == 0 else f"tokens entering block L-{blocks}"
+        else:
+            prefix = "pooled"
+        flags = ["trains" if cls.trains else "training-free"]
+        if cls.needs_text:
+            flags.append("needs a CLIP backbone")
+        print(f"{name:<18} prefix={prefix:<28} {', '.join(flags)}")
+        print(f"{'':<18} {cls.summary}")
+        opts = option_help(cls.Options)
+        shared = issubclass(cls, FinetuneMethod) and not args.verbose
+        for opt, default, text in opts:
+            if shared and opt in SHARED_OPTIONS and opt not in _RECIPE_DEFAULTS.get(name, ()):
+                continue
+            print(f"{'':<20} {name}.{opt} = {default!r}: {text}")
+    if not args.verbose:
+        print("\nevery tuning method also takes: " + ", ".join(SHARED_OPTIONS) + " (--verbose shows them)")
     return 0
+
+
+#: shared tuning options whose defaults a recipe changes (shown without --verbose)
+_RECIPE_DEFAULTS = {
+    "ft": ("lr", "epochs"),
+    "last_block": ("blocks", "lr"),
+    "lora": ("lr", "temperature"),
+    "ssf": ("lr", "temperature"),
+    "vpt": ("optimizer", "lr", "weight_decay", "temperature"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
 from focusshot.data.images import ImageError, load_rgb
 from focusshot.data.transforms import make_transform
 
@@ -67,8 +68,10 @@ def embed_images(
     batch_size: int = 32,
     progress: bool = False,
     device: str | torch.device = "cpu",
+    prefix: Prefix | None = None,
 ) -> Embeddings:
-    """Pooled features (``backbone.forward_features``; CLIP: the projected image embedding).
+    """Pooled features (``backbone.forward_features``; CLIP: the projected image embedding), or
+    any other frozen ``prefix`` (computed as the shared cache computes it, not stored).
 
     Args:
         backbone: any focusshot backbone (put in eval mode here).
@@ -76,13 +79,15 @@ def embed_images(
         batch_size: images per forward pass.
         progress: show a progress bar (tqdm) on stderr.
         device: where the backbone runs.
+        prefix: what to compute per image (default: pooled features).
 
     Returns:
-        :class:`Embeddings` with ``features`` ``(N_good, num_features)``.
+        :class:`Embeddings` with ``features`` ``(N_good, *expected_shape(backbone, prefix))``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [str(p) for p in paths]
+    prefix = (prefix or Prefix.pooled()).resolve(backbone)
     backbone.eval().to(device)
     transform = make_transform(backbone.preprocess)
     rows: list[Tensor] = []
@@ -96,13 +101,13 @@ def embed_images(
     for idx, batch, errors in _batches(paths, batch_size, transform):
         bad.extend(errors)
         if batch is not None:
-            rows.append(backbone.forward_features(batch.to(device)).float().cpu())
+            rows.append(compute_prefix(backbone, prefix, batch.to(device)).float().cpu())
             kept.extend(idx)
         if bar is not None:
             bar.update(len(idx) + len(errors))
     if bar is not None:
         bar.close()
-    features = torch.cat(rows) if rows else torch.zeros(0, backbone.num_features)
+    features = torch.cat(rows) if rows else torch.zeros(0, *expected_shape(backbone, prefix))
     return Embeddings(features, [paths[i] for i in kept], bad)
 
 

@@ -144,8 +144,13 @@ def test_episodic_run_reports_attention_on_world_masks(tmp_path, monkeypatch) ->
     att = out.attention
     assert att["available"] and att["images"] == len(pool.paths)
     assert 0 < att["target_area"] < 1 and 0 <= att["cls_target_mass"] <= 1 and 1 <= att["patches_95"] <= 16
-    assert (tmp_path / "vit" / "attention_maps.png").stat().st_size > 0
     assert json.loads((tmp_path / "vit" / "attention.json").read_text()) == att
+    assert not (tmp_path / "vit" / "attention_maps.png").exists()  # figures are the report layer's
+    api = focusshot.evaluate(
+        "tiny-vit", pool, ["protonet"], episodes=2, ways=3, queries=2, output=tmp_path / "api", cache_dir=cache.root
+    )
+    assert api.attention["figure"] == "attention_maps.png"
+    assert (tmp_path / "api" / "attention_maps.png").stat().st_size > 0
     swin = run_episodic(
         focusshot.create_backbone("tiny-swin"), pool, ["protonet"], cfg, tmp_path / "swin", cache
     )

@@ -19,6 +19,10 @@ def bias_for(attn_bias: AttnBias, layer: int) -> Tensor | None:
     return attn_bias[layer]
 
 
+class TokenPathError(ValueError):
+    """A backbone was asked for a token-path operation it does not have (Swin, CNNs)."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backbone can do beyond pooled features.
@@ -124,6 +128,33 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Outputs of the blocks (or stages) at ``indices`` (negative counts from the end)."""
+
+    # ---- the token path: what prefix caching and last-k tuning need (DESIGN, "Performance")
+
+    def token_blocks(self) -> int:
+        """How many blocks :meth:`forward_blocks` can run: ``L`` for a plain ViT, ``0`` when the
+        backbone has no single sequence of global-attention blocks (Swin's stages, CNNs)."""
+        return 0
+
+    def token_width(self) -> int:
+        """Width ``C`` of the tokens :meth:`embed_tokens` and :meth:`forward_blocks` exchange."""
+        raise TokenPathError(self._no_token_path())
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> tokens entering block 0 ``(B, T, C)``."""
+        raise TokenPathError(self._no_token_path())
+
+    def forward_blocks(
+        self, x: Tensor, start: int = 0, stop: int | None = None, attn_bias: AttnBias = None
+    ) -> Tensor:
+        """Run blocks ``start..stop-1`` on tokens ``(B, T, C)``; the bias is indexed by absolute layer."""
+        raise TokenPathError(self._no_token_path())
+
+    def _no_token_path(self) -> str:
+        return (
+            f"{type(self).__name__} ({self.identity.name}) has no ViT token path (one sequence of "
+            "global-attention blocks): only its pooled features (and the images) can be cached or tuned"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)

@@ -118,6 +118,20 @@ class CLIP(Backbone):
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         return self.visual.forward_intermediates(x, indices)
 
+    def token_blocks(self) -> int:
+        return self.visual.token_blocks()
+
+    def token_width(self) -> int:
+        return self.visual.token_width()
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        return self.visual.embed_tokens(x)
+
+    def forward_blocks(
+        self, x: Tensor, start: int = 0, stop: int | None = None, attn_bias: AttnBias = None
+    ) -> Tensor:
+        return self.visual.forward_blocks(x, start, stop, attn_bias)
+
     def encode_image(self, x: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> image embeddings ``(B, E)`` (not normalised)."""
         return self.visual.forward_features(x)

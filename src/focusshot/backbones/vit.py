@@ -169,6 +169,15 @@ class VisionTransformer(Backbone):
         ).to(pos.dtype)
         return torch.cat([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
+    def token_blocks(self) -> int:
+        return len(self.blocks)
+
+    def token_width(self) -> int:
+        return int(self.cls_token.shape[-1])
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        return self.embed(x)
+
     def embed(self, x: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> tokens entering block 0 ``(B, 1 + R + P, C)``."""
         x = self.patch_embed(x)

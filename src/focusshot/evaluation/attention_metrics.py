@@ -21,6 +21,7 @@ nearest-neighbour sampling.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from focusshot.attention.record import record
-from focusshot.data.transforms import CropRounding, center_crop, resize_shorter
+from focusshot.backbones.base import Backbone
+from focusshot.data.images import load_rgb
+from focusshot.data.sources import LabelledImages
+from focusshot.data.transforms import CropRounding, center_crop, make_transform, resize_shorter
 
 __all__ = [
     "NoGlobalClsError",
@@ -108,6 +112,7 @@ def cls_attention_metrics(
     num_prefix_tokens: int,
     grid: tuple[int, int],
     coverage: float = 0.95,
+    trailing_tokens: int = 0,
 ) -> dict[str, Tensor]:
     """[CLS]-attention metrics per image (see the module docstring).
 
@@ -118,6 +123,8 @@ def cls_attention_metrics(
         num_prefix_tokens: tokens ahead of the patches ([CLS] plus registers).
         grid: the patch grid ``(rows, cols)``.
         coverage: the mass that ``patches_95`` covers (0.95).
+        trailing_tokens: tokens after the patches (VPT's prompts, appended at the end); their
+            columns are left out, so the metrics describe [CLS]-to-patch attention only.
 
     Returns:
         a dict of float32 ``(B,)`` tensors ``cls_target_mass``, ``target_area``, ``prefix_mass``
@@ -132,6 +139,9 @@ def cls_attention_metrics(
     if prefix < 1:
         raise NoGlobalClsError("num_prefix_tokens is 0: there is no [CLS] token whose row could be measured")
     n = probs.shape[-1]
+    if n > prefix + rows * cols and trailing_tokens == n - prefix - rows * cols:
+        probs = probs[..., : prefix + rows * cols]  # tokens appended after the patches (VPT prompts)
+        n = probs.shape[-1]
     if n != prefix + rows * cols:
         raise ValueError(
             f"probs have {n} tokens but {prefix} prefix tokens + a {rows}x{cols} grid make "
@@ -201,3 +211,53 @@ def measure_attention(
         backbone.train(was_training)
     probs = rec.get("probs", -1)
     return cls_attention_metrics(probs, m, int(backbone.num_prefix_tokens), grid, coverage)
+
+
+def _mask_file(path: str) -> Path:
+    p = Path(path)
+    return p.with_name(p.stem + ".mask.npy")
+
+
+def target_masks(data: LabelledImages) -> list[np.ndarray] | None:
+    """One boolean mask ``(H, W)`` per image at its stored size, or ``None`` if the data have none."""
+    masks: list[np.ndarray] = []
+    for i, path in enumerate(data.paths):
+        f = _mask_file(path)
+        if f.is_file():
+            masks.append(np.load(f, allow_pickle=False).astype(bool))
+            continue
+        box = data.boxes[i] if data.boxes is not None else None
+        if box is None:
+            return None
+        with Image.open(path) as im:
+            w, h = im.size
+        m = np.zeros((h, w), dtype=bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        m[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] = True
+        masks.append(m)
+    return masks
+
+
+@torch.inference_mode()
+def attention_report(
+    backbone: Backbone, data: LabelledImages, masks: Sequence[np.ndarray], batch_size: int = 64
+) -> dict[str, float]:
+    """Mean last-layer [CLS] attention metrics over ``data`` (every image once).
+
+    Returns:
+        ``cls_target_mass`` (mean share of [CLS]->patch attention on the target), ``target_area``
+        (its chance level: the target's share of patches), ``patches_95`` (mean number of patches
+        holding 95% of the mass), ``images``.
+    """
+    require_global_cls(backbone)
+    tf = make_transform(backbone.preprocess)
+    sums: dict[str, float] = {}
+    for s in range(0, len(data.paths), batch_size):
+        paths = data.paths[s : s + batch_size]
+        images = torch.stack([tf(load_rgb(p)) for p in paths])
+        m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess)
+        res = measure_attention(backbone, images, m)
+        for k in ("cls_target_mass", "target_area", "patches_95"):
+            sums[k] = sums.get(k, 0.0) + float(res[k].double().sum())
+    n = len(data.paths)
+    return {**{k: v / n for k, v in sums.items()}, "images": n}

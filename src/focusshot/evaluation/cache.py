@@ -34,11 +34,9 @@ read from disk, or found in memory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 import weakref
 from collections import OrderedDict
@@ -48,16 +46,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from focusshot.attention.record import attention_modules, record
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.loading import weights_digest
-from focusshot.backbones.vit import VisionTransformer
+from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
 from focusshot.data.images import ImageError, load_rgb
 from focusshot.data.transforms import make_transform
+from focusshot.evaluation.cache_store import (
+    CACHE_FORMAT,
+    _architecture,
+    _decode_entry,
+    _encode_entry,
+    _write_atomic,
+    entry_key,
+    file_sha256,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -68,279 +72,6 @@ __all__ = [
     "expected_shape",
     "file_sha256",
 ]
-
-#: Version of the entry format and of the key recipe; bump it to invalidate every old entry.
-CACHE_FORMAT = "focusshot-feature-cache/1"
-
-PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out")
-_TENSOR_NAME = "features"
-
-
-# --------------------------------------------------------------------------------------------
-# what is cached
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """Which frozen prefix of a backbone to cache.
-
-    Attributes:
-        kind: ``"pooled"``: ``backbone.forward_features(x)`` (CLIP: the projected image
-            embedding), per image ``(num_features,)``.
-            ``"tokens"``: the tokens entering block ``layer`` of a ViT, i.e.
-            ``forward_blocks(embed(x), 0, layer)``, per image ``(T, C)``. ``layer`` is ``L - k``
-            for methods that train the last ``k`` of ``L`` blocks; a negative ``layer`` counts
-            from the end (``-k`` is ``L - k``), ``0`` is the embedding output and ``L`` the last
-            block's output (un-normed, what ``forward_head`` takes).
-            ``"head_out"``: the per-head outputs of the [CLS] row (before the output
-            projection) of the attention layers ``layer`` (a tuple, negatives from the end),
-            per image ``(len(layer), H, D)``, as ``record(..., "head_out")`` gives them.
-        layer: ``None`` for pooled, an int for tokens, a tuple of distinct ints for head_out.
-    """
-
-    kind: str
-    layer: int | tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in PREFIX_KINDS:
-            raise ValueError(f"unknown prefix kind {self.kind!r}; valid: {list(PREFIX_KINDS)}")
-        if self.kind == "pooled":
-            if self.layer is not None:
-                raise ValueError(f"a pooled prefix takes no layer, got {self.layer!r}")
-        elif self.kind == "tokens":
-            if isinstance(self.layer, bool) or not isinstance(self.layer, int):
-                raise ValueError(
-                    f"a tokens prefix needs one int layer (the block whose input is cached), got "
-                    f"{self.layer!r}"
-                )
-        else:
-            layers = (self.layer,) if isinstance(self.layer, int) else self.layer
-            if not isinstance(layers, (tuple, list)) or not layers:
-                raise ValueError(f"a head_out prefix needs one or more attention layers, got {self.layer!r}")
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in layers):
-                raise ValueError(f"head_out layers must be ints, got {self.layer!r}")
-            if len(set(layers)) != len(layers):
-                raise ValueError(f"head_out layers must be distinct, got {self.layer!r}")
-            object.__setattr__(self, "layer", tuple(int(v) for v in layers))
-
-    @classmethod
-    def pooled(cls) -> Prefix:
-        """Pooled (CLIP: projected) features ``(num_features,)`` per image."""
-        return cls("pooled")
-
-    @classmethod
-    def tokens(cls, layer: int) -> Prefix:
-        """Tokens entering block ``layer`` (``-k``: ``L - k``), ``(T, C)`` per image."""
-        return cls("tokens", layer)
-
-    @classmethod
-    def head_out(cls, layers: int | Sequence[int]) -> Prefix:
-        """[CLS]-row per-head outputs of attention ``layers``, ``(len(layers), H, D)`` per image."""
-        return cls("head_out", tuple(layers) if isinstance(layers, Sequence) else layers)
-
-    def key(self) -> str:
-        """This prefix in cache keys: ``"pooled"``, ``"tokens:10"``, ``"head_out:9,10"``..."""
-        if self.kind == "pooled":
-            return "pooled"
-        if self.kind == "tokens":
-            return f"tokens:{self.layer}"
-        return "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
-
-    def resolve(self, backbone: nn.Module) -> Prefix:
-        """This prefix with negative layers turned into absolute ones for ``backbone`` (checked).
-
-        Raises:
-            ValueError: the backbone cannot produce this prefix (no ViT token path, no global
-                [CLS] attention) or a layer is out of range.
-        """
-        if self.kind == "pooled":
-            return self
-        if self.kind == "tokens":
-            vit = _vit_tower(backbone)
-            if vit is None:
-                raise ValueError(
-                    f"{type(backbone).__name__} has no ViT token path (embed + forward_blocks); "
-                    "cache its pooled features instead"
-                )
-            depth = len(vit.blocks)
-            layer = int(self.layer)  # type: ignore[arg-type]
-            if not -depth <= layer <= depth:
-                raise ValueError(
-                    f"tokens layer {layer} out of range for {depth} blocks (valid: -{depth}..{depth})"
-                )
-            return Prefix("tokens", layer if layer >= 0 else depth + layer)
-        caps = getattr(backbone, "capabilities", None)
-        modules = attention_modules(backbone)
-        if not modules or (caps is not None and not caps.global_cls):
-            raise ValueError(
-                f"{type(backbone).__name__} has no global [CLS] attention to cache head outputs of "
-                "(capabilities.global_cls is False)"
-            )
-        total = len(modules)
-        bad = [v for v in self.layer if not -total <= v < total]  # type: ignore[union-attr]
-        if bad:
-            raise ValueError(f"head_out layers {bad} out of range for {total} attention layers")
-        return Prefix("head_out", tuple(v % total for v in self.layer))  # type: ignore[union-attr]
-
-
-def _vit_tower(backbone: nn.Module) -> VisionTransformer | None:
-    """The ViT with ``embed`` and ``forward_blocks``: the backbone itself, or a CLIP's ``visual``."""
-    for m in (backbone, getattr(backbone, "visual", None)):
-        if isinstance(m, VisionTransformer):
-            return m
-    return None
-
-
-def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
-    """Per-image shape of ``prefix`` (resolved) on ``backbone`` at its preprocessing's crop size.
-
-    ``(num_features,)`` for pooled, ``(prefix_tokens + rows * cols, width)`` for tokens and
-    ``(len(layers), H, D)`` for head_out.
-    """
-    if prefix.kind == "pooled":
-        return (int(backbone.num_features),)
-    if prefix.kind == "tokens":
-        vit = _vit_tower(backbone)
-        assert vit is not None  # resolve() checked it
-        rows, cols = vit.grid_size(backbone.preprocess.crop)
-        width = int(vit.cls_token.shape[-1])
-        return (int(vit.num_prefix_tokens) + rows * cols, width)
-    modules = attention_modules(backbone)
-    heads = {(modules[i].num_heads, modules[i].head_dim) for i in prefix.layer}  # type: ignore[union-attr]
-    if len(heads) != 1:
-        raise ValueError(
-            f"head_out layers {prefix.layer} differ in heads x head_dim ({sorted(heads)}); "
-            "cache them with one prefix each"
-        )
-    ((h, d),) = heads
-    return (len(prefix.layer), int(h), int(d))  # type: ignore[arg-type]
-
-
-def _compute(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
-    """Images ``(B, 3, H, W)`` -> ``(B, *expected_shape)`` for a resolved ``prefix``."""
-    if prefix.kind == "pooled":
-        return backbone.forward_features(x)
-    vit = _vit_tower(backbone)
-    if prefix.kind == "tokens":
-        return vit.forward_blocks(vit.embed(x), 0, prefix.layer)  # type: ignore[union-attr]
-    layers = list(prefix.layer)  # type: ignore[arg-type]
-    with record(backbone, "head_out", layers=layers) as rec:
-        if vit is not None:
-            vit.forward_blocks(vit.embed(x), 0, max(layers) + 1)  # later blocks are not needed
-        else:
-            backbone.forward_features(x)
-    return torch.stack([rec.get("head_out", i)[:, :, 0] for i in layers], dim=1)  # (B, len, H, D)
-
-
-# --------------------------------------------------------------------------------------------
-# keys
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _architecture(backbone: nn.Module) -> str:
-    """The class and config of the image tower: what the weights hash cannot tell (activations, eps...)."""
-    tower = getattr(backbone, "visual", backbone)
-    return f"{type(backbone).__name__}/{type(tower).__name__}:{getattr(tower, 'cfg', None)!r}"
-
-
-def entry_key(
-    weights_sha256: str, preprocess: dict, prefix_key: str, image_sha256: str, architecture: str = ""
-) -> str:
-    """The cache key of one entry: sha256 (hex) of all that determines its value.
-
-    Args:
-        weights_sha256: ``backbone.identity.weights_sha256``.
-        preprocess: the transform's settings (``make_transform(preprocess).to_dict()``).
-        prefix_key: ``Prefix.key()`` of the resolved prefix.
-        image_sha256: sha256 of the image file's bytes.
-        architecture: class and config of the image tower.
-    """
-    payload = {
-        "format": CACHE_FORMAT,
-        "weights_sha256": weights_sha256,
-        "architecture": architecture,
-        "preprocess": preprocess,
-        "prefix": prefix_key,
-        "image_sha256": image_sha256,
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# entries on disk
-
-
-def _tensor_sha256(t: Tensor) -> str:
-    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def _encode_entry(values: Tensor, key: str, extra: dict[str, str]) -> tuple[Tensor, bytes]:
-    """One image's values (any float dtype) -> (stored tensor, safetensors bytes)."""
-    values = values.detach().cpu()
-    stored = values.to(torch.float16)
-    if not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(values).all()):
-        stored = values.to(torch.float32)  # out of float16 range: keep it exact rather than inf
-    stored = stored.contiguous()
-    meta = {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "shape": json.dumps(list(stored.shape)),
-        "dtype": str(stored.dtype).removeprefix("torch."),
-        "data_sha256": _tensor_sha256(stored),
-        **extra,
-    }
-    return stored, st_save({_TENSOR_NAME: stored}, metadata=meta)
-
-
-def _decode_entry(data: bytes, key: str, shape: tuple[int, ...]) -> Tensor | None:
-    """Parse and verify an entry's bytes; ``None`` when anything is off."""
-    try:
-        if len(data) < 8:
-            return None
-        (header_len,) = struct.unpack("<Q", data[:8])
-        if header_len > len(data) - 8:
-            return None
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-        if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
-            return None
-        tensors = st_load(data)
-        t = tensors.get(_TENSOR_NAME)
-        if t is None or len(tensors) != 1 or t.dtype not in (torch.float16, torch.float32):
-            return None
-        if tuple(t.shape) != shape or json.loads(meta.get("shape", "null")) != list(shape):
-            return None
-        if str(t.dtype).removeprefix("torch.") != meta.get("dtype"):
-            return None
-        if _tensor_sha256(t) != meta.get("data_sha256"):
-            return None
-        return t
-    except Exception:  # any parse failure means a damaged entry
-        return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:16]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
 
 # --------------------------------------------------------------------------------------------
 # the cache
@@ -615,7 +346,7 @@ class FeatureCache:
                 errors.extend(bad)
                 if ok:
                     with torch.inference_mode():
-                        out = _compute(backbone, prefix, batch.to(device)).float().cpu()
+                        out = compute_prefix(backbone, prefix, batch.to(device)).float().cpu()
                     if tuple(out.shape[1:]) != shape:
                         raise RuntimeError(
                             f"{type(backbone).__name__} gave {tuple(out.shape[1:])} per image for "

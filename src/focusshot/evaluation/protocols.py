@@ -13,6 +13,8 @@ and runs. Results are appended to ``results.jsonl`` as they finish; a restarted 
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,10 +28,12 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
-from focusshot.evaluation.cache import FeatureCache, Prefix
+from focusshot.evaluation.attention_metrics import attention_report, target_masks
+from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.method_attention import QueryAttention
 from focusshot.evaluation.metrics import accuracy, ece, nll
 from focusshot.evaluation.results import ResultLog, paired, summarise, versions, write_tables
-from focusshot.methods.feature_heads import FeatureHeadMethod, create_feature_method
+from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
 
 @dataclass
@@ -63,14 +67,12 @@ class RunOutcome:
 
 
 def attention_section(backbone: Backbone, data: LabelledImages, directory: Path) -> dict[str, Any]:
-    """Where [CLS] looks on ``data`` (when it carries target masks and the backbone has a [CLS] row).
-
-    Writes ``attention.json`` and ``attention_maps.png`` into ``directory`` and returns the
-    figures, or ``{"available": False, "reason": ...}``.
+    """Where the frozen backbone's [CLS] looks on ``data`` (when it carries target masks and the
+    backbone has a [CLS] row): writes ``attention.json`` into ``directory`` and returns the figures,
+    or ``{"available": False, "reason": ...}``. The attention figure is drawn by
+    :mod:`focusshot.report` (``focusshot evaluate`` and :func:`focusshot.evaluate` do it).
     """
     import json
-
-    from focusshot.report.attention_maps import attention_report, save_attention_figure, target_masks
 
     path = directory / "attention.json"
     if path.is_file():
@@ -83,8 +85,6 @@ def attention_section(backbone: Backbone, data: LabelledImages, directory: Path)
             out = {"available": False, "reason": "the data carry no target masks or boxes"}
         else:
             out = {"available": True, "layer": "last", **attention_report(backbone, data, masks)}
-            save_attention_figure(backbone, data, masks, directory / "attention_maps.png")
-            out["figure"] = "attention_maps.png"
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
@@ -108,13 +108,53 @@ def head_threads(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _methods(names: Sequence[str]) -> list[FeatureHeadMethod]:
+MethodOptions = dict[str, Any] | None
+
+
+def _methods(names: Sequence[str], options: MethodOptions = None) -> list[Method]:
     if not names:
         raise ValueError("give at least one method")
-    return [create_feature_method(n) for n in names]
+    options = options or {}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"options given for method(s) {unknown} that are not being run ({list(names)})")
+    return [create_method(n, options.get(n)) for n in names]
 
 
-def _text(backbone: Backbone, methods: list[FeatureHeadMethod], class_names: list[str]) -> Tensor | None:
+def _prefix_features(
+    cache: FeatureCache, backbone: Backbone, data: LabelledImages, methods: list[Method], progress: bool
+) -> dict[str, Tensor]:
+    """Each method's declared prefix of every image of ``data``, computed once per distinct prefix."""
+    by_key: dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
+    for m in methods:
+        prefix = m.prefix(backbone).resolve(backbone)
+        if prefix.key() not in by_key:
+            by_key[prefix.key()] = cache.get(backbone, data.paths, prefix, progress=progress)
+        out[m.name] = by_key[prefix.key()]
+    return out
+
+
+def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
+    """Fit one method: heads single-threaded (tiny problems), training with every thread."""
+    if m.trains:
+        return m.fit(support, labels, ctx)
+    with head_threads():
+        return m.fit(support, labels, ctx)
+
+
+def _logits(m: Method, fitted: Fitted, query: Tensor) -> Tensor:
+    if m.trains:
+        return fitted.logits(query)
+    with head_threads():
+        return fitted.logits(query)
+
+
+def _method_config(methods: list[Method]) -> dict[str, Any]:
+    return {m.name: m.options_dict() for m in methods}
+
+
+def _text(backbone: Backbone, methods: list[Method], class_names: list[str]) -> Tensor | None:
     if not any(m.needs_text for m in methods):
         return None
     if not backbone.capabilities.text:
@@ -128,14 +168,15 @@ def _text(backbone: Backbone, methods: list[FeatureHeadMethod], class_names: lis
     return class_text_embeddings(backbone, class_names)
 
 
-def _features(cache: FeatureCache, backbone: Backbone, data: LabelledImages, progress: bool) -> Tensor:
-    return cache.get(backbone, data.paths, Prefix.pooled(), progress=progress)
-
-
-def _base_info(backbone: Backbone, protocol: str, config: dict[str, Any], methods: Sequence[str]) -> dict:
+def _base_info(backbone: Backbone, protocol: str, config: dict[str, Any], methods: list[Method]) -> dict:
     return {
         "protocol": protocol,
-        "config": {**config, "methods": list(methods), "backbone_sha256": backbone.identity.weights_sha256},
+        "config": {
+            **config,
+            "methods": [m.name for m in methods],
+            "method_options": _method_config(methods),
+            "backbone_sha256": backbone.identity.weights_sha256,
+        },
         "backbone": backbone.identity.to_dict(),
         "versions": versions(),
     }
@@ -151,22 +192,29 @@ def run_episodic(
     progress: bool = False,
     stop_after: int | None = None,
     attention: bool = True,
+    method_options: MethodOptions = None,
 ) -> RunOutcome:
     """Evaluate ``methods`` on ``config.episodes`` episodes of ``data``; results go to ``output``.
 
     Args:
-        backbone: a frozen backbone; its pooled features are cached.
+        backbone: a frozen backbone; the prefix each method declares is cached.
         data: the labelled pool episodes are drawn from (usually the test split / novel classes).
-        methods: names from :func:`focusshot.methods.feature_heads.list_feature_methods`.
+        methods: registered method names (:func:`focusshot.methods.base.list_methods`).
         config: N, K, Q, E and the sampler seed.
         output: the run folder (``results.jsonl``, ``run.json``, ``summary.csv``, ``summary.md``).
         cache: the shared feature cache.
         progress: progress bars on stderr.
         stop_after: stop after this many new episodes (to test resumption); ``None`` runs all.
         attention: measure last-layer [CLS] attention against target masks when the data have
-            them (:func:`attention_section`).
+            them (:func:`attention_section`), and each training method's own attention on the
+            query images after it adapted (``cls_target_mass`` in its result lines).
+        method_options: per-method options (``{"lora": {"rank": 8}}``), recorded in ``run.json``.
+
+    Episodic runs have no validation split: methods that select hyper-parameters on validation
+    use their defaults, and methods that train run their fixed number of steps (the last step is
+    kept); every line says so in ``selected_on``.
     """
-    ms = _methods(methods)
+    ms = _methods(methods, method_options)
     sampler = EpisodeSampler(
         data.labels,
         config.ways,
@@ -176,11 +224,12 @@ def run_episodic(
         config.seed,
         class_names=data.class_names,
     )
-    info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint()}, methods)
+    info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint()}, ms)
     info["data_classes"] = data.class_names
     log = ResultLog(output, info, ("method", "episode"))
-    feats = _features(cache, backbone, data, progress)
+    feats = _prefix_features(cache, backbone, data, ms, progress)
     text = _text(backbone, ms, data.class_names)
+    looker = QueryAttention.create(backbone, data) if attention and any(m.trains for m in ms) else None
     bar = _bar(progress, len(sampler), "episodes")
     new = 0
     for ep in sampler:
@@ -190,36 +239,91 @@ def run_episodic(
         sup, qry = torch.tensor(ep.support), torch.tensor(ep.query)
         ys, yq = torch.tensor(ep.support_labels), torch.tensor(ep.query_labels)
         for m in todo:
-            with head_threads():
-                fitted = m.fit(
-                    feats[sup], ys, ep.ways, text_embeddings=None if text is None else text[list(ep.classes)]
-                )
-                logits = fitted.logits(feats[qry])
-            log.append(
-                {
-                    "method": m.name,
-                    "episode": ep.index,
-                    "seed": ep.seed,
-                    "run_seed": config.seed,
-                    "ways": ep.ways,
-                    "shots": ep.shots,
-                    "queries": ep.queries,
-                    "accuracy": accuracy(logits, yq),
-                    "nll": nll(logits, yq, from_logits=True),
-                }
+            t0 = time.perf_counter()
+            ctx = FitContext(
+                backbone,
+                ep.ways,
+                [data.class_names[c] for c in ep.classes],
+                None if text is None else text[list(ep.classes)],
+                None,
+                seed=ep.seed,
             )
+            fitted = _fit(m, feats[m.name][sup], ys, ctx)
+            logits = _logits(m, fitted, feats[m.name][qry])
+            row = {
+                "method": m.name,
+                "episode": ep.index,
+                "seed": ep.seed,
+                "run_seed": config.seed,
+                "ways": ep.ways,
+                "shots": ep.shots,
+                "queries": ep.queries,
+                "accuracy": accuracy(logits, yq),
+                "nll": nll(logits, yq, from_logits=True),
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
+            row.update(_fit_facts(m, fitted, episodic=True))
+            if looker is not None and m.trains:
+                row.update(looker.measure(fitted, feats[m.name][qry], ep.query))
+            log.append(row)
         new += bool(todo)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    summary = summarise(log.rows, ("method",), ("accuracy", "nll"), ci=True)
+    summary = summarise(log.rows, ("method",), _METRICS, ci=True)
     pairs = paired(log.rows, list(methods), "episode")
     write_tables(log.directory, summary)
+    _write_timing(log.directory, log.rows, "episode")
     if pairs:
         write_tables(log.directory, pairs, "paired")
     att = attention_section(backbone, data, log.directory) if attention else {}
+    if att.get("available") and _method_attention(summary):
+        att = {**att, "methods": _method_attention(summary)}
+        (log.directory / "attention.json").write_text(json.dumps(att, indent=2) + "\n")
     return RunOutcome(log.directory, log.rows, summary, pairs, att)
+
+
+#: what the summaries average (missing values, e.g. attention of frozen methods, are skipped);
+#: seconds are not among them (a resumed run must end with the same summary): see ``timing.json``
+_METRICS = ("accuracy", "nll", "cls_target_mass")
+
+
+def _write_timing(directory: Path, rows: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+    """Mean seconds per fit + prediction of every method (``timing.json``); timings are not reproducible."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("seconds") is not None:
+            per.setdefault(r["method"], []).append(float(r["seconds"]))
+    out = {m: {f"seconds_per_{unit}": sum(v) / len(v), unit + "s": len(v)} for m, v in per.items()}
+    (directory / "timing.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _fit_facts(m: Method, fitted: Fitted, episodic: bool) -> dict[str, Any]:
+    """What a result line records about the fit: selections, training steps, divergence."""
+    info = fitted.info()
+    out: dict[str, Any] = {}
+    if m.trains:
+        train = info.get("train", {})
+        out["train_steps"] = train.get("steps")
+        out["diverged"] = bool(info.get("diverged", False))
+        if out["diverged"]:
+            out["diverged_at"] = train.get("diverged_at")
+        out["selected_on"] = info.get("selected_on")
+        out["trained_params"] = info.get("trained_params")
+    elif episodic:
+        out["selected_on"] = "defaults (no validation split in episodic runs)"
+    return out
+
+
+def _method_attention(summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-method [CLS] target mass after adaptation, from the summary rows."""
+    return {
+        r["method"]: {"cls_target_mass": r["cls_target_mass"], "ci95": r.get("cls_target_mass_ci95")}
+        for r in summary
+        if "cls_target_mass" in r
+    }
 
 
 def run_split(
@@ -230,28 +334,30 @@ def run_split(
     output: str | Path,
     cache: FeatureCache,
     progress: bool = False,
+    method_options: MethodOptions = None,
 ) -> RunOutcome:
     """Fixed K-shot splits: train K per class, validate on ``min(K, 4)`` per class, test once.
 
     ``splits`` needs ``"train"`` and ``"test"``; ``"val"`` is used for hyper-parameter search
-    (logistic C, Tip-Adapter alpha/beta) when present, and each line records what was selected.
+    (logistic C, Tip-Adapter alpha/beta) and to pick the best training step of methods that train,
+    when present, and each line records what was selected.
     """
     for need in ("train", "test"):
         if need not in splits:
             raise ValueError(f"the split protocol needs a {need!r} split; found {sorted(splits)}")
-    ms = _methods(methods)
+    ms = _methods(methods, method_options)
     train, test, val = splits["train"], splits["test"], splits.get("val")
     info = _base_info(
         backbone,
         "split",
         {**asdict(config), "shots": list(config.shots), "seeds": list(config.seeds)},
-        methods,
+        ms,
     )
     info["data_classes"] = train.class_names
     log = ResultLog(output, info, ("method", "shots", "split_seed"))
-    f_train = _features(cache, backbone, train, progress)
-    f_test = _features(cache, backbone, test, progress)
-    f_val = _features(cache, backbone, val, progress) if val is not None else None
+    f_train = _prefix_features(cache, backbone, train, ms, progress)
+    f_test = _prefix_features(cache, backbone, test, ms, progress)
+    f_val = _prefix_features(cache, backbone, val, ms, progress) if val is not None else None
     text = _text(backbone, ms, train.class_names)
     y_train, y_test = torch.tensor(train.labels), torch.tensor(test.labels)
     classes = len(train.class_names)
@@ -260,8 +366,8 @@ def run_split(
             idx = torch.tensor(
                 few_shot_indices(train.labels, k, s, num_classes=classes, class_names=train.class_names)
             )
-            vf = vl = None
-            if val is not None and f_val is not None:
+            vidx = None
+            if val is not None:
                 vidx = torch.tensor(
                     few_shot_indices(
                         val.labels,
@@ -272,46 +378,42 @@ def run_split(
                         allow_fewer=True,
                     )
                 )
-                vf, vl = f_val[vidx], torch.tensor(val.labels)[vidx]
             for m in ms:
                 if log.has(method=m.name, shots=k, split_seed=s):
                     continue
-                with head_threads():
-                    fitted = m.fit(
-                        f_train[idx],
-                        y_train[idx],
-                        classes,
-                        text_embeddings=text,
-                        val_features=vf,
-                        val_labels=vl,
-                    )
-                    logits = fitted.logits(f_test)
+                t0 = time.perf_counter()
+                vals = None
+                if f_val is not None and vidx is not None:
+                    vals = (f_val[m.name][vidx], torch.tensor(val.labels)[vidx])  # type: ignore[union-attr]
+                ctx = FitContext(backbone, classes, train.class_names, text, vals, seed=s)
+                fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
+                logits = _logits(m, fitted, f_test[m.name])
                 probs = logits.double().softmax(-1)
-                log.append(
-                    {
-                        "method": m.name,
-                        "shots": k,
-                        "split_seed": s,
-                        "seed": s,
-                        "accuracy": accuracy(logits, y_test),
-                        "ece": ece(probs, y_test),
-                        "nll": nll(probs, y_test),
-                        "selected": _selected(fitted),
-                        "selected_on": "val" if vf is not None else "defaults",
-                        "test_images": len(test.paths),
-                    }
-                )
+                row = {
+                    "method": m.name,
+                    "shots": k,
+                    "split_seed": s,
+                    "seed": s,
+                    "accuracy": accuracy(logits, y_test),
+                    "ece": ece(probs, y_test),
+                    "nll": nll(probs, y_test),
+                    "selected": _selected(fitted),
+                    "selected_on": "val" if vals is not None else "defaults",
+                    "test_images": len(test.paths),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                }
+                row.update(_fit_facts(m, fitted, episodic=False))
+                log.append(row)
     summary = summarise(log.rows, ("method", "shots"), ("accuracy", "ece", "nll"), ci=False)
     write_tables(log.directory, summary)
+    _write_timing(log.directory, log.rows, "run")
     return RunOutcome(log.directory, log.rows, summary, [])
 
 
-def _selected(fitted) -> dict[str, Any]:
-    """Hyper-parameters a fitted head recorded (C, alpha, beta...): its JSON-able scalars."""
-    cfg = fitted.config() if hasattr(fitted, "config") else {}
-    flat = {**cfg, **(cfg.get("info") or {})}
+def _selected(fitted: Fitted) -> dict[str, Any]:
+    """Hyper-parameters a fitted method recorded (C, alpha, beta...): its JSON-able scalars."""
     keep = (int, float, str, bool)
-    return {k: v for k, v in flat.items() if isinstance(v, keep) and k not in ("type", "head")}
+    return {k: v for k, v in fitted.info().items() if isinstance(v, keep)}
 
 
 def _bar(progress: bool, total: int, desc: str):

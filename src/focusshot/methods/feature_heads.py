@@ -1,86 +1,128 @@
 """The frozen-feature baselines as methods: a classifier head over cached pooled features.
 
-Every method here needs only the *pooled* prefix (DESIGN, "Performance"), so the runner computes
+Every method here reads only the *pooled* prefix (DESIGN, "Performance"), so the runner computes
 each image's features once and every episode and method reuses them. Methods that need class
 names (zero-shot CLIP, Tip-Adapter, Tip-Adapter-F; Zhang et al., ECCV 2022) receive text
-embeddings ``(C, T, D)`` from the caller; heads never see a model.
+embeddings ``(C, T, D)`` through the fit context; heads never see a model. A method's options
+are its head's settings (the head's dataclass fields, less the text embeddings).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from focusshot.evaluation.cache import Prefix
-from focusshot.heads import FittedHead, create_head, list_heads
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
+from focusshot.heads import FittedHead, create_head, fitted_from_state, list_heads
+from focusshot.heads.base import _lookup
+from focusshot.methods.base import FitContext, Fitted, Method, register_method
 
-#: method name -> (head name, fixed head arguments, needs class-name text embeddings)
-_TABLE: dict[str, tuple[str, dict[str, Any], bool]] = {
-    "nearest_neighbour": ("nearest_neighbour", {}, False),
-    "protonet": ("protonet", {}, False),
-    "ridge": ("ridge", {}, False),
-    "r2d2": ("r2d2", {}, False),
-    "svm": ("svm", {}, False),
-    "metaoptnet": ("metaoptnet", {}, False),
-    "logistic": ("logistic", {}, False),
-    "zeroshot": ("zeroshot", {}, True),
-    "tip_adapter": ("tip_adapter", {}, True),
-    "tip_adapter_f": ("tip_adapter_f", {}, True),
+#: method name -> (head name, needs class-name text embeddings, one line of help)
+_TABLE: dict[str, tuple[str, bool, str]] = {
+    "nearest_neighbour": ("nearest_neighbour", False, "cosine nearest neighbour over support features"),
+    "protonet": ("protonet", False, "ProtoNet: nearest class mean (Snell et al., 2017)"),
+    "ridge": ("ridge", False, "ridge regression onto one-hot labels"),
+    "r2d2": ("r2d2", False, "R2D2 closed-form ridge head (Bertinetto et al., 2019)"),
+    "svm": ("svm", False, "multi-class linear SVM"),
+    "metaoptnet": ("metaoptnet", False, "MetaOptNet SVM head (Lee et al., 2019)"),
+    "logistic": ("logistic", False, "linear probe: L2-regularised logistic regression, C chosen on val"),
+    "zeroshot": ("zeroshot", True, "zero-shot CLIP: class names x prompt templates"),
+    "tip_adapter": ("tip_adapter", True, "Tip-Adapter: training-free cache model (Zhang et al., 2022)"),
+    "tip_adapter_f": ("tip_adapter_f", True, "Tip-Adapter-F: the cache keys fine-tuned"),
 }
 
+_TEXT_FIELD = "text_embeddings"
 
-@dataclass(frozen=True)
-class FeatureHeadMethod:
-    """A method that fits a head on pooled support features.
 
-    Attributes:
-        name: the method's name (``focusshot evaluate --method``).
-        head: the head's registry name in :mod:`focusshot.heads`.
-        head_args: fixed keyword arguments of the head.
-        needs_text: the head needs class text embeddings (CLIP backbones only).
-    """
+def _options_of(head: str) -> type:
+    """A dataclass with the head's settings (text embeddings excluded): the method's options."""
+    cls = _lookup(head)
+    fields = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name == _TEXT_FIELD:
+            continue
+        kw: dict[str, Any] = {"metadata": f.metadata}
+        if f.default is not dataclasses.MISSING:
+            kw["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kw["default_factory"] = f.default_factory
+        fields.append((f.name, f.type, dataclasses.field(**kw)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
 
-    name: str
-    head: str
-    head_args: dict[str, Any] = field(default_factory=dict)
-    needs_text: bool = False
+
+class HeadFitted(Fitted):
+    """A fitted head as a fitted method: ``logits(query (M, D)) -> (M, C)``."""
+
+    def __init__(self, method: str, head: FittedHead) -> None:
+        self.method = method
+        self.head = head
+
+    def logits(self, query: Tensor) -> Tensor:
+        return self.head.logits(query)
 
     @property
-    def prefix(self) -> Prefix:
-        """The frozen prefix this method consumes: pooled features."""
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.head.state_dict()
+
+    def config(self) -> dict[str, Any]:
+        return {"method": self.method, "head": self.head.config()}
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.head.config()
+        flat = {**cfg, **(cfg.get("info") or {})}
+        keep = (int, float, str, bool)
+        return {k: v for k, v in flat.items() if isinstance(v, keep) and k not in ("type", "head")}
+
+
+class FeatureHeadMethod(Method):
+    """A head fitted on pooled support features (subclassed once per head below)."""
+
+    head: ClassVar[str] = ""
+
+    def prefix(self, backbone: Backbone) -> Prefix:
         return Prefix.pooled()
 
-    def fit(
-        self,
-        features: Tensor,
-        labels: Tensor,
-        num_classes: int,
-        *,
-        text_embeddings: Tensor | None = None,
-        val_features: Tensor | None = None,
-        val_labels: Tensor | None = None,
-    ) -> FittedHead:
-        """Support features ``(N, D)`` and labels ``(N,)`` -> a fitted head (``logits(query) -> (M, C)``)."""
-        args = dict(self.head_args)
+    def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
+        args = dataclasses.asdict(self.options)
         if self.needs_text:
-            if text_embeddings is None:
+            if ctx.text is None:
                 raise ValueError(f"method {self.name!r} needs class text embeddings: use a CLIP backbone")
-            args["text_embeddings"] = text_embeddings
-        head = create_head(self.head, **args)
-        return head.fit(features, labels, num_classes, val_features=val_features, val_labels=val_labels)
+            args[_TEXT_FIELD] = ctx.text
+        val_f, val_l = ctx.val if ctx.val is not None else (None, None)
+        fitted = create_head(self.head, **args).fit(
+            support, labels, ctx.num_classes, val_features=val_f, val_labels=val_l
+        )
+        return HeadFitted(self.name, fitted)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
+        return HeadFitted(cls.name, fitted_from_state(state, config["head"]))
 
 
-def list_feature_methods() -> list[str]:
-    """Names of the frozen-feature methods whose heads are available."""
+def _register_all() -> None:
     heads = set(list_heads())
-    return [name for name, (head, _, _) in _TABLE.items() if head in heads]
+    for name, (head, text, summary) in _TABLE.items():
+        if head not in heads:
+            continue
+        cls = type(
+            f"{head.title().replace('_', '')}Method",
+            (FeatureHeadMethod,),
+            {
+                "head": head,
+                "Options": _options_of(head),
+                "needs_text": text,
+                "summary": summary,
+                "__doc__": summary,
+                "__module__": __name__,
+            },
+        )
+        register_method(name)(cls)
 
 
-def create_feature_method(name: str, **head_args: Any) -> FeatureHeadMethod:
-    """The frozen-feature method ``name``; extra keyword arguments go to its head."""
-    if name not in _TABLE:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(list_feature_methods())}")
-    head, fixed, needs_text = _TABLE[name]
-    return FeatureHeadMethod(name, head, {**fixed, **head_args}, needs_text)
+_register_all()

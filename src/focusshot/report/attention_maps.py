@@ -21,57 +21,12 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.images import load_rgb
 from focusshot.data.sources import LabelledImages
 from focusshot.data.transforms import center_crop, make_transform, resize_shorter
-from focusshot.evaluation.attention_metrics import measure_attention, require_global_cls, transform_masks
-
-
-def _mask_file(path: str) -> Path:
-    p = Path(path)
-    return p.with_name(p.stem + ".mask.npy")
-
-
-def target_masks(data: LabelledImages) -> list[np.ndarray] | None:
-    """One boolean mask ``(H, W)`` per image at its stored size, or ``None`` if the data have none."""
-    masks: list[np.ndarray] = []
-    for i, path in enumerate(data.paths):
-        f = _mask_file(path)
-        if f.is_file():
-            masks.append(np.load(f, allow_pickle=False).astype(bool))
-            continue
-        box = data.boxes[i] if data.boxes is not None else None
-        if box is None:
-            return None
-        with Image.open(path) as im:
-            w, h = im.size
-        m = np.zeros((h, w), dtype=bool)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        m[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] = True
-        masks.append(m)
-    return masks
-
-
-@torch.inference_mode()
-def attention_report(
-    backbone: Backbone, data: LabelledImages, masks: Sequence[np.ndarray], batch_size: int = 64
-) -> dict[str, float]:
-    """Mean last-layer [CLS] attention metrics over ``data`` (every image once).
-
-    Returns:
-        ``cls_target_mass`` (mean share of [CLS]->patch attention on the target), ``target_area``
-        (its chance level: the target's share of patches), ``patches_95`` (mean number of patches
-        holding 95% of the mass), ``images``.
-    """
-    require_global_cls(backbone)
-    tf = make_transform(backbone.preprocess)
-    sums: dict[str, float] = {}
-    for s in range(0, len(data.paths), batch_size):
-        paths = data.paths[s : s + batch_size]
-        images = torch.stack([tf(load_rgb(p)) for p in paths])
-        m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess)
-        res = measure_attention(backbone, images, m)
-        for k in ("cls_target_mass", "target_area", "patches_95"):
-            sums[k] = sums.get(k, 0.0) + float(res[k].double().sum())
-    n = len(data.paths)
-    return {**{k: v / n for k, v in sums.items()}, "images": n}
+from focusshot.evaluation.attention_metrics import (  # noqa: F401 (re-exported)
+    attention_report,
+    require_global_cls,
+    target_masks,
+    transform_masks,
+)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,184 @@
+"""Which frozen prefix of a backbone a method consumes (DESIGN, "Performance: pay for each image once").
+
+A method declares the deepest frozen prefix it needs; the shared cache computes that prefix once
+per image and every episode and method reuses it. The description lives here, beside the
+:class:`~focusshot.backbones.base.Backbone` contract, because both ``methods`` and ``evaluation``
+use it and neither may import the other. Kinds, with the per-image shape each has:
+
+========== ============================================== =================================
+kind       what                                           per-image shape
+========== ============================================== =================================
+images     the preprocessed image (decoded, resized,      ``(3, crop, crop)``
+           cropped, normalised): methods that tune the
+           whole depth (full FT, LoRA/SSF/VPT everywhere)
+tokens     tokens entering block ``layer`` of the token   ``(T, C)``
+           path (``L - k`` for methods that tune the last
+           ``k`` blocks; ``L``: the last block's output)
+head_out   per-head outputs of the [CLS] row of attention ``(len(layers), H, D)``
+           ``layers`` (before the output projection; SAV)
+pooled     ``forward_features`` (CLIP: projected)          ``(num_features,)``
+========== ============================================== =================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from focusshot.attention.record import attention_modules, record
+from focusshot.backbones.base import Backbone
+
+__all__ = ["PREFIX_KINDS", "Prefix", "compute_prefix", "expected_shape"]
+
+PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out", "images")
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Which frozen prefix of a backbone to compute (and cache).
+
+    Attributes:
+        kind: ``"pooled"``, ``"tokens"``, ``"head_out"`` or ``"images"`` (module docstring).
+            For ``tokens`` a negative ``layer`` counts from the end (``-k`` is ``L - k``), ``0``
+            is the embedding output and ``L`` the last block's output (un-normed, what
+            ``forward_head`` takes). ``head_out`` layers are a tuple (negatives from the end).
+        layer: ``None`` for pooled and images, an int for tokens, a tuple of distinct ints for
+            head_out.
+    """
+
+    kind: str
+    layer: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PREFIX_KINDS:
+            raise ValueError(f"unknown prefix kind {self.kind!r}; valid: {list(PREFIX_KINDS)}")
+        if self.kind in ("pooled", "images"):
+            if self.layer is not None:
+                raise ValueError(f"a {self.kind} prefix takes no layer, got {self.layer!r}")
+        elif self.kind == "tokens":
+            if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+                raise ValueError(
+                    f"a tokens prefix needs one int layer (the block whose input is cached), got "
+                    f"{self.layer!r}"
+                )
+        else:
+            layers = (self.layer,) if isinstance(self.layer, int) else self.layer
+            if not isinstance(layers, (tuple, list)) or not layers:
+                raise ValueError(f"a head_out prefix needs one or more attention layers, got {self.layer!r}")
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in layers):
+                raise ValueError(f"head_out layers must be ints, got {self.layer!r}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"head_out layers must be distinct, got {self.layer!r}")
+            object.__setattr__(self, "layer", tuple(int(v) for v in layers))
+
+    @classmethod
+    def pooled(cls) -> Prefix:
+        """Pooled (CLIP: projected) features ``(num_features,)`` per image."""
+        return cls("pooled")
+
+    @classmethod
+    def images(cls) -> Prefix:
+        """The preprocessed image ``(3, crop, crop)``."""
+        return cls("images")
+
+    @classmethod
+    def tokens(cls, layer: int) -> Prefix:
+        """Tokens entering block ``layer`` (``-k``: ``L - k``), ``(T, C)`` per image."""
+        return cls("tokens", layer)
+
+    @classmethod
+    def head_out(cls, layers: int | Sequence[int]) -> Prefix:
+        """[CLS]-row per-head outputs of attention ``layers``, ``(len(layers), H, D)`` per image."""
+        return cls("head_out", tuple(layers) if isinstance(layers, Sequence) else layers)
+
+    def key(self) -> str:
+        """This prefix in cache keys: ``"pooled"``, ``"images"``, ``"tokens:10"``, ``"head_out:9,10"``..."""
+        if self.kind in ("pooled", "images"):
+            return self.kind
+        if self.kind == "tokens":
+            return f"tokens:{self.layer}"
+        return "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
+
+    def resolve(self, backbone: nn.Module) -> Prefix:
+        """This prefix with negative layers turned into absolute ones for ``backbone`` (checked).
+
+        Raises:
+            ValueError: the backbone cannot produce this prefix (no token path, no global [CLS]
+                attention) or a layer is out of range.
+        """
+        if self.kind in ("pooled", "images"):
+            return self
+        if self.kind == "tokens":
+            depth = backbone.token_blocks() if isinstance(backbone, Backbone) else 0
+            if depth == 0:
+                name = backbone.identity.name if isinstance(backbone, Backbone) else "?"
+                raise ValueError(
+                    f"{type(backbone).__name__} ({name}) has no ViT token path (embed_tokens + "
+                    "forward_blocks); cache its pooled features or images instead"
+                )
+            layer = int(self.layer)  # type: ignore[arg-type]
+            if not -depth <= layer <= depth:
+                raise ValueError(
+                    f"tokens layer {layer} out of range for {depth} blocks (valid: -{depth}..{depth})"
+                )
+            return Prefix("tokens", layer if layer >= 0 else depth + layer)
+        caps = getattr(backbone, "capabilities", None)
+        modules = attention_modules(backbone)
+        if not modules or (caps is not None and not caps.global_cls):
+            raise ValueError(
+                f"{type(backbone).__name__} has no global [CLS] attention to cache head outputs of "
+                "(capabilities.global_cls is False)"
+            )
+        total = len(modules)
+        bad = [v for v in self.layer if not -total <= v < total]  # type: ignore[union-attr]
+        if bad:
+            raise ValueError(f"head_out layers {bad} out of range for {total} attention layers")
+        return Prefix("head_out", tuple(v % total for v in self.layer))  # type: ignore[union-attr]
+
+
+def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
+    """Per-image shape of ``prefix`` (resolved) on ``backbone`` at its preprocessing's crop size.
+
+    ``(num_features,)`` for pooled, ``(3, crop, crop)`` for images, ``(prefix_tokens + rows * cols,
+    width)`` for tokens and ``(len(layers), H, D)`` for head_out.
+    """
+    if prefix.kind == "pooled":
+        return (int(backbone.num_features),)
+    crop = int(backbone.preprocess.crop)
+    if prefix.kind == "images":
+        return (3, crop, crop)
+    if prefix.kind == "tokens":
+        rows, cols = backbone.grid_size(crop)
+        return (int(backbone.num_prefix_tokens) + rows * cols, int(backbone.token_width()))
+    modules = attention_modules(backbone)
+    heads = {(modules[i].num_heads, modules[i].head_dim) for i in prefix.layer}  # type: ignore[union-attr]
+    if len(heads) != 1:
+        raise ValueError(
+            f"head_out layers {prefix.layer} differ in heads x head_dim ({sorted(heads)}); "
+            "cache them with one prefix each"
+        )
+    ((h, d),) = heads
+    return (len(prefix.layer), int(h), int(d))  # type: ignore[arg-type]
+
+
+def compute_prefix(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
+    """Preprocessed images ``(B, 3, H, W)`` -> ``(B, *expected_shape)`` for a resolved ``prefix``.
+
+    Runs only as deep as the prefix needs (tokens and head_out stop after their last layer).
+    """
+    if prefix.kind == "images":
+        return x
+    if prefix.kind == "pooled":
+        return backbone.forward_features(x)
+    if prefix.kind == "tokens":
+        return backbone.forward_blocks(backbone.embed_tokens(x), 0, prefix.layer)  # type: ignore[arg-type]
+    layers = list(prefix.layer)  # type: ignore[arg-type]
+    with record(backbone, "head_out", layers=layers) as rec:
+        if backbone.token_blocks():
+            backbone.forward_blocks(backbone.embed_tokens(x), 0, max(layers) + 1)  # later blocks unneeded
+        else:
+            backbone.forward_features(x)
+    return torch.stack([rec.get("head_out", i)[:, :, 0] for i in layers], dim=1)  # (B, len, H, D)

@@ -1,0 +1,63 @@
+"""Each method's own [CLS] attention on the query images, after it adapted (FORT's question).
+
+A method that trains changes where the model looks; the frozen backbone's attention
+(:func:`focusshot.evaluation.attention_metrics.attention_report`) cannot show that. For a fitted
+method whose :meth:`~focusshot.methods.base.Fitted.attention_model` is an adapted backbone, this
+records the last attention layer while the method scores the episode's queries (from the same
+cached prefix it classifies) and measures the [CLS]-to-patch mass on the target masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from focusshot.attention.record import record
+from focusshot.backbones.base import Backbone
+from focusshot.data.sources import LabelledImages
+from focusshot.evaluation.attention_metrics import cls_attention_metrics, target_masks, transform_masks
+from focusshot.methods.base import Fitted
+
+
+class QueryAttention:
+    """Target masks of a pool of images, and the measurement of a fitted method on some of them."""
+
+    def __init__(self, backbone: Backbone, masks: list[np.ndarray]) -> None:
+        self.backbone = backbone
+        self.masks = masks
+
+    @classmethod
+    def create(cls, backbone: Backbone, data: LabelledImages) -> QueryAttention | None:
+        """``None`` when the data carry no masks or boxes, or the backbone has no global [CLS] row."""
+        caps = backbone.capabilities
+        if not (caps.attention and caps.global_cls):
+            return None
+        masks = target_masks(data)
+        return None if masks is None else cls(backbone, masks)
+
+    def measure(self, fitted: Fitted, query: Tensor, indices: Sequence[int]) -> dict[str, Any]:
+        """``{"cls_target_mass": mean over queries}`` of the fitted model's last-layer [CLS] row.
+
+        Args:
+            fitted: a fitted method; nothing is measured when it has no attention model.
+            query: the queries' prefix ``(M, *prefix)``, as the method reads it.
+            indices: the queries' indices into the pool (their masks).
+        """
+        model = fitted.attention_model()
+        if model is None:
+            return {}
+        b = self.backbone
+        with record(model, "probs", layers=[-1]) as rec:
+            fitted.logits(query)
+        probs = rec.get("probs", -1)
+        crop = b.preprocess.crop
+        masks = transform_masks([self.masks[i] for i in indices], b.preprocess)
+        grid = b.grid_size(crop)
+        expected = b.num_prefix_tokens + grid[0] * grid[1]
+        res = cls_attention_metrics(
+            probs, masks, b.num_prefix_tokens, grid, trailing_tokens=max(0, probs.shape[-1] - expected)
+        )
+        return {"cls_target_mass": float(res["cls_target_mass"].double().mean())}

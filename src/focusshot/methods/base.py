@@ -1,0 +1,243 @@
+"""The one method contract every recipe keeps (DESIGN principle 8, "Methods are recipes").
+
+A :class:`Method` is a registered class with a typed options dataclass. It declares
+
+* the frozen **prefix** of the backbone it consumes (:class:`~focusshot.backbones.prefix.Prefix`:
+  pooled features, tokens entering block ``L - k``, per-head outputs, or the images), which the
+  runner computes once per image through the shared cache;
+* whether it **trains** (per episode or per split), and whether it needs class **text**
+  embeddings (CLIP backbones only).
+
+``method.fit(support, labels, ctx) -> Fitted`` reads the support set's prefix ``(N, *prefix)``
+and labels ``(N,)``; ``fitted.logits(query)`` maps the query prefix ``(M, *prefix)`` to class
+scores ``(M, C)``. A fitted method is tensors plus JSON (``state_dict()`` / ``config()``) and is
+rebuilt with :func:`fitted_from_state` given the same backbone, so a classifier saves to and
+loads from one safetensors file and nothing is ever pickled.
+
+Methods see backbones but never import :mod:`focusshot.evaluation` (the runner sits above them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from torch import Tensor, nn
+
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
+
+__all__ = [
+    "FitContext",
+    "Fitted",
+    "Method",
+    "create_method",
+    "fitted_from_state",
+    "list_methods",
+    "method_class",
+    "options_from_dict",
+    "register_method",
+]
+
+
+@dataclass
+class FitContext:
+    """Everything a method may use beside the support set.
+
+    Attributes:
+        backbone: the frozen backbone the prefix came from (methods that train copy what they tune).
+        num_classes: C.
+        class_names: the C class names (zero-shot and prompt methods).
+        text: class text embeddings ``(C, T, D)`` (L2-normalised; ``None`` unless the method
+            needs text).
+        val: validation prefix ``(V, *prefix)`` and labels ``(V,)``, or ``None`` (episodic runs
+            have none).
+        seed: seeds everything random in the fit (initialisation, batches, dropout).
+        device: where training runs.
+        progress: show progress bars for long training.
+    """
+
+    backbone: Backbone
+    num_classes: int
+    class_names: list[str] | None = None
+    text: Tensor | None = None
+    val: tuple[Tensor, Tensor] | None = None
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+
+class Fitted(ABC):
+    """A method fitted to one support set: ``logits(query prefix (M, ...)) -> (M, C)``."""
+
+    #: registry name of the method that made it (set by the method)
+    method: str = ""
+
+    @abstractmethod
+    def logits(self, query: Tensor) -> Tensor:
+        """Class scores ``(M, C)`` for the query prefix ``(M, *prefix)``."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """C."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Tensor]:
+        """The fitted tensors (adapter weights, head), detached and contiguous."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that, with :meth:`state_dict` and the backbone, rebuild this fit."""
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able facts about the fit (selected hyper-parameters, training record)."""
+        return {}
+
+    def attention_model(self) -> nn.Module | None:
+        """The adapted backbone whose attention can be recorded (``None``: the frozen backbone's)."""
+        return None
+
+
+M = TypeVar("M", bound=type["Method"])
+_METHODS: dict[str, type[Method]] = {}
+
+
+class Method(ABC):
+    """A few-shot method: options, the prefix it reads, and ``fit``.
+
+    Subclasses set the class attributes and are registered with :func:`register_method`.
+    """
+
+    name: ClassVar[str] = ""
+    #: the options dataclass (every field with ``metadata={"help": ...}``)
+    Options: ClassVar[type] = type(None)
+    #: trains something per support set (adapters, a head by gradient descent, prompts)
+    trains: ClassVar[bool] = False
+    #: needs class text embeddings (a CLIP backbone)
+    needs_text: ClassVar[bool] = False
+    #: one line for ``focusshot methods``
+    summary: ClassVar[str] = ""
+
+    def __init__(self, options: Any = None) -> None:
+        if options is None:
+            options = self.Options()
+        elif isinstance(options, Mapping):
+            options = options_from_dict(self.Options, options, self.name)
+        elif not isinstance(options, self.Options):
+            raise TypeError(f"options of {self.name!r} must be a {self.Options.__name__} or a dict")
+        self.options = options
+
+    @abstractmethod
+    def prefix(self, backbone: Backbone) -> Prefix:
+        """The frozen prefix of ``backbone`` this method reads (raises when it cannot be served)."""
+
+    @abstractmethod
+    def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
+        """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``."""
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
+        """Rebuild a :class:`Fitted` this method made, from its tensors and config."""
+        raise TypeError(f"method {cls.name!r} cannot be loaded from a file")
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options as JSON-able values."""
+        return json.loads(json.dumps(dataclasses.asdict(self.options)))
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def deco(cls: M) -> M:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__qualname__}")
+        if not dataclasses.is_dataclass(cls.Options):
+            raise TypeError(f"method {name!r}: Options must be a dataclass")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    """Import every recipe module so their registrations run."""
+    import focusshot.methods.feature_heads
+    import focusshot.methods.tuning  # noqa: F401
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order."""
+    _load_all()
+    return list(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name``."""
+    _load_all()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
+    """The method ``name`` with ``options`` (a dataclass or a dict) and keyword overrides.
+
+    Raises:
+        ValueError: an unknown method (listing the valid ones) or an unknown option (listing the
+            valid options), or an invalid value.
+    """
+    cls = method_class(name)
+    if overrides:
+        base = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})
+        options = {**base, **overrides}
+    return cls(options)
+
+
+def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str = "") -> Any:
+    """Build ``options_cls`` from ``values``, checking names and coercing JSON lists to tuples."""
+    fields = {f.name: f for f in dataclasses.fields(options_cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method!r}; valid options: {', '.join(fields)}"
+        )
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        default = fields[key].default
+        if isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
+            value = tuple(value)
+        clean[key] = value
+    try:
+        return options_cls(**clean)
+    except TypeError as exc:
+        raise ValueError(f"bad options for method {method!r}: {exc}") from exc
+
+
+def fitted_from_state(state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
+    """Rebuild any fitted method from its state dict and config (dispatches on ``config["method"]``)."""
+    name = config.get("method")
+    if not isinstance(name, str):
+        raise ValueError("the fitted method's config names no method")
+    return method_class(name).from_state(state, config, backbone)
+
+
+def option_help(options_cls: type) -> list[tuple[str, Any, str]]:
+    """``(name, default, help)`` of every option field (for listings and the CLI)."""
+    out = []
+    for f in dataclasses.fields(options_cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out
+
+
+def no_options() -> Any:
+    """``field()`` for option dataclasses that hold nothing."""
+    return field(default=None, metadata={"help": "no options"})

@@ -1,0 +1,336 @@
+"""Fine-tuning a backbone on the support set: the machinery every tuning recipe shares.
+
+The recipes (``ft``, ``last_block``, ``lora``, ``ssf``, ``vpt`` in
+:mod:`focusshot.methods.tuning`; FORT and SAFE later) differ only in which parameters they add or
+unfreeze and in an optional extra loss. What they share, following FORT's protocol (Wang et al.,
+*Focus Your Attention when Few-Shot Classification*, NeurIPS 2023, Sec. 5 and its code):
+
+1. **What is tuned reads a cached prefix.** With ``blocks = k > 0`` only the last ``k`` blocks of
+   the token path (and the final norm and projection) are copied and tuned, and the method reads
+   the cached tokens entering block ``L - k``: a training step costs ``k`` blocks, not ``L``.
+   With ``blocks = 0`` the whole image tower is tuned from the cached preprocessed images.
+2. **The copy shares frozen storage.** The backbone is copied with every parameter re-wrapped as a
+   frozen parameter over the *same* storage, so an episode costs no second copy of the weights
+   and the caller's backbone (its tensors and ``requires_grad`` flags) is never touched; only the
+   parameters a recipe trains get storage of their own.
+3. **The head starts from a solver** (:func:`focusshot.heads.trainable.linear_form`): MetaOptNet
+   by default, as FORT's code does, fitted on the support features of the untrained copy.
+4. **One training loop** (:func:`focusshot.training.loop.train`), batch = the number of classes
+   by default (FORT: ``n_way``), epochs over the support set; validation picks the best step when
+   the protocol has a validation split (the split protocol), and otherwise the last step is kept
+   (episodic runs have no validation data).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from focusshot.adapters.base import AdapterError, load_trainable_state, trainable_state
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
+from focusshot.heads import create_head
+from focusshot.heads.trainable import LinearHead, linear_form
+from focusshot.methods.base import FitContext, Fitted, Method
+from focusshot.training.loop import TrainConfig, TrainResult, train
+
+__all__ = ["AdaptedFitted", "FinetuneMethod", "FinetuneOptions", "Tail", "frozen_copy", "image_tower"]
+
+INIT_SOLVERS = ("metaoptnet", "protonet", "r2d2", "ridge", "svm", "logistic", "zeros")
+
+
+def _f(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Options every tuning recipe shares (recipes override the defaults with their papers')."""
+
+    blocks: int = _f(
+        0, "tune the last k blocks from the cached tokens entering block L-k (0: all, from images)"
+    )
+    init: str = _f("metaoptnet", f"solver that initialises the linear head: {', '.join(INIT_SOLVERS)}")
+    temperature: float = _f(1.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+    optimizer: str = _f("adamw", "adamw or sgd")
+    lr: float = _f(1e-3, "learning rate")
+    weight_decay: float = _f(0.01, "weight decay (matrices only)")
+    momentum: float = _f(0.9, "SGD momentum")
+    epochs: int = _f(10, "epochs over the support set (0: use steps)")
+    steps: int = _f(0, "optimisation steps when epochs is 0")
+    batch_size: int = _f(0, "support images per step (0: the number of classes, as FORT's code)")
+    warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float = _f(0.0, "clip the global gradient norm (0: off)")
+    amp: bool = _f(False, "bf16 autocast on CUDA")
+    validate: bool = _f(True, "when validation data exist, evaluate every epoch and keep the best step")
+
+    def __post_init__(self) -> None:
+        if self.blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {self.blocks}")
+        if self.init not in INIT_SOLVERS:
+            raise ValueError(f"init must be one of {list(INIT_SOLVERS)}, got {self.init!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.epochs < 0 or self.steps < 0 or self.batch_size < 0:
+            raise ValueError("epochs, steps and batch_size must be >= 0")
+        if self.epochs == 0 and self.steps == 0:
+            raise ValueError("give epochs or steps (both are 0)")
+
+
+def image_tower(model: nn.Module) -> nn.Module:
+    """The image tower of a backbone: CLIP's ``visual``, else the backbone itself."""
+    return getattr(model, "visual", None) or model
+
+
+def frozen_copy(backbone: Backbone) -> Backbone:
+    """A structural copy of ``backbone`` whose parameters are frozen views of the same storage.
+
+    Buffers are copied; the text tower of a CLIP is shared, not copied (nothing here tunes it).
+    Nothing done to the copy's parameter *objects* reaches ``backbone``; writing into their
+    storage in place would, so recipes give what they train storage of its own
+    (:func:`own_storage`).
+    """
+    memo: dict[int, Any] = {}
+    for p in backbone.parameters():
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False)
+    text = getattr(backbone, "text", None)
+    if isinstance(text, nn.Module):
+        memo[id(text)] = text
+    return copy.deepcopy(backbone, memo)
+
+
+def own_storage(module: nn.Module) -> list[nn.Parameter]:
+    """Give every parameter of ``module`` storage of its own and make it trainable; returns them."""
+    out = []
+    for p in module.parameters():
+        p.data = p.data.clone()
+        p.requires_grad_(True)
+        out.append(p)
+    return out
+
+
+class Tail(nn.Module):
+    """The part of the backbone after the cached prefix: ``(B, *prefix) -> (B, num_features)``.
+
+    ``start = None``: the prefix is the preprocessed image and the whole tower runs;
+    ``start = s``: the prefix is the tokens entering block ``s`` and blocks ``s..L-1`` run.
+    """
+
+    def __init__(self, backbone: Backbone, start: int | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.start = start
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.backbone
+        if self.start is None:
+            if not b.token_blocks():
+                return b.forward_features(x)
+            x, start = b.embed_tokens(x), 0
+        else:
+            start = self.start
+        return b.forward_head(b.forward_blocks(x, start))
+
+
+def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 64) -> Tensor:
+    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else fn(x)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+class AdaptedFitted(Fitted):
+    """A tuned tail plus a linear head: ``logits(query prefix (M, ...)) -> (M, C)``."""
+
+    def __init__(
+        self, method: str, tail: Tail, head: LinearHead, config: dict[str, Any], record: dict[str, Any]
+    ) -> None:
+        self.method = method
+        self.tail = tail.eval()
+        self.head = head.eval()
+        self._config = config
+        self._record = record
+
+    @torch.inference_mode()
+    def logits(self, query: Tensor) -> Tensor:
+        device = _device_of(self.head)
+        return _batched(lambda q: self.head(self.tail(q.to(device))).float().cpu(), query)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.weight.shape[0])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {f"tail.{k}": v.detach().cpu().contiguous() for k, v in trainable_state(self.tail).items()}
+        state["head.weight"] = self.head.weight.detach().cpu().contiguous()
+        state["head.bias"] = self.head.bias.detach().cpu().contiguous()
+        return state
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._record)
+
+    def attention_model(self) -> nn.Module:
+        return self.tail.backbone
+
+
+class FinetuneMethod(Method):
+    """A recipe that tunes (part of) the backbone and a solver-initialised linear head.
+
+    Subclasses set ``Options`` (a :class:`FinetuneOptions` subclass) and implement :meth:`adapt`;
+    FORT adds its attention loss through :meth:`extra_loss`.
+    """
+
+    trains: ClassVar[bool] = True
+
+    def prefix(self, backbone: Backbone) -> Prefix:
+        k = self.options.blocks
+        depth = backbone.token_blocks()
+        if k == 0 or (depth and k >= depth):
+            return Prefix.images()
+        if not depth:
+            raise ValueError(
+                f"method {self.name!r} with blocks={k} tunes the last blocks of a token path, which "
+                f"{type(backbone).__name__} ({backbone.identity.name}) does not have; use blocks=0"
+            )
+        return Prefix.tokens(depth - k)
+
+    def start(self, backbone: Backbone) -> int | None:
+        """First tuned block (``None``: the whole tower, from images)."""
+        p = self.prefix(backbone).resolve(backbone)
+        return None if p.kind == "images" else int(p.layer)  # type: ignore[arg-type]
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        """Add or unfreeze what this recipe trains in ``model`` (a :func:`frozen_copy`); return it."""
+        raise TypeError(f"{type(self).__name__} must implement adapt()")
+
+    def extra_loss(
+        self, tail: Tail, support: Tensor, labels: Tensor, ctx: FitContext
+    ) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
+        """An extra training loss ``(batch, labels, logits) -> scalar`` (FORT's attention loss); none here."""
+        return None
+
+    def train_config(self, n: int, ctx: FitContext) -> TrainConfig:
+        o = self.options
+        batch = o.batch_size or ctx.num_classes
+        val = ctx.val is not None and o.validate
+        return TrainConfig(
+            optimizer=o.optimizer,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
+            steps=o.steps or 1,
+            epochs=o.epochs,
+            batch_size=batch,
+            warmup_steps=o.warmup_steps,
+            label_smoothing=o.label_smoothing,
+            grad_clip=o.grad_clip,
+            amp=o.amp,
+            eval_every=math.ceil(n / min(batch, n)) if val else 0,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+
+    def build(self, backbone: Backbone, generator: torch.Generator) -> tuple[Tail, list[nn.Parameter]]:
+        """The adapted tail over a frozen copy of ``backbone`` and the parameters it trains."""
+        start = self.start(backbone)
+        model = frozen_copy(backbone)
+        params = self.adapt(model, start, generator)
+        if not params:
+            raise AdapterError(f"method {self.name!r} found nothing to train in {backbone.identity.name}")
+        return Tail(model, start), params
+
+    def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(ctx.seed)
+        tail, params = self.build(ctx.backbone, gen)
+        device = torch.device(ctx.device)
+        tail.to(device)
+        tail.eval()
+        with torch.no_grad():
+            feats = _batched(lambda x: tail(x.to(device)).float(), support)
+        head = self._init_head(feats.cpu(), labels, ctx).to(device)
+        head.train()
+        extra = self.extra_loss(tail, support, labels, ctx)
+        cfg = self.train_config(len(support), ctx)
+        result: TrainResult = train(
+            lambda x: head(tail(x)),
+            [*params, head.weight, head.bias],
+            support.to(device),
+            labels.to(device),
+            cfg,
+            modules=[tail],
+            extra_loss=extra,
+            val=None if (ctx.val is None or not self.options.validate) else ctx.val,
+            device=device,
+        )
+        record = {
+            "train": result.to_dict(),
+            "diverged": result.diverged,
+            "trained_params": int(sum(p.numel() for p in params) + head.weight.numel() + head.bias.numel()),
+            "fit_seconds": round(time.perf_counter() - t0, 3),
+            "selected_on": "val" if cfg.eval_every else "last step (no validation split)",
+        }
+        record["train"].pop("history", None)
+        config = {
+            "method": self.name,
+            "options": self.options_dict(),
+            "start": tail.start,
+            "seed": ctx.seed,
+            "num_classes": ctx.num_classes,
+            "normalize": head.normalize,
+        }
+        return AdaptedFitted(self.name, tail, head, config, record)
+
+    def _init_head(self, feats: Tensor, labels: Tensor, ctx: FitContext) -> LinearHead:
+        o = self.options
+        if o.init == "zeros":
+            w, b, norm = torch.zeros(ctx.num_classes, feats.shape[1]), torch.zeros(ctx.num_classes), False
+        else:
+            fitted = create_head(o.init).fit(feats, labels, ctx.num_classes)
+            w, b, norm = linear_form(fitted)
+        return LinearHead(w, b, normalize=norm, temperature=o.temperature)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
+        method = cls(config["options"])
+        tail, _ = method.build(backbone, torch.Generator().manual_seed(int(config.get("seed", 0))))
+        if tail.start != config.get("start"):
+            raise ValueError(
+                f"the classifier tuned from block {config.get('start')}, this backbone gives {tail.start}"
+            )
+        tail_state = {k.removeprefix("tail."): v for k, v in state.items() if k.startswith("tail.")}
+        load_trainable_state(tail, tail_state)
+        w, b = state["head.weight"], state["head.bias"]
+        head = LinearHead(w, b, normalize=bool(config.get("normalize", False)))
+        head.temperature = float(config["options"].get("temperature", 1.0))
+        with torch.no_grad():
+            head.weight.copy_(w)
+            head.bias.copy_(b)
+        return AdaptedFitted(cls.name, tail, head, config, {})
+
+
+def options_with(options_cls: type, **defaults: Any) -> type:
+    """A subclass of ``options_cls`` with new defaults (a recipe's paper defaults)."""
+    fields = []
+    for f in dataclasses.fields(options_cls):
+        if f.name in defaults:
+            fields.append((f.name, f.type, field(default=defaults.pop(f.name), metadata=f.metadata)))
+    if defaults:
+        raise ValueError(f"no such option(s): {sorted(defaults)}")
+    return dataclasses.make_dataclass(options_cls.__name__, fields, bases=(options_cls,), frozen=True)

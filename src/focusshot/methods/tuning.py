@@ -1,0 +1,187 @@
+"""The fine-tuning baselines FORT measures itself against: ``ft``, ``last_block``, ``lora``, ``ssf``, ``vpt``.
+
+Defaults follow the official FORT code (Wang et al., NeurIPS 2023; ``Haoqing-Wang/FORT``), which
+tunes each episode's support set with batch = N-way and a MetaOptNet-initialised head:
+
+========== ========================= ===== ====== ============ ==========================================
+method     optimiser                 lr    epochs temperature  what trains
+========== ========================= ===== ====== ============ ==========================================
+ft         AdamW (wd 0.01)           1e-5  5      1            every image-tower parameter
+last_block AdamW (wd 0.01)           1e-4  10     1            the last block + final norm/projection
+lora       AdamW (wd 0.01)           5e-3  10     20           LoRA r=4, alpha=1 on q, k, v, proj
+ssf        AdamW (wd 0.01)           5e-3  10     20           SSF scale/shift after linears and norms
+vpt        SGD (m 0.9, wd 1e-3)      1e-2  10     20           10 deep prompt tokens per block
+========== ========================= ===== ====== ============ ==========================================
+
+FORT's code puts LoRA on the fused qkv and the output projection (our separate q, k, v and proj);
+``lora.targets`` narrows it to q and v (Hu et al.'s choice). ``last_block`` has no FORT default:
+lr 1e-4 for 10 epochs is ours. Every recipe also tunes its head. Hu et al., *LoRA*, ICLR 2022;
+Lian et al., *Scaling & Shifting Your Features* (SSF), NeurIPS 2022; Jia et al., *Visual Prompt
+Tuning*, ECCV 2022.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from focusshot.adapters.base import AdapterError, find_modules, freeze
+from focusshot.adapters.lora import LoRAConfig, inject_lora
+from focusshot.adapters.ssf import SSFConfig, inject_ssf
+from focusshot.adapters.vpt import VPTConfig, inject_vpt
+from focusshot.backbones.base import Backbone
+from focusshot.methods.base import register_method
+from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, _f, image_tower, own_storage
+
+
+def _in_tail(name: str, start: int | None) -> bool:
+    """Whether module ``name`` of the image tower runs in a tail that starts at block ``start``."""
+    if start is None:
+        return True
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        return len(parts) > 1 and parts[1].isdigit() and int(parts[1]) >= start
+    return parts[0] in ("norm", "proj")
+
+
+def _tail_targets(
+    model: Backbone, targets: tuple[str, ...], start: int | None, kind: type
+) -> tuple[str, ...]:
+    """Exact names of the tower's modules matching ``targets`` that run in the tail."""
+    tower = image_tower(model)
+    names = [n for n, _ in find_modules(tower, targets, kind) if _in_tail(n, start)]
+    if not names:
+        raise AdapterError(
+            f"no {kind.__name__} modules matching {list(targets)} after block {start or 0} in "
+            f"{type(model).__name__} ({model.identity.name})"
+        )
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class FullOptions(FinetuneOptions):
+    lr: float = _f(1e-5, "learning rate")
+    epochs: int = _f(5, "epochs over the support set (0: use steps)")
+
+
+@register_method("ft")
+class FullFinetune(FinetuneMethod):
+    """Full fine-tuning of the image tower (and a solver-initialised head)."""
+
+    Options = FullOptions
+    summary = "full fine-tuning of the image tower, head from MetaOptNet (FORT's FT baseline)"
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        tower = image_tower(model)
+        params: list[nn.Parameter] = []
+        for name, child in tower.named_children():
+            if name == "blocks" and start is not None:
+                for i, blk in enumerate(child):
+                    if i >= start:
+                        params += own_storage(blk)
+            elif _in_tail(name, start):
+                params += own_storage(child)
+        if start is None:  # parameters held directly by the tower (cls token, position embeddings)
+            for _, p in tower.named_parameters(recurse=False):
+                p.data = p.data.clone()
+                p.requires_grad_(True)
+                params.append(p)
+        return params
+
+
+@dataclass(frozen=True)
+class LastBlockOptions(FinetuneOptions):
+    blocks: int = _f(1, "tune the last k blocks from the cached tokens entering block L-k (0: all)")
+    lr: float = _f(1e-4, "learning rate")
+
+
+@register_method("last_block")
+class LastBlockFinetune(FullFinetune):
+    """Tune the last block(s) only, reading the cached tokens entering them."""
+
+    Options = LastBlockOptions
+    summary = "fine-tune the last k blocks (default 1) from the cached tokens entering them"
+
+
+@dataclass(frozen=True)
+class LoRAOptions(FinetuneOptions):
+    lr: float = _f(5e-3, "learning rate")
+    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+    rank: int = _f(4, "LoRA rank r")
+    alpha: float = _f(1.0, "LoRA alpha (scaling alpha / r)")
+    dropout: float = _f(0.0, "dropout on the LoRA input")
+    targets: tuple[str, ...] = _f(
+        ("*.attn.q", "*.attn.k", "*.attn.v", "*.attn.proj"), "module-name patterns LoRA wraps"
+    )
+
+
+@register_method("lora")
+class LoRAFinetune(FinetuneMethod):
+    """LoRA on the attention projections (Hu et al., ICLR 2022)."""
+
+    Options = LoRAOptions
+    summary = "LoRA (r=4) on q, k, v, proj of every block, head from MetaOptNet"
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        o = self.options
+        names = _tail_targets(model, o.targets, start, nn.Linear)
+        cfg = LoRAConfig(rank=o.rank, alpha=o.alpha, dropout=o.dropout, targets=names)
+        tower = image_tower(model)
+        inject_lora(tower, cfg, generator=generator)
+        return [p for p in tower.parameters() if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class SSFOptions(FinetuneOptions):
+    lr: float = _f(5e-3, "learning rate")
+    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+    init_std: float = _f(0.0, "scale ~ N(1, std), shift ~ N(0, std) at initialisation (0: identity)")
+    targets: tuple[str, ...] = _f(SSFConfig().targets, "module-name patterns SSF follows")
+
+
+@register_method("ssf")
+class SSFFinetune(FinetuneMethod):
+    """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022)."""
+
+    Options = SSFOptions
+    summary = "SSF scale/shift after every linear and norm, head from MetaOptNet"
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        o = self.options
+        names = _tail_targets(model, o.targets, start, (nn.Linear, nn.LayerNorm))
+        tower = image_tower(model)
+        inject_ssf(tower, SSFConfig(targets=names, init_std=o.init_std), generator=generator)
+        return [p for p in tower.parameters() if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class VPTOptions(FinetuneOptions):
+    optimizer: str = _f("sgd", "adamw or sgd")
+    lr: float = _f(1e-2, "learning rate")
+    weight_decay: float = _f(1e-3, "weight decay (matrices only)")
+    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+    num_tokens: int = _f(10, "prompt tokens per prompted block")
+    deep: bool = _f(True, "new prompts at every block (deep) or only at the first tuned block (shallow)")
+    prompt_dropout: float = _f(0.0, "dropout on the prompts")
+
+
+@register_method("vpt")
+class VPTFinetune(FinetuneMethod):
+    """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022)."""
+
+    Options = VPTOptions
+    summary = "VPT: 10 learnable prompt tokens per block (deep), head from MetaOptNet"
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        o = self.options
+        tower = image_tower(model)
+        freeze(tower)
+        cfg = VPTConfig(num_tokens=o.num_tokens, deep=o.deep, dropout=o.prompt_dropout)
+        inject_vpt(tower, cfg, start=start or 0, generator=generator)
+        return [p for p in tower.parameters() if p.requires_grad]
+
+
+#: the option fields every tuning recipe shares (the CLI documents them once)
+SHARED_OPTIONS = tuple(f.name for f in fields(FinetuneOptions))
