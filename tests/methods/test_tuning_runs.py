@@ -1,0 +1,113 @@
+"""Tuning methods end to end: episodic runs that resume, options from the command line and from
+files, fit -> save -> predict, and the `methods` listing."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import focusshot
+from focusshot.cli import main
+from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.protocols import EpisodicConfig, run_episodic
+
+WORLD = "world:clutter?per_class=4&image_size=32"
+
+
+@pytest.fixture()
+def world(tmp_path, monkeypatch):
+    from focusshot.data.sources import open_source
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    return open_source(WORLD)
+
+
+def test_killed_tuning_run_resumes_to_the_same_results(tmp_path, world) -> None:
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=2, episodes=3, seed=0)
+    methods, opts = ["protonet", "lora"], {"lora": {"epochs": 2}}
+    full = run_episodic(clip, world, methods, cfg, tmp_path / "full", cache, method_options=opts)
+    part = run_episodic(
+        clip, world, methods, cfg, tmp_path / "resumed", cache, stop_after=1, method_options=opts
+    )
+    assert len(part.rows) == 2
+    resumed = run_episodic(clip, world, methods, cfg, tmp_path / "resumed", cache, method_options=opts)
+    strip = ("seconds",)
+    rows = lambda out: [{k: v for k, v in r.items() if k not in strip} for r in out.rows]  # noqa: E731
+    assert rows(resumed) == rows(full) and resumed.summary == full.summary
+    lora = [r for r in full.rows if r["method"] == "lora"]
+    assert all(r["train_steps"] == 2 and r["diverged"] is False for r in lora)
+    assert all(r["selected_on"].startswith("last step") for r in lora)
+    assert all(0 <= r["cls_target_mass"] <= 1 for r in lora)  # its own attention after adapting
+    assert "lora" in full.attention["methods"]
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["config"]["method_options"]["lora"]["epochs"] == 2
+    assert json.loads((tmp_path / "full" / "timing.json").read_text())["lora"]["episodes"] == 3
+    # a rerun with other options is refused rather than mixed into the same results
+    with pytest.raises(ValueError):
+        run_episodic(
+            clip, world, methods, cfg, tmp_path / "full", cache, method_options={"lora": {"epochs": 3}}
+        )
+
+
+def _folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(36, 36, 3, generator=g) * 80 + 100 * c).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+def test_cli_fit_predict_with_options_from_set_and_a_toml_file(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    support = _folder(tmp_path / "support")
+    clf = tmp_path / "clf.safetensors"
+    cfg = tmp_path / "opts.toml"
+    cfg.write_text("[lora]\nrank = 2\nepochs = 1\n")
+    args = ["fit", str(support), "--backbone", "tiny-clip-vit", "--method", "lora", "--quiet"]
+    assert main([*args, "--config", str(cfg), "--set", "lora.alpha=2", "--output", str(clf)]) == 0
+    loaded = focusshot.Classifier.load(clf)
+    opts = loaded.fitted.config()["options"]
+    assert (opts["rank"], opts["alpha"], opts["epochs"]) == (2, 2.0, 1)
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(clf), str(support), "--output", str(preds), "--quiet"]) == 0
+    lines = preds.read_text().splitlines()
+    assert len(lines) == 1 + 6 and lines[1].split(",")[1] in ("class_0", "class_1")
+    # the loaded classifier predicts what the fitted one does
+    fitted = focusshot.fit(
+        support, backbone="tiny-clip-vit", method="lora", options={"rank": 2, "alpha": 2.0, "epochs": 1}
+    )
+    paths = sorted(str(p) for p in support.rglob("*.png"))
+    assert torch.allclose(fitted.predict_proba(paths)[0], loaded.predict_proba(paths)[0], atol=1e-6)
+    # a bad option is refused, listing the valid ones
+    assert main([*args, "--set", "lora.rnak=2", "--output", str(tmp_path / "x.safetensors")]) == 2
+    assert "valid options" in capsys.readouterr().err
+    assert main([*args, "--set", "protonet.temperature=2", "--output", str(tmp_path / "y.safetensors")]) == 2
+
+
+def test_methods_listing_shows_prefix_training_and_options(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "lora" in out and "prefix=images" in out and "trains" in out
+    assert "lora.rank = 4" in out and "last_block" in out and "tokens entering block L-1" in out
+    assert "protonet" in out and "training-free" in out
+
+
+def test_cli_evaluate_with_tuning_group(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    code = main(
+        [
+            "evaluate", "--backbone", "tiny-clip-vit", "--data", WORLD, "--method", "protonet,last_block",
+            "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "2", "--output",
+            str(tmp_path / "run"), "--quiet", "--set", "last_block.epochs=1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "last_block" in out and "after adapting, last_block" in out
