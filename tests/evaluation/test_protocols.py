@@ -147,8 +147,9 @@ def test_episodic_run_reports_attention_on_world_masks(tmp_path, monkeypatch) ->
     assert json.loads((tmp_path / "vit" / "attention.json").read_text()) == att
     assert not (tmp_path / "vit" / "attention_maps.png").exists()  # figures are the report layer's
     api = focusshot.evaluate(
-        "tiny-vit", pool, ["protonet"], episodes=2, ways=3, queries=2, output=tmp_path / "api", cache_dir=cache.root
-    )
+        "tiny-vit", pool, ["protonet"], episodes=2, ways=3, queries=2, output=tmp_path / "api",
+        cache_dir=cache.root,
+    )  # fmt: skip
     assert api.attention["figure"] == "attention_maps.png"
     assert (tmp_path / "api" / "attention_maps.png").stat().st_size > 0
     swin = run_episodic(
