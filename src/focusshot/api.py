@@ -340,8 +340,24 @@ def fit(
         return cache.get(model, d.paths, prefix, batch_size=batch_size, progress=progress)
 
     vals = None if val is None else (feats(val), torch.tensor(val.labels))
+    views = None
+    if m.augment_views():
+        p = prefix.resolve(model)
+        views = torch.stack(
+            [
+                cache.get(model, train.paths, p.with_view(v, seed), progress=progress)
+                for v in range(1, m.augment_views() + 1)
+            ]
+        )
     ctx = FitContext(
-        model, len(train.class_names), train.class_names, text, vals, seed=seed, progress=progress
+        model,
+        len(train.class_names),
+        train.class_names,
+        text,
+        vals,
+        views=views,
+        seed=seed,
+        progress=progress,
     )
     fitted = m.fit(feats(train), torch.tensor(train.labels), ctx)
     info = {

@@ -182,6 +182,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _cmd_export_adapter(args: argparse.Namespace) -> int:
+    from focusshot.adapters.export_peft import export_peft, hf_base_model_name
+    from focusshot.api import Classifier
+
+    clf = Classifier.load(args.classifier)
+    if clf.method != "lora":
+        print(
+            f"error: {args.classifier} was fitted with method {clf.method!r}; only 'lora' classifiers "
+            "have an adapter to export",
+            file=sys.stderr,
+        )
+        return 2
+    opts = clf.fitted.config()["options"]
+    out = export_peft(
+        clf.fitted.tail.backbone,  # type: ignore[attr-defined]
+        args.output,
+        rank=int(opts["rank"]),
+        alpha=float(opts["alpha"]),
+        dropout=float(opts.get("dropout", 0.0)),
+        base_model_name_or_path=hf_base_model_name(str(clf.backbone_spec["source"])),
+    )
+    print(f"wrote the {args.format} LoRA adapter of {args.classifier} to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="focusshot", description=focusshot.__doc__)
@@ -253,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export-adapter", help="write a lora classifier's adapter for Hugging Face peft")
+    p.add_argument("classifier", help="a file written by `focusshot fit --method lora`")
+    p.add_argument("--format", choices=["peft"], default="peft", help="adapter format (only peft)")
+    p.add_argument("--output", required=True, help="adapter directory to write")
+    p.set_defaults(func=_cmd_export_adapter)
 
     p = sub.add_parser("world", help="FocusWorld: pretrain world-clip")
     wsub = p.add_subparsers(dest="world_command", required=True)

@@ -111,3 +111,30 @@ def test_cli_evaluate_with_tuning_group(tmp_path, capsys, monkeypatch) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "last_block" in out and "after adapting, last_block" in out
+
+
+def test_augmented_views_are_cached_and_train_the_method(tmp_path, world) -> None:
+    from focusshot.backbones.prefix import Prefix
+
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    cache = FeatureCache(tmp_path / "cache")
+    paths = world.paths[:3]
+    a = cache.get(clip, paths, Prefix.images().with_view(1, 0), progress=False)
+    b = cache.get(clip, paths, Prefix.images().with_view(2, 0), progress=False)
+    plain = cache.get(clip, paths, Prefix.images(), progress=False)
+    assert a.shape == plain.shape and not torch.equal(a, b) and not torch.equal(a, plain)
+    written = cache.stats.written
+    again = FeatureCache(tmp_path / "cache").get(clip, paths, Prefix.images().with_view(1, 0), progress=False)
+    assert torch.equal(again, a) and cache.stats.written == written  # same view, from disk
+    cfg = EpisodicConfig(ways=3, shots=1, queries=2, episodes=1, seed=0)
+    out = run_episodic(
+        clip,
+        world,
+        ["lora"],
+        cfg,
+        tmp_path / "views",
+        cache,
+        method_options={"lora": {"epochs": 1, "views": 2}},
+    )
+    (row,) = out.rows
+    assert row["train_steps"] == 3  # 3 support images x (1 + 2 views) / batch 3

@@ -47,12 +47,25 @@ class Prefix:
             ``forward_head`` takes). ``head_out`` layers are a tuple (negatives from the end).
         layer: ``None`` for pooled and images, an int for tokens, a tuple of distinct ints for
             head_out.
+        view: ``0`` for the evaluation view of the image; ``v >= 1`` for the ``v``-th seeded
+            augmented view (random resized crop + flip,
+            :class:`~focusshot.data.transforms.AugmentTransform`), which methods that train read
+            for their support images and the cache stores like any other prefix.
+        augment_seed: the seed of the augmented views.
     """
 
     kind: str
     layer: int | tuple[int, ...] | None = None
+    view: int = 0
+    augment_seed: int = 0
+
+    def with_view(self, view: int, seed: int = 0) -> Prefix:
+        """This prefix of augmented view ``view`` (``0``: the plain image)."""
+        return Prefix(self.kind, self.layer, int(view), int(seed) if view else 0)
 
     def __post_init__(self) -> None:
+        if isinstance(self.view, bool) or not isinstance(self.view, int) or self.view < 0:
+            raise ValueError(f"view must be an int >= 0, got {self.view!r}")
         if self.kind not in PREFIX_KINDS:
             raise ValueError(f"unknown prefix kind {self.kind!r}; valid: {list(PREFIX_KINDS)}")
         if self.kind in ("pooled", "images"):
@@ -95,12 +108,15 @@ class Prefix:
         return cls("head_out", tuple(layers) if isinstance(layers, Sequence) else layers)
 
     def key(self) -> str:
-        """This prefix in cache keys: ``"pooled"``, ``"images"``, ``"tokens:10"``, ``"head_out:9,10"``..."""
+        """This prefix in cache keys: ``"pooled"``, ``"images"``, ``"tokens:10"``, ``"head_out:9,10"``,
+        with ``"@view3/seed0"`` appended for augmented views."""
         if self.kind in ("pooled", "images"):
-            return self.kind
-        if self.kind == "tokens":
-            return f"tokens:{self.layer}"
-        return "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
+            base = self.kind
+        elif self.kind == "tokens":
+            base = f"tokens:{self.layer}"
+        else:
+            base = "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
+        return base if not self.view else f"{base}@view{self.view}/seed{self.augment_seed}"
 
     def resolve(self, backbone: nn.Module) -> Prefix:
         """This prefix with negative layers turned into absolute ones for ``backbone`` (checked).
@@ -124,7 +140,7 @@ class Prefix:
                 raise ValueError(
                     f"tokens layer {layer} out of range for {depth} blocks (valid: -{depth}..{depth})"
                 )
-            return Prefix("tokens", layer if layer >= 0 else depth + layer)
+            return Prefix("tokens", layer if layer >= 0 else depth + layer, self.view, self.augment_seed)
         caps = getattr(backbone, "capabilities", None)
         modules = attention_modules(backbone)
         if not modules or (caps is not None and not caps.global_cls):
@@ -136,7 +152,8 @@ class Prefix:
         bad = [v for v in self.layer if not -total <= v < total]  # type: ignore[union-attr]
         if bad:
             raise ValueError(f"head_out layers {bad} out of range for {total} attention layers")
-        return Prefix("head_out", tuple(v % total for v in self.layer))  # type: ignore[union-attr]
+        layers = tuple(v % total for v in self.layer)  # type: ignore[union-attr]
+        return Prefix("head_out", layers, self.view, self.augment_seed)
 
 
 def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:

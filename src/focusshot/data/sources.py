@@ -7,6 +7,10 @@ decoding and transforms live elsewhere in :mod:`focusshot.data`.
 Split names are canonical across readers: ``"train"``, ``"val"`` and ``"test"``. A folder or
 manifest split called ``"validation"`` (or ``"valid"``) is returned under ``"val"``, the name
 CoOp split files use.
+
+A FocusWorld suite (``world:<suite>``, see :func:`open_source`) is one unsplit set unless its spec
+has the ``split`` option, which cuts every class of the materialised suite into train, val and
+test (:func:`split_per_class`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "WORLD_SPLIT_FRACTIONS",
     "Box",
     "LabelledImages",
     "from_coop_split",
     "from_folder",
     "from_manifest",
     "open_source",
+    "split_per_class",
 ]
 
 #: File name endings (lower case) that the folder reader treats as images.
@@ -557,6 +564,156 @@ def from_coop_split(
 
 
 # --------------------------------------------------------------------------------------------
+# splitting an unsplit set per class (FocusWorld suites)
+
+#: The train/val/test fractions of each class that ``world:<suite>?split=1`` uses.
+WORLD_SPLIT_FRACTIONS: tuple[float, float, float] = (0.5, 0.2, 0.3)
+
+_SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+_SPLIT_ON: frozenset[str] = frozenset({"1", "true", "yes", "on"})
+_SPLIT_OFF: frozenset[str] = frozenset({"0", "false", "no", "off"})
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """``n`` images shared out by ``fractions`` with the largest-remainder rule (ties: earlier split)."""
+    quotas = [f * n for f in fractions]
+    counts = [math.floor(q + 1e-9) for q in quotas]
+    order = sorted(range(len(quotas)), key=lambda i: (-round(quotas[i] - counts[i], 9), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _min_class_size(fractions: Sequence[float]) -> int:
+    """The smallest class size from which on every split gets at least one image."""
+    n = max(len(fractions), math.ceil(1.0 / min(fractions) - 1e-9))  # every quota >= 1 from here on
+    while n > 1 and min(_split_counts(n - 1, fractions)) >= 1:
+        n -= 1
+    return n
+
+
+def _check_fractions(fractions: Sequence[float], where: str) -> tuple[float, float, float]:
+    if len(fractions) != 3:
+        raise ValueError(f"{where}: give three split fractions (train, val, test), got {list(fractions)}")
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: split fractions must be numbers, got {list(fractions)}") from None
+    if not all(math.isfinite(f) and f > 0 for f in values):
+        raise ValueError(
+            f"{where}: split fractions must be positive (every class needs images in train, val and "
+            f"test), got {list(values)}"
+        )
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"{where}: split fractions must sum to 1, got {list(values)} (sum {sum(values):g})")
+    return values[0], values[1], values[2]
+
+
+def _too_few_message(where: str, class_name: str, n: int, fractions: Sequence[float]) -> str:
+    shares = "/".join(f"{f:g}" for f in fractions)
+    counts = "/".join(map(str, _split_counts(n, fractions)))
+    return (
+        f"{where}: class {class_name!r} has {n} images, too few for the train/val/test fractions {shares} "
+        f"(they give {counts}); every class needs at least one image in each split, which takes "
+        f"{_min_class_size(fractions)} or more per class"
+    )
+
+
+def split_per_class(
+    data: LabelledImages,
+    fractions: Sequence[float] = WORLD_SPLIT_FRACTIONS,
+    *,
+    where: str = "split",
+) -> dict[str, LabelledImages]:
+    """Cut an unsplit set into ``{"train", "val", "test"}``, class by class, in sample order.
+
+    Each class's samples, in the order they appear in ``data`` (for a FocusWorld suite: scene
+    index ``000, 001, ...``), are shared out by ``fractions`` (train, val, test; positive, summing
+    to 1): the first go to train, the next to val, the rest to test. The counts follow the
+    largest-remainder rule, so with 10 images and the default 0.5/0.2/0.3 a class gives 5/2/3. The
+    cut is deterministic and draws no random numbers: FocusWorld scenes are independent random
+    draws, so their index order is already a random order. Each split keeps the class list and the
+    boxes, has ``split`` set to its name, and lists its samples class by class.
+
+    Raises:
+        ValueError: bad fractions, ``data`` is already a split, or a class has too few samples to
+            give each split one; the message (prefixed with ``where``) names the class.
+    """
+    fr = _check_fractions(fractions, where)
+    if data.split is not None:
+        raise ValueError(f"{where}: the data is already the {data.split!r} split; split an unsplit set")
+    parts: dict[str, list[int]] = {name: [] for name in _SPLIT_NAMES}
+    for name, idx in zip(data.class_names, data.indices_by_class(), strict=True):
+        counts = _split_counts(len(idx), fr)
+        if min(counts) < 1:
+            raise ValueError(_too_few_message(where, name, len(idx), fr))
+        start = 0
+        for split, count in zip(_SPLIT_NAMES, counts, strict=True):
+            parts[split].extend(idx[start : start + count])
+            start += count
+    out: dict[str, LabelledImages] = {}
+    for split, idx in parts.items():
+        subset = data.subset(idx)
+        subset.split = split
+        out[split] = subset
+    return out
+
+
+def _parse_split_option(value: str, spec: str) -> tuple[float, float, float] | None:
+    """The ``split`` option of a world spec: ``None`` (no split) or the train/val/test fractions."""
+    text = value.strip().lower()
+    if text in _SPLIT_ON:
+        return WORLD_SPLIT_FRACTIONS
+    if text in _SPLIT_OFF:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(parts) != 3 or not numbers:
+        raise ValueError(
+            f"{spec}: option 'split' takes 1 (train/val/test fractions "
+            f"{'/'.join(f'{f:g}' for f in WORLD_SPLIT_FRACTIONS)} of each class), 0 (no split) or three "
+            f"fractions train,val,test summing to 1 such as split=0.6,0.2,0.2; got {value!r}"
+        )
+    return _check_fractions(numbers, f"{spec}: option 'split'")
+
+
+def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
+    """Open a ``world:`` spec: the suite itself, or with ``split`` its train/val/test splits."""
+    from focusshot.data.world import _OPTIONS as WORLD_OPTIONS
+    from focusshot.data.world import open_world, parse_world_spec, suite_classes
+
+    name, _, query = spec.partition("?")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError(
+            f"{spec}: malformed options {query!r}; write world:<suite>?key=value&key=value"
+        ) from None
+    valid = (*WORLD_OPTIONS, "split")
+    unknown = [key for key, _ in pairs if key not in valid]
+    if unknown:
+        raise ValueError(f"{spec}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    split_values = [value for key, value in pairs if key == "split"]
+    if len(split_values) > 1:
+        raise ValueError(f"{spec}: option 'split' is given {len(split_values)} times; give it once")
+    fractions = _parse_split_option(split_values[0], spec) if split_values else None
+    rest = [(key, value) for key, value in pairs if key != "split"]
+    base = f"{name}?{urlencode(rest)}" if rest else name
+    if fractions is not None:  # fail before generating a suite that cannot be split
+        suite, options = parse_world_spec(base)
+        per_class = options["per_class"]
+        if per_class >= 1 and min(_split_counts(per_class, fractions)) < 1:
+            raise ValueError(_too_few_message(spec, suite_classes(suite)[0].name, per_class, fractions))
+    data = open_world(base)
+    if fractions is None:
+        return data
+    return split_per_class(data, fractions, where=spec)
+
+
+# --------------------------------------------------------------------------------------------
 # dispatch
 
 
@@ -572,17 +729,26 @@ def open_source(
     * ``*.csv`` or ``*.jsonl``: :func:`from_manifest`;
     * ``*.json``: :func:`from_coop_split`, with images under ``image_root`` (default: the JSON's
       folder);
-    * ``world:<suite>[?size=..&per_class=..&seed=..]``: a FocusWorld suite, generated into the
-      cache on first use (:func:`focusshot.data.world.open_world`).
+    * ``world:<suite>[?size=..&per_class=..&seed=..&split=..]``: a FocusWorld suite, generated
+      into the cache on first use (:func:`focusshot.data.world.open_world`). Without ``split``
+      (or with ``split=0``, ``no``, ``false``) it is one :class:`LabelledImages` with
+      ``split=None``. With ``split=1`` (or ``yes``, ``true``) it is a dict ``{"train", "val",
+      "test"}`` holding 0.5/0.2/0.3 of each class's images (:data:`WORLD_SPLIT_FRACTIONS`);
+      ``split=0.6,0.2,0.2`` gives the fractions train, val, test (positive, summing to 1). The
+      splits are cut from the same suite files (the cache folder does not depend on ``split``),
+      class by class in scene-index order, with no shuffling: scenes are independent random
+      draws, so the cut is deterministic and needs no seed (:func:`split_per_class`). Every
+      class must get at least one image in every split, otherwise a ``ValueError`` names the
+      class and the ``per_class`` needed. For example ``world:clutter?per_class=30&split=1``
+      gives 15/6/9 images per class.
 
     Raises:
         FileNotFoundError: ``spec`` does not exist.
-        ValueError: ``spec`` is a file of another kind; the message lists the kinds understood.
+        ValueError: ``spec`` is a file of another kind; the message lists the kinds understood. A
+            ``world:`` spec with an unknown option or a bad value; the message names the spec.
     """
     if isinstance(spec, str) and spec.startswith("world:"):
-        from focusshot.data.world import open_world
-
-        return open_world(spec)
+        return _open_world_source(spec)
     path = Path(os.fspath(spec)).expanduser()
     if path.is_dir():
         if image_root is not None:

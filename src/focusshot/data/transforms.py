@@ -24,10 +24,12 @@ from focusshot.data.images import to_rgb
 
 __all__ = [
     "INTERPOLATIONS",
+    "AugmentTransform",
     "ImageTransform",
     "PreprocessLike",
     "center_crop",
     "make_transform",
+    "make_view_transform",
     "normalize",
     "resize_shorter",
     "to_tensor",
@@ -179,3 +181,84 @@ class ImageTransform:
 def make_transform(preprocess: PreprocessLike, crop_rounding: CropRounding = "round") -> ImageTransform:
     """The evaluation transform for ``preprocess`` (see ``ImageTransform`` and ``center_crop``)."""
     return ImageTransform(preprocess, crop_rounding=crop_rounding)
+
+
+class AugmentTransform:
+    """One seeded augmented view of an image: random resized crop + horizontal flip, then normalise.
+
+    The view Tip-Adapter-F (Zhang et al., ECCV 2022) and CoOp-style few-shot training draw per
+    support image: a crop of ``scale`` times the image's area with an aspect ratio in ``ratio``
+    (log-uniform), resized to ``crop x crop``, flipped with probability 1/2. Each view is drawn
+    from a generator seeded by ``(seed, view, the image's pixels)``, so the same image gives the
+    same view in every run, process and episode, and the view can be cached like any prefix.
+    After 10 rejected draws the whole image is centre-cropped (torchvision's fallback).
+    """
+
+    def __init__(
+        self,
+        preprocess: PreprocessLike,
+        view: int,
+        seed: int = 0,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        if view < 1:
+            raise ValueError(f"augmented views are numbered from 1, got {view}")
+        if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"bad scale {scale} or ratio {ratio}")
+        self.base = ImageTransform(preprocess)
+        self.view, self.seed, self.scale, self.ratio = int(view), int(seed), tuple(scale), tuple(ratio)
+
+    def _generator(self, img: Image.Image) -> torch.Generator:
+        import hashlib
+
+        digest = hashlib.sha256(img.tobytes() + f"{img.size}{self.seed}/{self.view}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+    def box(self, width: int, height: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        """The crop ``(left, top, right, bottom)`` for an image of ``width x height``."""
+        import math
+
+        area = width * height
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g))
+            aspect = math.exp(float(torch.empty(1).uniform_(lo, hi, generator=g)))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+                top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+                return left, top, left + w, top + h
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
+        img = to_rgb(img)
+        g = self._generator(img)
+        crop = img.crop(self.box(img.width, img.height, g))
+        crop = crop.resize((self.base.crop, self.base.crop), _resample(self.base.interpolation))
+        if float(torch.rand(1, generator=g)) < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return normalize(to_tensor(crop), self.base.mean, self.base.std)
+
+    def to_dict(self) -> dict:
+        """The settings, for cache keys and result logs."""
+        return {
+            **self.base.to_dict(),
+            "augment": "random_resized_crop+hflip",
+            "view": self.view,
+            "seed": self.seed,
+            "scale": list(self.scale),
+            "ratio": list(self.ratio),
+        }
+
+
+def make_view_transform(
+    preprocess: PreprocessLike, view: int, seed: int = 0
+) -> ImageTransform | AugmentTransform:
+    """View 0: the evaluation transform; view ``v >= 1``: the seeded augmented view ``v``."""
+    return make_transform(preprocess) if view == 0 else AugmentTransform(preprocess, view, seed)

@@ -52,7 +52,7 @@ from focusshot.backbones.base import Backbone
 from focusshot.backbones.loading import weights_digest
 from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
 from focusshot.data.images import ImageError, load_rgb
-from focusshot.data.transforms import make_transform
+from focusshot.data.transforms import make_view_transform
 from focusshot.evaluation.cache_store import (
     CACHE_FORMAT,
     _architecture,
@@ -168,7 +168,7 @@ class FeatureCache:
         return known[1]
 
     def _key_base(self, backbone: Backbone, prefix: Prefix) -> tuple[str, dict, str, str]:
-        transform = make_transform(backbone.preprocess).to_dict()
+        transform = make_view_transform(backbone.preprocess, prefix.view, prefix.augment_seed).to_dict()
         return self._weights_sha256(backbone), transform, prefix.key(), _architecture(backbone)
 
     # ---- memory layer
@@ -326,7 +326,7 @@ class FeatureCache:
         extra: dict[str, str],
     ) -> list[ImageError]:
         """Compute, store and remember every entry of ``todo``; returns the images that failed."""
-        transform = make_transform(backbone.preprocess)
+        transform = make_view_transform(backbone.preprocess, prefix.view, prefix.augment_seed)
         items = list(todo.items())
         chunks = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
         try:

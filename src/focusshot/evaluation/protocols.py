@@ -135,6 +135,19 @@ def _prefix_features(
     return out
 
 
+def _views(
+    cache: FeatureCache, backbone: Backbone, m: Method, paths: list[str], seed: int
+) -> Tensor | None:
+    """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and view)."""
+    v = m.augment_views()
+    if not v:
+        return None
+    prefix = m.prefix(backbone).resolve(backbone)
+    return torch.stack(
+        [cache.get(backbone, paths, prefix.with_view(i, seed), progress=False) for i in range(1, v + 1)]
+    )
+
+
 def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
     """Fit one method: heads single-threaded (tiny problems), training with every thread."""
     if m.trains:
@@ -246,6 +259,7 @@ def run_episodic(
                 [data.class_names[c] for c in ep.classes],
                 None if text is None else text[list(ep.classes)],
                 None,
+                views=_views(cache, backbone, m, [data.paths[i] for i in ep.support], config.seed),
                 seed=ep.seed,
             )
             fitted = _fit(m, feats[m.name][sup], ys, ctx)
@@ -385,7 +399,8 @@ def run_split(
                 vals = None
                 if f_val is not None and vidx is not None:
                     vals = (f_val[m.name][vidx], torch.tensor(val.labels)[vidx])  # type: ignore[union-attr]
-                ctx = FitContext(backbone, classes, train.class_names, text, vals, seed=s)
+                views = _views(cache, backbone, m, [train.paths[i] for i in idx.tolist()], s)
+                ctx = FitContext(backbone, classes, train.class_names, text, vals, views=views, seed=s)
                 fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
                 logits = _logits(m, fitted, f_test[m.name])
                 probs = logits.double().softmax(-1)

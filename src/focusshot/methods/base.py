@@ -56,6 +56,8 @@ class FitContext:
             needs text).
         val: validation prefix ``(V, *prefix)`` and labels ``(V,)``, or ``None`` (episodic runs
             have none).
+        views: augmented views of the support set ``(V, N, *prefix)`` when the method asks for
+            them (:meth:`Method.augment_views`), computed once per image and view by the cache.
         seed: seeds everything random in the fit (initialisation, batches, dropout).
         device: where training runs.
         progress: show progress bars for long training.
@@ -66,6 +68,7 @@ class FitContext:
     class_names: list[str] | None = None
     text: Tensor | None = None
     val: tuple[Tensor, Tensor] | None = None
+    views: Tensor | None = None
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
@@ -139,6 +142,10 @@ class Method(ABC):
     @abstractmethod
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``."""
+
+    def augment_views(self) -> int:
+        """How many augmented views per support image the runner should hand over in ``ctx.views``."""
+        return 0
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:

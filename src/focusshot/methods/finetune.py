@@ -72,6 +72,7 @@ class FinetuneOptions:
     grad_clip: float = _f(0.0, "clip the global gradient norm (0: off)")
     amp: bool = _f(False, "bf16 autocast on CUDA")
     validate: bool = _f(True, "when validation data exist, evaluate every epoch and keep the best step")
+    views: int = _f(0, "augmented views per support image (random resized crop + flip), cached; 0: none")
 
     def __post_init__(self) -> None:
         if self.blocks < 0:
@@ -84,6 +85,8 @@ class FinetuneOptions:
             raise ValueError("epochs, steps and batch_size must be >= 0")
         if self.epochs == 0 and self.steps == 0:
             raise ValueError("give epochs or steps (both are 0)")
+        if self.views < 0:
+            raise ValueError(f"views must be >= 0, got {self.views}")
 
 
 def image_tower(model: nn.Module) -> nn.Module:
@@ -210,6 +213,9 @@ class FinetuneMethod(Method):
             )
         return Prefix.tokens(depth - k)
 
+    def augment_views(self) -> int:
+        return int(self.options.views)
+
     def start(self, backbone: Backbone) -> int | None:
         """First tuned block (``None``: the whole tower, from images)."""
         p = self.prefix(backbone).resolve(backbone)
@@ -266,13 +272,23 @@ class FinetuneMethod(Method):
             feats = _batched(lambda x: tail(x.to(device)).float(), support)
         head = self._init_head(feats.cpu(), labels, ctx).to(device)
         head.train()
-        extra = self.extra_loss(tail, support, labels, ctx)
-        cfg = self.train_config(len(support), ctx)
+        inputs, targets = support, labels
+        if self.augment_views():
+            if ctx.views is None or ctx.views.shape[:2] != (self.augment_views(), len(support)):
+                got = None if ctx.views is None else tuple(ctx.views.shape)
+                raise ValueError(
+                    f"method {self.name!r} asked for {self.augment_views()} augmented views of each of the "
+                    f"{len(support)} support images, got {got}"
+                )
+            inputs = torch.cat([support, ctx.views.flatten(0, 1)])
+            targets = labels.repeat(self.augment_views() + 1)
+        extra = self.extra_loss(tail, inputs, targets, ctx)
+        cfg = self.train_config(len(inputs), ctx)
         result: TrainResult = train(
             lambda x: head(tail(x)),
             [*params, head.weight, head.bias],
-            support.to(device),
-            labels.to(device),
+            inputs.to(device),
+            targets.to(device),
             cfg,
             modules=[tail],
             extra_loss=extra,
