@@ -339,10 +339,12 @@ def _cmd_world_zeroshot(args: argparse.Namespace) -> int:
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from focusshot.methods.base import list_methods, method_class, option_help
+
+    names = list_methods()  # registers every recipe, frozen-feature heads first
     from focusshot.methods.finetune import FinetuneMethod
     from focusshot.methods.tuning import SHARED_OPTIONS
 
-    for name in list_methods():
+    for name in names:
         cls = method_class(name)
         if issubclass(cls, FinetuneMethod):
             blocks = cls.Options().blocks
