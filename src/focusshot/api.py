@@ -63,9 +63,25 @@ def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | N
 
 
 #: method groups ``evaluate`` expands: ``all`` (every method that trains nothing and that the
-#: backbone supports; text ones need CLIP) and ``tuning`` (the fine-tuning baselines)
+#: backbone supports; text ones need CLIP; region methods such as FALIP, which need boxes, are
+#: named explicitly) and ``tuning`` (the fine-tuning baselines)
 METHOD_GROUPS = ("all", "tuning")
 TUNING_METHODS = ("ft", "last_block", "lora", "ssf", "vpt")
+
+
+def _runs_on(name: str, backbone: Backbone) -> bool:
+    """Whether method ``name`` (default options) runs on ``backbone`` without more input: text
+    methods need a CLIP, region methods need boxes (asked for by name), and the prefix must exist."""
+    from focusshot.methods.base import method_class
+
+    cls = method_class(name)
+    if (cls.needs_text and not backbone.capabilities.text) or getattr(cls, "needs_regions", False):
+        return False
+    try:
+        cls().prefix(backbone).resolve(backbone)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
@@ -75,12 +91,7 @@ def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
     out: list[str] = []
     for name in methods:
         if name == "all":
-            names = [
-                m
-                for m in list_methods()
-                if not method_class(m).trains
-                and (backbone.capabilities.text or not method_class(m).needs_text)
-            ]
+            names = [m for m in list_methods() if not method_class(m).trains and _runs_on(m, backbone)]
         elif name == "tuning":
             names = list(TUNING_METHODS)
         else:
@@ -139,6 +150,16 @@ def evaluate(
             if not fig.is_file():
                 save_attention_figure(model, pool, target_masks(pool), fig)
             out.attention["figure"] = fig.name
+            fitted = out.examples.get("fitted") or {}
+            if fitted:
+                from focusshot.report.attention_maps import save_method_attention_figure
+
+                models = {name: f.attention_model() for name, f in fitted.items()}
+                fig2 = out.directory / "attention_methods.png"
+                save_method_attention_figure(
+                    model, models, pool, out.examples["query"], target_masks(pool), fig2
+                )
+                out.attention["methods_figure"] = fig2.name
         return out
     if protocol == "split":
         if not isinstance(source, dict):
@@ -349,6 +370,12 @@ def fit(
                 for v in range(1, m.augment_views() + 1)
             ]
         )
+    regions = val_regions = None
+    if m.needs_regions and m.uses_boxes():
+        from focusshot.evaluation.protocols import _regions
+
+        regions = _regions(model, train, [m])
+        val_regions = None if val is None else _regions(model, val, [m])
     ctx = FitContext(
         model,
         len(train.class_names),
@@ -358,6 +385,8 @@ def fit(
         views=views,
         seed=seed,
         progress=progress,
+        regions=regions,
+        val_regions=val_regions,
     )
     fitted = m.fit(feats(train), torch.tensor(train.labels), ctx)
     info = {

@@ -121,6 +121,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"(chance {a['target_area']:.3f}); 95% of it on {a['patches_95']:.1f} patches; "
             f"figure: {out.directory / a.get('figure', 'attention.json')}"
         )
+        if a.get("methods_figure"):
+            print(f"  each adapted method's attention on episode 0: {out.directory / a['methods_figure']}")
         for name, m in (a.get("methods") or {}).items():
             print(f"  after adapting, {name}: {m['cls_target_mass']:.3f} of [CLS] patch mass on the target")
     print(f"results in {out.directory}")
@@ -341,16 +343,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from focusshot.methods.base import list_methods, method_class, option_help
 
     names = list_methods()  # registers every recipe, frozen-feature heads first
+    from focusshot.backbones.registry import create_backbone
+
+    probe = create_backbone("tiny-clip-vit")  # a 2-block CLIP ViT: prefixes are named relative to L
     from focusshot.methods.finetune import FinetuneMethod
     from focusshot.methods.tuning import SHARED_OPTIONS
 
     for name in names:
         cls = method_class(name)
-        if issubclass(cls, FinetuneMethod):
-            blocks = cls.Options().blocks
-            prefix = "images" if blocks == 0 else f"tokens entering block L-{blocks}"
-        else:
-            prefix = "pooled"
+        prefix = _describe_prefix(cls, probe)
         flags = ["trains" if cls.trains else "training-free"]
         if cls.needs_text:
             flags.append("needs a CLIP backbone")
@@ -365,6 +366,20 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     if not args.verbose:
         print("\nevery tuning method also takes: " + ", ".join(SHARED_OPTIONS) + " (--verbose shows them)")
     return 0
+
+
+def _describe_prefix(cls, probe) -> str:
+    """The prefix a method reads with its default options, in words (L = the number of blocks)."""
+    try:
+        p = cls().prefix(probe).resolve(probe)
+    except ValueError as exc:
+        return f"? ({exc})"
+    depth = probe.token_blocks()
+    if p.kind == "tokens":
+        return f"tokens entering block L-{depth - p.layer}" if p.layer < depth else "tokens after block L"
+    if p.kind == "head_out":
+        return "head_out of every layer" if len(p.layer) == depth else f"head_out of {len(p.layer)} layers"
+    return p.kind
 
 
 #: shared tuning options whose defaults a recipe changes (shown without --verbose)

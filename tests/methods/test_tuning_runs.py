@@ -111,6 +111,12 @@ def test_cli_evaluate_with_tuning_group(tmp_path, capsys, monkeypatch) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "last_block" in out and "after adapting, last_block" in out
+    fig = tmp_path / "run" / "attention_methods.png"
+    assert fig.stat().st_size > 0 and "attention_methods.png" in out
+    from PIL import Image
+
+    with Image.open(fig) as im:  # input + frozen + last_block columns
+        assert im.width == 3 * (32 * 2 + 4)
 
 
 def test_augmented_views_are_cached_and_train_the_method(tmp_path, world) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "AugmentTransform",
     "ImageTransform",
     "PreprocessLike",
+    "box_to_crop",
     "center_crop",
     "make_transform",
     "make_view_transform",
@@ -112,6 +113,65 @@ def center_crop(img: Image.Image, size: int, rounding: CropRounding = "round") -
     if (w, h) == (size, size):
         return img
     return img.crop((left, top, left + size, top + size))
+
+
+def box_to_crop(
+    box: Sequence[float],
+    image_size: tuple[int, int],
+    preprocess: PreprocessLike,
+    crop_rounding: CropRounding = "round",
+) -> tuple[float, float, float, float]:
+    """A box in an image's pixels -> the same box in ``[0, 1]`` coordinates of the evaluation crop.
+
+    Follows the geometry of :class:`ImageTransform`: :func:`resize_shorter` to ``preprocess.resize``
+    (each axis scaled by ``new / old``, the longer side truncated as there), zero-padding when the
+    resized image is smaller than the crop, then :func:`center_crop` to ``preprocess.crop``. The
+    result is clamped to the crop.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in the original image's pixel coordinates (``x`` to the right).
+        image_size: the original image's ``(width, height)``.
+        preprocess: anything with ``resize`` and ``crop`` (a backbone's ``Preprocess``).
+        crop_rounding: as in :func:`center_crop`.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``.
+
+    Raises:
+        ValueError: the box is empty or reversed, or it lies entirely outside the crop (the
+            message gives the box; callers add the image's path).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = (int(v) for v in image_size)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive, got {image_size}")
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {tuple(box)} is empty or reversed (it needs x0 < x1 and y0 < y1)")
+    size, crop = int(preprocess.resize), int(preprocess.crop)
+    if size <= 0 or crop <= 0:
+        raise ValueError(f"resize and crop must be positive, got {size} and {crop}")
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    sx, sy = new_w / w, new_h / h
+    pad_x, pad_y = max(crop - new_w, 0) // 2, max(crop - new_h, 0) // 2
+    left = _offset(max(new_w, crop) - crop, crop_rounding)
+    top = _offset(max(new_h, crop) - crop, crop_rounding)
+
+    def fx(x: float) -> float:
+        return min(max((x * sx + pad_x - left) / crop, 0.0), 1.0)
+
+    def fy(y: float) -> float:
+        return min(max((y * sy + pad_y - top) / crop, 0.0), 1.0)
+
+    out = (fx(x0), fy(y0), fx(x1), fy(y1))
+    if not (out[2] > out[0] and out[3] > out[1]):
+        raise ValueError(
+            f"box {tuple(box)} lies outside the {crop}x{crop} centre crop of a {w}x{h} image "
+            f"(resized to {new_w}x{new_h})"
+        )
+    return out
 
 
 def to_tensor(img: Image.Image) -> Tensor:

@@ -28,6 +28,7 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
+from focusshot.data.transforms import box_to_crop
 from focusshot.evaluation.attention_metrics import attention_report, target_masks
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.method_attention import QueryAttention
@@ -64,6 +65,9 @@ class RunOutcome:
     summary: list[dict[str, Any]]
     paired: list[dict[str, Any]]
     attention: dict[str, Any] = field(default_factory=dict)
+    #: episodic runs: the first episode's query indices and every training method fitted on it in
+    #: this run (for figures of where each adapted model looks); empty when resumed past it
+    examples: dict[str, Any] = field(default_factory=dict)
 
 
 def attention_section(backbone: Backbone, data: LabelledImages, directory: Path) -> dict[str, Any]:
@@ -148,6 +152,62 @@ def _views(
     )
 
 
+def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
+    """Every image's box in ``[0, 1]`` coordinates of the backbone's evaluation crop: ``(N, 4)``.
+
+    ``data.boxes`` (original pixels) go through the backbone's resize + centre crop
+    (:func:`~focusshot.data.transforms.box_to_crop`; each image's size is read from its header).
+    A row of NaN marks an image without a box.
+
+    Raises:
+        ValueError: a box is empty or falls outside the crop (naming the image).
+    """
+    out = torch.full((len(data.paths), 4), float("nan"))
+    if data.boxes is None:
+        return out
+    from PIL import Image
+
+    for i, (path, box) in enumerate(zip(data.paths, data.boxes, strict=True)):
+        if box is None:
+            continue
+        with Image.open(path) as im:
+            size = im.size
+        try:
+            out[i] = torch.tensor(box_to_crop(box, size, backbone.preprocess))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return out
+
+
+def _regions(backbone: Backbone, data: LabelledImages, methods: list[Method]) -> Tensor | None:
+    """The pool's regions when a method reads the data's boxes (checked per method), else ``None``."""
+    users = [m for m in methods if m.needs_regions and m.uses_boxes()]
+    if not users:
+        return None
+    regions = region_tensor(backbone, data)
+    missing = torch.isnan(regions).any(dim=1).nonzero().flatten().tolist()
+    for m in users:
+        if missing and m.missing_box() != "whole":
+            raise ValueError(
+                f"method {m.name!r} reads each image's box, but {data.paths[missing[0]]} has none "
+                f"({len(missing)} of {len(data.paths)} images lack one); give the data boxes, or set the "
+                f"method's option missing_box='whole' to use the whole image for them"
+            )
+    return regions
+
+
+def _region_rows(m: Method, regions: Tensor | None, idx: Tensor) -> Tensor | None:
+    """The regions of images ``idx`` for a method that reads regions (``None`` for the others)."""
+    return None if regions is None or not m.needs_regions else regions[idx]
+
+
+def _missing(m: Method, *parts: Tensor | None) -> dict[str, int]:
+    """``{"regions_missing": k}``: images of a fit that had no box (methods reading boxes only)."""
+    if not (m.needs_regions and m.uses_boxes()):
+        return {}
+    return {"regions_missing": sum(int(torch.isnan(p).any(dim=1).sum()) for p in parts if p is not None)}
+
+
 def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
     """Fit one method: heads single-threaded (tiny problems), training with every thread."""
     if m.trains:
@@ -156,11 +216,12 @@ def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         return m.fit(support, labels, ctx)
 
 
-def _logits(m: Method, fitted: Fitted, query: Tensor) -> Tensor:
+def _logits(m: Method, fitted: Fitted, query: Tensor, regions: Tensor | None = None) -> Tensor:
+    kw = {"regions": regions} if m.needs_regions else {}
     if m.trains:
-        return fitted.logits(query)
+        return fitted.logits(query, **kw)
     with head_threads():
-        return fitted.logits(query)
+        return fitted.logits(query, **kw)
 
 
 def _method_config(methods: list[Method]) -> dict[str, Any]:
@@ -242,9 +303,11 @@ def run_episodic(
     log = ResultLog(output, info, ("method", "episode"))
     feats = _prefix_features(cache, backbone, data, ms, progress)
     text = _text(backbone, ms, data.class_names)
+    regions = _regions(backbone, data, ms)
     looker = QueryAttention.create(backbone, data) if attention and any(m.trains for m in ms) else None
     bar = _bar(progress, len(sampler), "episodes")
     new = 0
+    examples: dict[str, Any] = {}
     for ep in sampler:
         todo = [m for m in ms if not log.has(method=m.name, episode=ep.index)]
         if todo and stop_after is not None and new >= stop_after:
@@ -261,9 +324,15 @@ def run_episodic(
                 None,
                 views=_views(cache, backbone, m, [data.paths[i] for i in ep.support], config.seed),
                 seed=ep.seed,
+                regions=_region_rows(m, regions, sup),
             )
             fitted = _fit(m, feats[m.name][sup], ys, ctx)
-            logits = _logits(m, fitted, feats[m.name][qry])
+            kept = examples.setdefault("fitted", {})
+            if m.trains and m.name not in kept and fitted.attention_model() is not None:
+                kept[m.name] = fitted
+                examples.setdefault("query", list(ep.query))
+            q_regions = _region_rows(m, regions, qry)
+            logits = _logits(m, fitted, feats[m.name][qry], q_regions)
             row = {
                 "method": m.name,
                 "episode": ep.index,
@@ -277,6 +346,7 @@ def run_episodic(
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             row.update(_fit_facts(m, fitted, episodic=True))
+            row.update(_missing(m, ctx.regions, q_regions))
             if looker is not None and m.trains:
                 row.update(looker.measure(fitted, feats[m.name][qry], ep.query))
             log.append(row)
@@ -295,7 +365,7 @@ def run_episodic(
     if att.get("available") and _method_attention(summary):
         att = {**att, "methods": _method_attention(summary)}
         (log.directory / "attention.json").write_text(json.dumps(att, indent=2) + "\n")
-    return RunOutcome(log.directory, log.rows, summary, pairs, att)
+    return RunOutcome(log.directory, log.rows, summary, pairs, att, examples)
 
 
 #: what the summaries average (missing values, e.g. attention of frozen methods, are skipped);
@@ -373,6 +443,8 @@ def run_split(
     f_test = _prefix_features(cache, backbone, test, ms, progress)
     f_val = _prefix_features(cache, backbone, val, ms, progress) if val is not None else None
     text = _text(backbone, ms, train.class_names)
+    r_train, r_test = _regions(backbone, train, ms), _regions(backbone, test, ms)
+    r_val = _regions(backbone, val, ms) if val is not None else None
     y_train, y_test = torch.tensor(train.labels), torch.tensor(test.labels)
     classes = len(train.class_names)
     for k in config.shots:
@@ -396,13 +468,25 @@ def run_split(
                 if log.has(method=m.name, shots=k, split_seed=s):
                     continue
                 t0 = time.perf_counter()
-                vals = None
+                vals, val_regions = None, None
                 if f_val is not None and vidx is not None:
                     vals = (f_val[m.name][vidx], torch.tensor(val.labels)[vidx])  # type: ignore[union-attr]
+                    val_regions = _region_rows(m, r_val, vidx)
                 views = _views(cache, backbone, m, [train.paths[i] for i in idx.tolist()], s)
-                ctx = FitContext(backbone, classes, train.class_names, text, vals, views=views, seed=s)
+                ctx = FitContext(
+                    backbone,
+                    classes,
+                    train.class_names,
+                    text,
+                    vals,
+                    views=views,
+                    seed=s,
+                    regions=_region_rows(m, r_train, idx),
+                    val_regions=val_regions,
+                )
                 fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
-                logits = _logits(m, fitted, f_test[m.name])
+                t_regions = None if r_test is None or not m.needs_regions else r_test
+                logits = _logits(m, fitted, f_test[m.name], t_regions)
                 probs = logits.double().softmax(-1)
                 row = {
                     "method": m.name,
@@ -418,6 +502,7 @@ def run_split(
                     "seconds": round(time.perf_counter() - t0, 4),
                 }
                 row.update(_fit_facts(m, fitted, episodic=False))
+                row.update(_missing(m, ctx.regions, t_regions))
                 log.append(row)
     summary = summarise(log.rows, ("method", "shots"), ("accuracy", "ece", "nll"), ci=False)
     write_tables(log.directory, summary)

@@ -61,6 +61,10 @@ class FitContext:
         seed: seeds everything random in the fit (initialisation, batches, dropout).
         device: where training runs.
         progress: show progress bars for long training.
+        regions: the support images' regions ``(N, 4)`` (``x0, y0, x1, y1`` in ``[0, 1]`` of the
+            evaluation crop; a NaN row: the image has none), given to methods that read regions
+            (:attr:`Method.needs_regions`), else ``None``.
+        val_regions: the same for the validation images ``(V, 4)``.
     """
 
     backbone: Backbone
@@ -72,10 +76,16 @@ class FitContext:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
+    regions: Tensor | None = None
+    val_regions: Tensor | None = None
 
 
 class Fitted(ABC):
-    """A method fitted to one support set: ``logits(query prefix (M, ...)) -> (M, C)``."""
+    """A method fitted to one support set: ``logits(query prefix (M, ...)) -> (M, C)``.
+
+    Fits of methods that read regions (:attr:`Method.needs_regions`) take them as
+    ``logits(query, regions=(M, 4))``; the runner passes them only to those.
+    """
 
     #: registry name of the method that made it (set by the method)
     method: str = ""
@@ -123,6 +133,9 @@ class Method(ABC):
     trains: ClassVar[bool] = False
     #: needs class text embeddings (a CLIP backbone)
     needs_text: ClassVar[bool] = False
+    #: reads a region per image (FALIP, drawn visual prompts): the runner hands the support
+    #: regions over in ``FitContext.regions`` and the query regions as ``logits(query, regions=...)``
+    needs_regions: ClassVar[bool] = False
     #: one line for ``focusshot methods``
     summary: ClassVar[str] = ""
 
@@ -142,6 +155,16 @@ class Method(ABC):
     @abstractmethod
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``."""
+
+    def uses_boxes(self) -> bool:
+        """Whether, with its options, this method takes its regions from the data's boxes (then an
+        image without a box is an error unless :meth:`missing_box` is ``"whole"``)."""
+        return self.needs_regions
+
+    def missing_box(self) -> str:
+        """What an image without a box gets: ``"error"`` (the run stops, naming the image) or
+        ``"whole"`` (no region: the whole image, counted as ``regions_missing``)."""
+        return "error"
 
     def augment_views(self) -> int:
         """How many augmented views per support image the runner should hand over in ``ctx.views``."""
@@ -174,7 +197,9 @@ def register_method(name: str) -> Callable[[M], M]:
 
 def _load_all() -> None:
     """Import every recipe module so their registrations run."""
+    import focusshot.methods.falip
     import focusshot.methods.feature_heads
+    import focusshot.methods.sav
     import focusshot.methods.tuning  # noqa: F401
 
 

@@ -86,3 +86,72 @@ def save_attention_figure(
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     return output
+
+
+@torch.inference_mode()
+def save_method_attention_figure(
+    backbone: Backbone,
+    models: dict[str, torch.nn.Module],
+    data: LabelledImages,
+    indices: Sequence[int],
+    masks: Sequence[np.ndarray] | None,
+    output: str | Path,
+    count: int = 6,
+    scale: int = 2,
+) -> Path:
+    """Save a PNG: per image, the input, then the last-layer [CLS] attention of the frozen backbone
+    and of every adapted model in ``models`` (one column each, named in the header row).
+
+    ``models`` are full backbones (a fitted method's ``attention_model()``); ``indices`` are the
+    images to show (e.g. one episode's queries, one per class first). Tokens a model appends after
+    the patches (VPT's prompts) are left out of its map.
+    """
+    require_global_cls(backbone)
+    pre = backbone.preprocess
+    labels = [data.labels[i] for i in indices]
+    picked: list[int] = []
+    for i, lab in zip(indices, labels, strict=True):  # one per class first, then the rest
+        if lab not in {data.labels[j] for j in picked}:
+            picked.append(i)
+    picked += [i for i in indices if i not in picked]
+    picked = picked[:count]
+    tf = make_transform(pre)
+    images = torch.stack([tf(load_rgb(data.paths[i])) for i in picked])
+    rows, cols = backbone.grid_size((images.shape[2], images.shape[3]))
+    p0 = backbone.num_prefix_tokens
+    maps: list[tuple[str, torch.Tensor]] = []
+    for name, model in [("frozen", backbone), *models.items()]:
+        was = model.training
+        model.eval()
+        with record(model, "probs", layers=[-1]) as rec:
+            model.forward_features(images)
+        model.train(was)
+        cls = rec.get("probs")[:, :, 0, p0 : p0 + rows * cols].mean(1).reshape(len(picked), rows, cols)
+        lo = cls.amin(dim=(1, 2), keepdim=True)
+        maps.append((name, (cls - lo) / (cls.amax(dim=(1, 2), keepdim=True) - lo).clamp_min(1e-12)))
+    side, head = pre.crop * scale, 14
+    ncol = 1 + len(maps)
+    sheet = Image.new("RGB", (ncol * (side + 4), head + len(picked) * (side + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(["input", *[n for n, _ in maps]]):
+        draw.text((c * (side + 4) + 2, 1), title[: side // 6], fill=(0, 0, 0))
+    for r, i in enumerate(picked):
+        rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
+        rgb = rgb.resize((side, side), Image.NEAREST)
+        y = head + r * (side + 4)
+        sheet.paste(rgb, (0, y))
+        outline = None
+        if masks is not None:
+            m = transform_masks([masks[i]], pre)[0].numpy()
+            edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
+            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+        for c, (_, cls) in enumerate(maps, start=1):
+            heat = Image.fromarray(_heat(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+            blend = Image.blend(rgb, heat, 0.55)
+            if outline is not None:
+                ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
+            sheet.paste(blend, (c * (side + 4), y))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(output)
+    return output

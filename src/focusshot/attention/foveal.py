@@ -1,0 +1,188 @@
+"""Foveal attention biases (FALIP) and attention-rollout regions.
+
+FALIP (Zhuang et al., "Visual Prompt as Foveal Attention Boosts CLIP Zero-Shot Performance", ECCV
+2024, Sec. 3.2) adds a *foveal attention mask* ``M`` of shape ``(N, N)`` to the pre-softmax logits
+of CLIP's last self-attention layers. ``M`` is zero except in the [CLS] row (row 0), at the columns
+of the patch tokens that a region of interest (a box) covers, where it holds a 2-D Gaussian over the
+box's patch grid, min-max normalised to ``[0, 1]`` and multiplied by a strength ``alpha``. Adding a
+positive bias at those columns makes the [CLS] token, which becomes the image embedding, draw more
+of its value from the region, while the image itself is left untouched (unlike a drawn red circle
+or a blurred background).
+
+What the official code (``pumpkin805/FALIP``, ``executor.py``) does, and what is kept here:
+
+* the Gaussian is built over the box's patches, centred on the box's centre patch
+  ``((h - 1) / 2, (w - 1) / 2)``, with ``sigma`` in **patches** (token-grid units; the official
+  value is 100, so on a 14 x 14 grid the raw Gaussian is nearly flat and its *shape* comes from the
+  min-max normalisation: ``(g - min + 1e-6) / (max - min + 1e-6) * alpha``, which is ``alpha`` at
+  the centre, about ``0`` at the box's far corners, and ``alpha`` everywhere for a 1-patch box);
+* only row 0 ([CLS]) is biased, identically for every head;
+* ``alpha = 0.2`` (the value the official code passes as ``v``).
+
+Deliberate differences (documented in the method, :mod:`focusshot.methods.falip`): the official
+code maps a box to 224 x 224 by squashing the whole image (its default ``square_size``); here a box
+goes through the backbone's own resize-shorter + centre-crop geometry
+(:func:`focusshot.data.transforms.box_to_crop`). The official patch range
+``max(ceil(x0 / p), 1) - 1 .. max(ceil(x1 / p), 1) - 1`` also takes the patch before an edge that
+falls exactly on a patch boundary; here the range is exactly the patches the box overlaps.
+
+:func:`rollout_box` supplies the "automatic" region: attention rollout (Abnar & Zuidema,
+"Quantifying Attention Flow in Transformers", ACL 2020) of the [CLS] token, turned into the
+bounding box of the smallest set of patches holding a share ``keep`` of the rolled-out mass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["box_patch_range", "foveal_bias", "gaussian_region", "rollout_box"]
+
+#: the epsilon of the official min-max normalisation (keeps a 1-patch or flat region at ``alpha``)
+_EPS = 1e-6
+#: tolerance when a box edge falls on a patch boundary (boxes are floats in [0, 1])
+_EDGE_TOL = 1e-6
+
+
+def gaussian_region(height: int, width: int, sigma: float, alpha: float) -> Tensor:
+    """The foveal weights ``(height, width)`` of a box covering ``height x width`` patches.
+
+    ``exp(-d^2 / (2 sigma^2))`` with ``d`` the distance (in patches) from the region's centre
+    ``((height - 1) / 2, (width - 1) / 2)``, then ``(g - min + 1e-6) / (max - min + 1e-6) * alpha``
+    (FALIP, Sec. 3.2; the official code's normalisation, epsilon included). Computed in float64.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"a region needs at least one patch, got {height} x {width}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive (in patches), got {sigma}")
+    ys = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
+    xs = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    d2 = ys[:, None] ** 2 + xs[None, :] ** 2
+    g = torch.exp(-0.5 * d2 / float(sigma) ** 2)
+    lo, hi = g.min(), g.max()
+    return (g - lo + _EPS) / (hi - lo + _EPS) * float(alpha)
+
+
+def box_patch_range(box: Sequence[float], grid: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The patches a box overlaps: ``(row0, col0, row1, col1)``, inclusive, on a ``(rows, cols)`` grid.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in ``[0, 1]`` crop coordinates (``x`` along columns). A box
+    thinner than a patch still covers the patch it lies in.
+    """
+    rows, cols = (int(v) for v in grid)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    c0 = min(max(math.floor(x0 * cols + _EDGE_TOL), 0), cols - 1)
+    r0 = min(max(math.floor(y0 * rows + _EDGE_TOL), 0), rows - 1)
+    c1 = min(max(math.ceil(x1 * cols - _EDGE_TOL) - 1, c0), cols - 1)
+    r1 = min(max(math.ceil(y1 * rows - _EDGE_TOL) - 1, r0), rows - 1)
+    return r0, c0, r1, c1
+
+
+def foveal_bias(
+    boxes: Tensor,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    num_tokens: int | None = None,
+    alpha: float = 0.2,
+    sigma: float = 100.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """FALIP's foveal attention bias for a batch of boxes: ``(B, 4) -> (B, 1, N, N)``.
+
+    Args:
+        boxes: ``(B, 4)`` boxes ``(x0, y0, x1, y1)`` in ``[0, 1]`` coordinates of the (centre-cropped)
+            input; a row of NaN means "no region" and gives an all-zero bias for that image.
+        grid: the patch grid ``(rows, cols)``; patch ``(r, c)`` is token
+            ``num_prefix_tokens + r * cols + c``.
+        num_prefix_tokens: tokens ahead of the patches ([CLS] plus registers); must be >= 1.
+        num_tokens: ``N``, the sequence length (``num_prefix_tokens + rows * cols`` by default;
+            tokens appended after the patches are never biased).
+        alpha: the strength: the bias at the region's centre patch (FALIP's official 0.2).
+        sigma: the Gaussian's standard deviation in patches (FALIP's official 100).
+        dtype, device: of the result.
+
+    Returns:
+        ``(B, 1, N, N)``, broadcast over heads: zero except ``[b, 0, 0, prefix + patch]`` for the
+        patches of box ``b`` (:func:`gaussian_region` over :func:`box_patch_range`).
+    """
+    rows, cols = (int(v) for v in grid)
+    prefix = int(num_prefix_tokens)
+    if prefix < 1:
+        raise ValueError("a foveal bias needs a [CLS] token (num_prefix_tokens >= 1)")
+    n = prefix + rows * cols if num_tokens is None else int(num_tokens)
+    if n < prefix + rows * cols:
+        raise ValueError(f"{n} tokens cannot hold {prefix} prefix tokens and a {rows}x{cols} grid")
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (B, 4), got shape {tuple(boxes.shape)}")
+    out = torch.zeros(boxes.shape[0], 1, n, n, dtype=dtype, device=device)
+    for b, box in enumerate(boxes.detach().to("cpu", torch.float64).tolist()):
+        if any(math.isnan(v) for v in box):
+            continue
+        r0, c0, r1, c1 = box_patch_range(box, (rows, cols))
+        g = gaussian_region(r1 - r0 + 1, c1 - c0 + 1, sigma, alpha)
+        row = torch.zeros(rows, cols, dtype=torch.float64)
+        row[r0 : r1 + 1, c0 : c1 + 1] = g
+        out[b, 0, 0, prefix : prefix + rows * cols] = row.reshape(-1).to(dtype)
+    return out
+
+
+def rollout_box(
+    probs: Sequence[Tensor],
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    keep: float = 0.5,
+) -> Tensor:
+    """The "automatic" region: attention rollout of [CLS] turned into a box, ``-> (B, 4)`` in [0, 1].
+
+    Rollout (Abnar & Zuidema, 2020): per layer, heads averaged, ``A' = (A + I) / 2`` with rows
+    renormalised; the product ``A'_L ... A'_1`` (later layers on the left); its [CLS] row over the
+    patch columns, renormalised to sum to one. The box is the bounding box (in crop coordinates) of
+    the smallest set of patches, taken in order of decreasing mass (ties in patch order), that
+    holds ``keep`` of it.
+
+    Args:
+        probs: attention probabilities of consecutive layers, each ``(B, H, N, N)`` (first layer
+            first), with [CLS] at token 0 and the patches at ``num_prefix_tokens ..``.
+        grid: the patch grid ``(rows, cols)``.
+        num_prefix_tokens: tokens ahead of the patches.
+        keep: the share of the rolled-out patch mass the box's patches must hold, in ``(0, 1]``.
+    """
+    if not probs:
+        raise ValueError("rollout needs the attention of at least one layer")
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must lie in (0, 1], got {keep}")
+    rows, cols = (int(v) for v in grid)
+    prefix = int(num_prefix_tokens)
+    first = probs[0]
+    b, _, n, _ = first.shape
+    if n < prefix + rows * cols:
+        raise ValueError(f"{n} tokens cannot hold {prefix} prefix tokens and a {rows}x{cols} grid")
+    eye = torch.eye(n, dtype=torch.float64, device=first.device)
+    rolled = eye.expand(b, n, n)
+    for p in probs:
+        a = p.detach().to(torch.float64).mean(dim=1)
+        a = 0.5 * (a + eye)
+        a = a / a.sum(dim=-1, keepdim=True)
+        rolled = a @ rolled
+    mass = rolled[:, 0, prefix : prefix + rows * cols]
+    mass = mass / mass.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    order = mass.sort(dim=-1, descending=True, stable=True).indices  # ties: patch order
+    csum = mass.gather(-1, order).cumsum(dim=-1)
+    count = ((csum < keep - 1e-9).sum(dim=-1) + 1).clamp(max=rows * cols)
+    out = torch.empty(b, 4, dtype=torch.float32)
+    for i in range(b):
+        chosen = order[i, : int(count[i])].cpu()
+        r, c = chosen // cols, chosen % cols
+        out[i] = torch.tensor(
+            [
+                float(c.min()) / cols,
+                float(r.min()) / rows,
+                float(c.max() + 1) / cols,
+                float(r.max() + 1) / rows,
+            ]
+        )
+    return out
