@@ -1,16 +1,14 @@
 """SAV (Mitra et al., arXiv 2412.00142): head selection, leave-one-out, votes, save/load, runs."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import focusshot
 from focusshot.backbones.prefix import Prefix
 from focusshot.methods.base import FitContext, create_method, fitted_from_state, list_methods
 from focusshot.methods.sav import SavOptions, fit_sav, score_heads
+from tests.methods.helpers import class_folders
 
 
 @pytest.fixture(scope="module")
@@ -208,20 +206,9 @@ def test_save_load_and_checks(vit) -> None:
         create_method("sav", layers=[0]).fit(x, y, FitContext(vit, 3))
 
 
-def _folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        d = root / f"class_{c}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            arr = (torch.rand(36, 36, 3, generator=g) * 80 + 100 * c).to(torch.uint8).numpy()
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return root
-
-
 def test_fit_save_load_predict(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
-    support = _folder(tmp_path / "support")
+    support = class_folders(tmp_path / "support")
     clf = focusshot.fit(support, backbone="tiny-clip-vit", method="sav", options={"heads": 3, "layers": [-1]})
     assert clf.prefix == Prefix.head_out((1,))
     assert clf.fitted.info()["heads_selected"] == 3

@@ -2,7 +2,6 @@
 files, fit -> save -> predict, and the `methods` listing."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import focusshot
 from focusshot.cli import main
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, run_episodic
+from tests.methods.helpers import class_folders
 
 WORLD = "world:clutter?per_class=4&image_size=32"
 
@@ -53,20 +53,9 @@ def test_killed_tuning_run_resumes_to_the_same_results(tmp_path, world) -> None:
         )
 
 
-def _folder(root: Path, classes: int = 2, per_class: int = 3) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        d = root / f"class_{c}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            arr = (torch.rand(36, 36, 3, generator=g) * 80 + 100 * c).to(torch.uint8).numpy()
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return root
-
-
 def test_cli_fit_predict_with_options_from_set_and_a_toml_file(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
-    support = _folder(tmp_path / "support")
+    support = class_folders(tmp_path / "support")
     clf = tmp_path / "clf.safetensors"
     cfg = tmp_path / "opts.toml"
     cfg.write_text("[lora]\nrank = 2\nepochs = 1\n")
@@ -113,7 +102,6 @@ def test_cli_evaluate_with_tuning_group(tmp_path, capsys, monkeypatch) -> None:
     assert "last_block" in out and "after adapting, last_block" in out
     fig = tmp_path / "run" / "attention_methods.png"
     assert fig.stat().st_size > 0 and "attention_methods.png" in out
-    from PIL import Image
 
     with Image.open(fig) as im:  # input + frozen + last_block columns
         assert im.width == 3 * (32 * 2 + 4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -237,3 +238,25 @@ def new_parameter(
     else:  # pragma: no cover - internal callers only
         raise ValueError(f"unknown init {init!r}")
     return nn.Parameter(t.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None))
+
+
+A = TypeVar("A", bound=AdapterModule)
+
+
+def adapter_layers(model: nn.Module, kind: type[A]) -> list[tuple[str, A]]:
+    """``(qualified_name, layer)`` of every adapter of type ``kind`` in ``model``, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+
+
+def merge_all(model: nn.Module, kind: type[AdapterModule], merge: bool, name: str, inject: str) -> list[str]:
+    """Merge (or unmerge) every ``kind`` adapter of ``model``; returns their names.
+
+    Raises:
+        AdapterError: ``model`` has none (``name`` and ``inject`` word the message).
+    """
+    layers = adapter_layers(model, kind)
+    if not layers:
+        raise AdapterError(f"{describe_model(model)} has no {name} layers (call {inject} first)")
+    for _, layer in layers:
+        layer.merge() if merge else layer.unmerge()
+    return [n for n, _ in layers]

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from focusshot.adapters.base import (
     AdapterError,
     AdapterModule,
-    describe_model,
+    adapter_layers,
     injection_targets,
+    merge_all,
     new_parameter,
     replace_module,
 )
@@ -205,27 +206,14 @@ def inject_lora(
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """``(qualified_name, layer)`` of every :class:`LoRALinear` in ``model``, in model order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
-def _layers_or_raise(model: nn.Module) -> list[tuple[str, LoRALinear]]:
-    layers = lora_layers(model)
-    if not layers:
-        raise AdapterError(f"{describe_model(model)} has no LoRA layers (call inject_lora first)")
-    return layers
+    return adapter_layers(model, LoRALinear)
 
 
 def merge_lora(model: nn.Module) -> list[str]:
-    """Merge every LoRA layer of ``model`` into its base weight; returns their names."""
-    layers = _layers_or_raise(model)
-    for _, layer in layers:
-        layer.merge()
-    return [n for n, _ in layers]
+    """Merge every LoRA layer of ``model`` into its base; returns their names."""
+    return merge_all(model, LoRALinear, True, "LoRA", "inject_lora")
 
 
 def unmerge_lora(model: nn.Module) -> list[str]:
     """Undo :func:`merge_lora` on every LoRA layer of ``model``; returns their names."""
-    layers = _layers_or_raise(model)
-    for _, layer in layers:
-        layer.unmerge()
-    return [n for n, _ in layers]
+    return merge_all(model, LoRALinear, False, "LoRA", "inject_lora")

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from focusshot.adapters.base import (
     AdapterError,
     AdapterModule,
-    describe_model,
+    adapter_layers,
     injection_targets,
+    merge_all,
     new_parameter,
     replace_module,
 )
@@ -229,27 +230,14 @@ def inject_ssf(
 
 def ssf_layers(model: nn.Module) -> list[tuple[str, SSF]]:
     """``(qualified_name, layer)`` of every :class:`SSF` in ``model``, in model order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SSF)]
-
-
-def _layers_or_raise(model: nn.Module) -> list[tuple[str, SSF]]:
-    layers = ssf_layers(model)
-    if not layers:
-        raise AdapterError(f"{describe_model(model)} has no SSF layers (call inject_ssf first)")
-    return layers
+    return adapter_layers(model, SSF)
 
 
 def merge_ssf(model: nn.Module) -> list[str]:
-    """Fold every SSF layer of ``model`` into its base; returns their names."""
-    layers = _layers_or_raise(model)
-    for _, layer in layers:
-        layer.merge()
-    return [n for n, _ in layers]
+    """Merge every SSF layer of ``model`` into its base; returns their names."""
+    return merge_all(model, SSF, True, "SSF", "inject_ssf")
 
 
 def unmerge_ssf(model: nn.Module) -> list[str]:
     """Undo :func:`merge_ssf` on every SSF layer of ``model``; returns their names."""
-    layers = _layers_or_raise(model)
-    for _, layer in layers:
-        layer.unmerge()
-    return [n for n, _ in layers]
+    return merge_all(model, SSF, False, "SSF", "inject_ssf")

@@ -284,6 +284,12 @@ def run_episodic(
             query images after it adapted (``cls_target_mass`` in its result lines).
         method_options: per-method options (``{"lora": {"rank": 8}}``), recorded in ``run.json``.
 
+    Methods that read regions (FALIP, drawn prompts; ``Method.needs_regions``) get the data's boxes
+    mapped into the evaluation crop (:func:`region_tensor`), the support's in ``FitContext.regions``
+    and the queries' in ``logits(query, regions=...)``; an image without a box stops the run, naming
+    it, unless the method's ``missing_box`` is ``"whole"``, and each line of such a method records
+    ``regions_missing``, the episode's images that had none.
+
     Episodic runs have no validation split: methods that select hyper-parameters on validation
     use their defaults, and methods that train run their fixed number of steps (the last step is
     kept); every line says so in ``selected_on``.

@@ -118,7 +118,16 @@ class SavOptions:
         "vectors (the official code), cosine similarity",
     )
 
+    selection: str = _opt(
+        "best",
+        "best: the top heads by support accuracy (SAV); random: that many heads drawn at random "
+        "(the ablation that shows whether selection matters)",
+    )
+    random_seed: int = _opt(0, "seed of the random heads (selection=random)")
+
     def __post_init__(self) -> None:
+        if self.selection not in ("best", "random"):
+            raise ValueError(f"selection must be 'best' or 'random', got {self.selection!r}")
         if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 1:
             raise ValueError(f"heads must be an int >= 1, got {self.heads!r}")
         frac = self.heads_fraction
@@ -337,7 +346,11 @@ def fit_sav(
     )
     total = n_layers * n_heads
     keep = options.count(total)
-    top = rank_heads(scores)[:keep]  # (K,) flat indices l * H + h
+    if options.selection == "random":
+        gen = torch.Generator().manual_seed(int(options.random_seed))
+        top = torch.randperm(total, generator=gen)[:keep]
+    else:
+        top = rank_heads(scores)[:keep]  # (K,) flat indices l * H + h
     selected = torch.stack([top // n_heads, top % n_heads], dim=1)  # (K, 2)
     means = scores.means[:, top].permute(1, 0, 2)  # (K, C, D)
     acc = (scores.correct[top].double() / n).tolist()

@@ -1,0 +1,18 @@
+"""Shared test data for the method tests."""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def class_folders(root: Path, classes: int = 2, per_class: int = 3) -> Path:
+    """Write ``classes`` folders of ``per_class`` 36x36 PNGs (class c brighter by 100 c); returns root."""
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(36, 36, 3, generator=g) * 80 + 100 * c).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(d / f"{i}.png")
+    return root
