@@ -345,7 +345,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     names = list_methods()  # registers every recipe, frozen-feature heads first
     from focusshot.backbones.registry import create_backbone
 
-    probe = create_backbone("tiny-clip-vit")  # a 2-block CLIP ViT: prefixes are named relative to L
+    probe = create_backbone("world-clip", pretrained=False)  # 6 blocks: prefixes named relative to L
     from focusshot.methods.finetune import FinetuneMethod
     from focusshot.methods.tuning import SHARED_OPTIONS
 
