@@ -132,3 +132,15 @@ def test_augmented_views_are_cached_and_train_the_method(tmp_path, world) -> Non
     )
     (row,) = out.rows
     assert row["train_steps"] == 3  # 3 support images x (1 + 2 views) / batch 3
+
+
+def test_split_protocol_selects_the_training_step_on_validation(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    out = focusshot.evaluate(
+        "tiny-clip-vit", "world:clutter?per_class=6&image_size=32&split=1", ["protonet", "vpt"],
+        protocol="split", shots=[1], seeds=[1], output=tmp_path / "split", cache_dir=tmp_path / "c",
+        method_options={"vpt": {"epochs": 2, "num_tokens": 2}},
+    )  # fmt: skip
+    (row,) = [r for r in out.rows if r["method"] == "vpt"]
+    assert row["selected_on"] == "val" and row["train_steps"] >= 1 and not row["diverged"]
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["selected"]["fit_seconds"] >= 0
