@@ -10,6 +10,7 @@ adapt only the image tower).
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import TypeVar
@@ -22,7 +23,7 @@ class AdapterError(ValueError):
     """An adapter cannot be injected, merged or loaded as asked (the message says why)."""
 
 
-class AdapterModule(nn.Module):
+class AdapterModule(nn.Module, metaclass=ABCMeta):
     """Base class of the layer wrappers (:class:`~focusshot.adapters.lora.LoRALinear`, SSF).
 
     A wrapper keeps the layer it adapts as ``base`` and can fold itself into it (``merge``) and
@@ -33,11 +34,13 @@ class AdapterModule(nn.Module):
     base: nn.Module
     merged: bool
 
-    def merge(self) -> None:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def merge(self) -> None:
+        """Fold the adaptation into ``base`` (forward then skips it)."""
 
-    def unmerge(self) -> None:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def unmerge(self) -> None:
+        """Take the adaptation out of ``base`` again."""
 
 
 def describe_model(model: nn.Module) -> str:

@@ -71,6 +71,7 @@ CLIP.
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -346,7 +347,27 @@ def _encode(
     )
 
 
-class FalipFitted(Fitted):
+class _RegionHeadFitted(Fitted):
+    """A head over region-dependent features: ``logits(query, regions) = head(features(query, regions))``."""
+
+    head: FittedHead
+
+    @abstractmethod
+    def features(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Features ``(M, D)`` of the query prefix under ``regions`` ``(M, 4)``."""
+
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        return self.head.logits(self.features(query, regions))
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.head.state_dict()
+
+
+class FalipFitted(_RegionHeadFitted):
     """A fitted ``falip``/``falip_tip``: ``logits(tokens (M, N, C), regions (M, 4)) -> (M, C)``."""
 
     def __init__(
@@ -361,16 +382,6 @@ class FalipFitted(Fitted):
     def features(self, tokens: Tensor, regions: Tensor | None = None) -> Tensor:
         """FALIP features ``(M, D)`` of tokens entering the first biased block, for ``regions``."""
         return _encode(self.method, self.backbone, self.start, self.options, tokens, regions)
-
-    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
-        return self.head.logits(self.features(query, regions))
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.num_classes
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.head.state_dict()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -464,7 +475,7 @@ class FalipTipMethod(_FalipMethod):
 # drawn visual prompts (the baselines)
 
 
-class PromptFitted(Fitted):
+class PromptFitted(_RegionHeadFitted):
     """A fitted ``red_circle``/``blur_box``: ``logits(images (M, 3, H, W), regions (M, 4)) -> (M, C)``."""
 
     def __init__(self, method: str, backbone: Backbone, options: Any, head: FittedHead) -> None:
@@ -501,16 +512,6 @@ class PromptFitted(Fitted):
             x = self.prompted(images[s : s + bs].to(torch.float32), boxes[s : s + bs])
             out.append(self.backbone.forward_features(x.to(device=device, dtype=dtype)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, int(self.backbone.num_features))
-
-    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
-        return self.head.logits(self.features(query, regions))
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.num_classes
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.head.state_dict()
 
     def config(self) -> dict[str, Any]:
         return {
