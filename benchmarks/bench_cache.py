@@ -6,7 +6,7 @@ Run by hand (not part of the tests)::
     python benchmarks/bench_cache.py --backbone vit-s192  # a random ViT (width 192, depth 6) at 64 px
 
 Episodes: ``--episodes`` (600) 5-way 5-shot 15-query tasks from ``EpisodeSampler`` over a pool of
-images (``../shared/datasets/clothing-small/train`` beside the checkout, 3,068 photos of 10 classes, when present;
+images (``../shared/datasets/clothing-small/train``, 3,068 photos of 10 classes, when present;
 otherwise ``--synthetic`` generated images). Classifier: ProtoNet (nearest class mean of
 L2-normalised features, squared Euclidean distance), written inline below.
 
