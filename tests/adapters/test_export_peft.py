@@ -24,6 +24,7 @@ from focusshot.adapters.export_peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, expo
 from focusshot.adapters.lora import LoRAConfig, LoRALinear, inject_lora, lora_layers
 from focusshot.api import Classifier
 from focusshot.cli import main
+from tests.hf_tiny import tiny_clip_config
 
 from .conftest import images, max_diff, randomise
 
@@ -40,28 +41,7 @@ def _cache(tmp_path, monkeypatch) -> None:
 
 def _tiny_clip_dir(tmp_path: Path) -> Path:
     """A tiny random ``CLIPModel`` written by ``save_pretrained`` (as tests/backbones/test_hf_convert.py)."""
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            eos_token_id=98,
-            bos_token_id=97,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-        ),
-        projection_dim=16,
-    )
+    cfg = tiny_clip_config(transformers, heads=2)
     transformers.CLIPModel(cfg).eval().save_pretrained(tmp_path / "clip")
     return tmp_path / "clip"
 

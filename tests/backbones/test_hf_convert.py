@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from tests.hf_tiny import tiny_clip_config
 
 from focusshot import create_backbone, record
 from focusshot.backbones.clip import CLIP
@@ -32,28 +33,7 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _tiny_clip_hf(tmp_path, eos: int = 98):
-    cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            eos_token_id=eos,
-            bos_token_id=97,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        ),
-        projection_dim=16,
-    )
+    cfg = tiny_clip_config(transformers, heads=4, eos=eos)
     model = _eager(transformers.CLIPModel(cfg))
     model.save_pretrained(tmp_path / "clip")
     return model, tmp_path / "clip"
