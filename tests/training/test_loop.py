@@ -88,9 +88,10 @@ def test_epochs_draw_every_example_once_per_epoch_and_extra_loss_sees_the_batch(
     model = _model(dim=1, classes=2)
     seen: list[list[int]] = []
 
-    def extra(bx: Tensor, by: Tensor, logits: Tensor) -> Tensor:
+    def extra(bx: Tensor, by: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
         assert bx.shape[0] == by.shape[0] == logits.shape[0] and logits.shape[1] == 2
         assert torch.equal(by, y[bx[:, 0].long()])
+        assert torch.equal(idx.cpu(), bx[:, 0].long())  # the batch's rows of the training inputs
         seen.append(bx[:, 0].long().tolist())
         return logits.new_zeros(())
 
@@ -174,7 +175,7 @@ def test_nan_extra_loss_stops_at_that_step_with_the_last_finite_weights() -> Non
 
     calls: list[int] = []
 
-    def extra(bx: Tensor, by: Tensor, logits: Tensor) -> Tensor:
+    def extra(bx: Tensor, by: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
         calls.append(1)
         return logits.sum() * (math.nan if len(calls) == 3 else 0.0)
 
@@ -203,7 +204,7 @@ def test_update_that_overflows_the_weights_is_undone() -> None:
     scale = 1e10  # a finite gradient (and norm) whose SGD step at lr 1e30 overflows float32
     cfg = TrainConfig(optimizer="sgd", lr=1e30, momentum=0.0, steps=5)
     res = train(
-        model, list(model.parameters()), x, y, cfg, extra_loss=lambda bx, by, lg: scale * lg[:, 0].mean()
+        model, list(model.parameters()), x, y, cfg, extra_loss=lambda bx, by, lg, _idx: scale * lg[:, 0].mean()
     )
     assert res.diverged and res.diverged_at == 1 and res.diverged_reason == "parameters"
     assert res.steps == 0 and math.isnan(res.final_loss) and res.history == []
@@ -218,7 +219,7 @@ def test_non_finite_gradient_stops_before_the_update() -> None:
     before = _snapshot(list(model.parameters()))
     w0 = model[1].weight.detach().clone()
 
-    def extra(bx: Tensor, by: Tensor, logits: Tensor) -> Tensor:
+    def extra(bx: Tensor, by: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
         return torch.sqrt((model[1].weight - w0).abs()).sum()  # 0 with an infinite slope at w0
 
     res = train(model, list(model.parameters()), x, y, TrainConfig(steps=5), extra_loss=extra)
@@ -276,7 +277,7 @@ def test_divergence_after_a_validated_best_still_restores_the_best() -> None:
     val = (x, (x > 2).long())
     calls: list[int] = []
 
-    def extra(bx: Tensor, by: Tensor, logits: Tensor) -> Tensor:
+    def extra(bx: Tensor, by: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
         calls.append(1)
         return logits.new_tensor(math.inf if len(calls) == 20 else 0.0)
 
@@ -312,7 +313,7 @@ def test_warmup_then_cosine_learning_rates() -> None:
     model = _model()
     p = nn.Parameter(torch.zeros(1))
     sgd = dataclasses.replace(cfg, optimizer="sgd", momentum=0.0, weight_decay=0.0)
-    res = train(model, [*model.parameters(), p], x, y, sgd, extra_loss=lambda bx, by, lg: p.sum())
+    res = train(model, [*model.parameters(), p], x, y, sgd, extra_loss=lambda bx, by, lg, _idx: p.sum())
     assert [r["lr"] for r in res.history] == pytest.approx(lrs)
     assert float(p.detach()) == pytest.approx(-sum(lrs), rel=1e-6)
 
@@ -325,7 +326,7 @@ def test_weight_decay_skips_one_dimensional_params(optimizer: str) -> None:
     matrix = nn.Parameter(torch.ones(2, 2))  # 2-d: decayed
     cfg = TrainConfig(optimizer=optimizer, lr=0.1, min_lr=0.1, weight_decay=0.5, momentum=0.0, steps=5)
 
-    def extra(bx: Tensor, by: Tensor, logits: Tensor) -> Tensor:
+    def extra(bx: Tensor, by: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
         return 0.0 * (scale.sum() + matrix.sum())  # zero gradients, but present
 
     train(model, [*model.parameters(), scale, matrix], x, y, cfg, extra_loss=extra)
@@ -357,7 +358,7 @@ def test_grad_clip_bounds_the_global_update() -> None:
     before = torch.cat([q.detach().flatten() for q in params])
     cfg = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, steps=1, grad_clip=0.5)
     # autograd hands a and b one shared, expanded gradient tensor: each must still be scaled once
-    res = train(model, params, x, y, cfg, extra_loss=lambda bx, by, lg: 1000.0 * (a + b).sum())
+    res = train(model, params, x, y, cfg, extra_loss=lambda bx, by, lg, _idx: 1000.0 * (a + b).sum())
     after = torch.cat([q.detach().flatten() for q in params])
     assert res.history[0]["grad_norm"] > 2000.0 * math.sqrt(2)  # recorded before clipping
     assert float((after - before).norm()) == pytest.approx(0.5, rel=1e-4)

@@ -47,6 +47,7 @@ class Recording:
         for m in modules:  # a fresh store per recording, kept here after the context closes
             m.tap.store = {}
         self._stores = {i: m.tap.store for i, m in zip(layers, modules, strict=True)}
+        self._taken: set[tuple[str, int]] = set()
 
     @property
     def layout(self) -> str:
@@ -79,6 +80,20 @@ class Recording:
         if not stored:
             raise RecordingError(f"nothing was captured for {kind!r} at layer {layer}")
         return stored[0] if len(stored) == 1 else torch.cat(stored, dim=0)
+
+    def take(self, kind: str, layer: int = -1) -> Tensor:
+        """The latest capture of ``kind`` at ``layer``; everything captured there so far is dropped.
+
+        For recordings held open over many forward passes (a training loss that reads each step's
+        attention, e.g. FORT's), so that memory does not grow with the steps.
+        """
+        stored = self._stored(kind, layer)
+        if not stored:
+            raise RecordingError(f"nothing was captured for {kind!r} at layer {layer} since the last take")
+        latest = stored[-1]
+        stored.clear()
+        self._taken.add((kind, self._resolve(layer)))
+        return latest
 
     def grad(self, kind: str, layer: int = -1) -> Tensor:
         """Gradient of the last backward pass with respect to the captured ``kind`` at ``layer``.
@@ -148,7 +163,12 @@ def record(
             m.tap.keep_grad = False
             m.tap.store = {}
     if ok:
-        missing = [f"{k}@layer{i}" for k in kinds for i in normalised if not rec._stores[i].get(k)]
+        missing = [
+            f"{k}@layer{i}"
+            for k in kinds
+            for i in normalised
+            if not rec._stores[i].get(k) and (k, i) not in rec._taken
+        ]
         if missing:
             raise RecordingError(
                 "the recording captured nothing for " + ", ".join(missing) + ": was a forward pass through "

@@ -27,7 +27,8 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,6 +44,9 @@ from focusshot.methods.base import FitContext, Fitted, Method
 from focusshot.training.loop import TrainConfig, TrainResult, train
 
 __all__ = ["AdaptedFitted", "FinetuneMethod", "FinetuneOptions", "Tail", "frozen_copy", "image_tower"]
+
+#: an extra training loss ``(x (B, ...), y (B,), logits (B, C), idx (B,)) -> scalar``
+ExtraLoss = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 INIT_SOLVERS = ("metaoptnet", "protonet", "r2d2", "ridge", "svm", "logistic", "zeros")
 
@@ -166,6 +170,8 @@ class AdaptedFitted(Fitted):
         self.head = head.eval()
         self._config = config
         self._record = record
+        #: ``(S, P)`` position prompts of the support images (FORT), else ``None``
+        self.prompts: Tensor | None = None
 
     @torch.inference_mode()
     def logits(self, query: Tensor) -> Tensor:
@@ -196,7 +202,7 @@ class FinetuneMethod(Method):
     """A recipe that tunes (part of) the backbone and a solver-initialised linear head.
 
     Subclasses set ``Options`` (a :class:`FinetuneOptions` subclass) and implement :meth:`adapt`;
-    FORT adds its attention loss through :meth:`extra_loss`.
+    FORT adds its attention loss through :meth:`objective`.
     """
 
     trains: ClassVar[bool] = True
@@ -225,11 +231,22 @@ class FinetuneMethod(Method):
         """Add or unfreeze what this recipe trains in ``model`` (a :func:`frozen_copy`); return it."""
         raise TypeError(f"{type(self).__name__} must implement adapt()")
 
-    def extra_loss(
-        self, tail: Tail, support: Tensor, labels: Tensor, ctx: FitContext
-    ) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
-        """An extra training loss ``(batch, labels, logits) -> scalar`` (FORT's attention loss); none here."""
-        return None
+    @contextmanager
+    def objective(
+        self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
+    ) -> Iterator[ExtraLoss | None]:
+        """Open what training needs and yield an extra loss ``(x, y, logits, idx) -> scalar``.
+
+        Held open for the whole training run (FORT records the last layer's attention in it and
+        computes its position prompts before yielding). ``inputs`` ``(N, ...)`` and ``labels``
+        ``(N,)`` are what training reads (support plus augmented views); ``idx`` are batch rows
+        into them. The plain recipes add nothing.
+        """
+        yield None
+
+    def fitted_extras(self) -> dict[str, Any]:
+        """Attributes to attach to the fitted result after training (FORT: its position prompts)."""
+        return {}
 
     def train_config(self, n: int, ctx: FitContext) -> TrainConfig:
         o = self.options
@@ -282,19 +299,19 @@ class FinetuneMethod(Method):
                 )
             inputs = torch.cat([support, ctx.views.flatten(0, 1)])
             targets = labels.repeat(self.augment_views() + 1)
-        extra = self.extra_loss(tail, inputs, targets, ctx)
         cfg = self.train_config(len(inputs), ctx)
-        result: TrainResult = train(
-            lambda x: head(tail(x)),
-            [*params, head.weight, head.bias],
-            inputs.to(device),
-            targets.to(device),
-            cfg,
-            modules=[tail],
-            extra_loss=extra,
-            val=None if (ctx.val is None or not self.options.validate) else ctx.val,
-            device=device,
-        )
+        with self.objective(tail, head, inputs, targets, ctx) as extra:
+            result: TrainResult = train(
+                lambda x: head(tail(x)),
+                [*params, head.weight, head.bias],
+                inputs.to(device),
+                targets.to(device),
+                cfg,
+                modules=[tail],
+                extra_loss=extra,
+                val=None if (ctx.val is None or not self.options.validate) else ctx.val,
+                device=device,
+            )
         record = {
             "train": result.to_dict(),
             "diverged": result.diverged,
@@ -311,7 +328,10 @@ class FinetuneMethod(Method):
             "num_classes": ctx.num_classes,
             "normalize": head.normalize,
         }
-        return AdaptedFitted(self.name, tail, head, config, record)
+        fitted = AdaptedFitted(self.name, tail, head, config, record)
+        for key, value in self.fitted_extras().items():
+            setattr(fitted, key, value)
+        return fitted
 
     def _init_head(self, feats: Tensor, labels: Tensor, ctx: FitContext) -> LinearHead:
         o = self.options

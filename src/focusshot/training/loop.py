@@ -324,14 +324,14 @@ def train(
     cfg: TrainConfig,
     *,
     modules: Sequence[nn.Module] = (),
-    extra_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    extra_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None,
     val: tuple[Tensor, Tensor] | None = None,
     device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train ``params`` so that ``forward`` classifies ``inputs`` as ``labels``.
 
     Each step draws a batch of B = min(batch_size, N) examples and minimises
-    ``cross_entropy(forward(x), y, label_smoothing) + extra_loss(x, y, logits)``.
+    ``cross_entropy(forward(x), y, label_smoothing) + extra_loss(x, y, logits, idx)``.
 
     Args:
         forward: batch (B, ...) on ``device`` -> logits (B, C).
@@ -341,7 +341,8 @@ def train(
         cfg: the settings.
         modules: put in ``train()`` mode for the training steps (dropout on) and in ``eval()`` mode
             for validation; every submodule's own mode is restored afterwards.
-        extra_loss: ``(x (B, ...), y (B,), logits (B, C)) -> scalar`` added to the cross-entropy.
+        extra_loss: ``(x (B, ...), y (B,), logits (B, C), idx (B,)) -> scalar`` added to the
+            cross-entropy; ``idx`` are the batch's row indices into ``inputs`` (per-example targets).
         val: optional (V, ...) inputs and (V,) labels; used when ``cfg.eval_every > 0``: top-1
             accuracy is measured (under no_grad, modules in eval mode) every ``eval_every`` steps and
             at the last step, the weights at the best accuracy (ties: the earlier step) are restored
@@ -408,7 +409,7 @@ def train(
                         _check_classes(labels, val if use_val else None, logits.shape[1])
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     if extra_loss is not None:
-                        extra = extra_loss(x, y, logits)
+                        extra = extra_loss(x, y, logits, idx)
                         if extra.ndim != 0:
                             raise ValueError(f"extra_loss must return a scalar, got {tuple(extra.shape)}")
                         loss = loss + extra.float()

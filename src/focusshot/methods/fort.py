@@ -1,0 +1,206 @@
+"""FORT: position prompts from Grad-Rollout and an attention-enhancement loss while fine-tuning.
+
+Wang, Jie & Deng, *Focus Your Attention when Few-Shot Classification*, NeurIPS 2023 (official
+code ``Haoqing-Wang/FORT``). Per episode, before training:
+
+1. the head is initialised by a solver (MetaOptNet by default; ``init=protonet`` / ``r2d2`` are the
+   paper's other variants) on the frozen support features;
+2. Grad-Rollout (:mod:`focusshot.attention.grad_rollout`) over the layers the tuned tail runs gives
+   each support image's patch importance; the ``top`` most important patches, weighted, are its
+   *position prompts* ``q`` (summing to ``top``);
+
+and during training the loss is ``CE(W f / T, y) + alpha * CE_soft(A / tau, q)`` where ``A`` is
+the last layer's attention *logits* over the patch columns, averaged over heads, for every query
+row (code: all ``N`` rows; ``rows=cls`` keeps only [CLS]'s, the paper's text), and ``CE_soft`` is
+the cross-entropy to the many-hot target, averaged over rows and images. No parameter is added.
+
+Defaults are the official README's DINO ViT-B/16 commands: ``ft+fort`` alpha 3e-2, ``ssf+fort``
+1e-1, ``lora+fort`` 5e-1, all tau 1, ``top`` = the grid side (P = 14 on 14x14), lamb 1; the
+recipes' own defaults (lr, epochs, temperature) are those of :mod:`focusshot.methods.tuning`.
+``vpt+fort`` has no official setting (the code's VPT has no FORT loss): alpha 1e-1 is ours.
+The option is ``fort_alpha`` (``alpha`` is LoRA's scaling). ``fort_alpha = 0`` skips the prompts and the recording: training is then exactly the plain recipe's.
+Swin (windowed attention, no global [CLS] row) is refused: the paper's pyramidal variant is not
+implemented here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import field
+from typing import Any
+
+from torch import Tensor
+
+from focusshot.attention.grad_rollout import (
+    RolloutSettings,
+    grad_rollout_importance,
+    position_prompts,
+    prompt_count,
+    tail_layers,
+)
+from focusshot.attention.record import record
+from focusshot.evaluation.attention_metrics import NoGlobalClsError, require_global_cls
+from focusshot.heads.trainable import LinearHead
+from focusshot.methods.base import FitContext, register_method
+from focusshot.methods.finetune import ExtraLoss, Tail
+from focusshot.methods.tuning import (
+    FullFinetune,
+    FullOptions,
+    LoRAFinetune,
+    LoRAOptions,
+    SSFFinetune,
+    SSFOptions,
+    VPTFinetune,
+    VPTOptions,
+)
+
+__all__ = ["FORTMixin", "fort_options"]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _check(self: Any) -> None:
+    if self.fort_alpha < 0 or not self.tau > 0 or self.top < 0:
+        raise ValueError(
+            f"FORT needs fort_alpha >= 0, tau > 0, top >= 0; got {self.fort_alpha}, {self.tau}, {self.top}"
+        )
+    if self.rows not in ("all", "cls"):
+        raise ValueError(f"rows must be 'all' or 'cls', got {self.rows!r}")
+    RolloutSettings(self.variant, self.lamb, self.sign)
+
+
+def fort_options(base: type, alpha: float, tau: float = 1.0) -> type:
+    """``base`` (a recipe's options) plus FORT's fields with the given defaults."""
+    extra = [
+        (
+            "fort_alpha",
+            float,
+            field(
+                default=alpha, metadata=_help("FORT alpha: weight of the attention loss (0: plain recipe)")
+            ),
+        ),
+        ("tau", float, field(default=tau, metadata=_help("temperature dividing the attention logits"))),
+        ("top", int, field(default=0, metadata=_help("prompt patches P (0: the grid side, 14 on 14x14)"))),
+        ("lamb", float, field(default=1.0, metadata=_help("weight of the gradient term in Grad-Rollout"))),
+        (
+            "variant",
+            str,
+            field(default="code", metadata=_help("code: min over heads, top 10%/row; paper: mean")),
+        ),
+        (
+            "sign",
+            str,
+            field(default="aligned", metadata=_help("gradient PC sign: aligned (with grad x input) or svd")),
+        ),
+        (
+            "rows",
+            str,
+            field(default="all", metadata=_help("attention rows the loss covers: all (code) or cls")),
+        ),
+    ]
+
+    def post_init(self: Any) -> None:
+        base.__post_init__(self)
+        _check(self)
+
+    return dataclasses.make_dataclass(
+        f"FORT{base.__name__}", extra, bases=(base,), frozen=True, namespace={"__post_init__": post_init}
+    )
+
+
+class FORTMixin:
+    """FORT on top of a fine-tuning recipe (put it first among the bases)."""
+
+    options: Any
+    name: str
+
+    @contextmanager
+    def objective(
+        self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
+    ) -> Iterator[ExtraLoss | None]:
+        o = self.options
+        self._prompts: Tensor | None = None
+        if o.fort_alpha == 0:
+            yield None
+            return
+        b = tail.backbone
+        try:
+            require_global_cls(b)
+        except NoGlobalClsError as err:
+            raise NoGlobalClsError(
+                f"method {self.name!r}: FORT's prompts and loss need a global [CLS] attention row; {err}. "
+                "The paper's variant for pyramidal backbones (Swin) is not implemented"
+            ) from None
+        device = next(head.parameters()).device
+        grid = b.grid_size(b.preprocess.crop)
+        s, p = int(b.num_prefix_tokens), grid[0] * grid[1]
+        layers = tail_layers(b, tail.start)
+        settings = RolloutSettings(o.variant, o.lamb, o.sign)
+        was = tail.training
+        tail.eval()
+        imp, _ = grad_rollout_importance(
+            b,
+            lambda x: tail(x.to(device)),
+            lambda f: head(f) * head.temperature,  # the score before the temperature, as the code
+            inputs,
+            labels,
+            layers,
+            s,
+            p,
+            settings,
+        )
+        tail.train(was)
+        top = prompt_count(grid, o.top)
+        prompts = position_prompts(imp, top)
+        self._prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
+        target = prompts.to(device)
+        last = layers[-1]
+        with record(b, "logits", layers=[last], grad=True) as rec:
+
+            def loss(x: Tensor, y: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
+                att = rec.take("logits", last)[..., s : s + p].float().mean(dim=1)  # (B, N, P)
+                if o.rows == "cls":
+                    att = att[:, :1]
+                q = target[idx.to(device)].unsqueeze(1).expand_as(att)
+                return o.fort_alpha * -(q * (att / o.tau).log_softmax(dim=-1)).sum(dim=-1).mean()
+
+            yield loss
+
+    def fitted_extras(self) -> dict[str, Any]:
+        return {"prompts": getattr(self, "_prompts", None)}
+
+
+@register_method("ft+fort")
+class FullFORT(FORTMixin, FullFinetune):
+    """Full fine-tuning with FORT's attention loss (alpha 3e-2, tau 1: the official FT command)."""
+
+    Options = fort_options(FullOptions, alpha=3e-2)
+    summary = "FORT: full fine-tuning + attention loss toward Grad-Rollout position prompts"
+
+
+@register_method("lora+fort")
+class LoRAFORT(FORTMixin, LoRAFinetune):
+    """LoRA with FORT's attention loss (alpha 0.5, tau 1: the official LoRA command)."""
+
+    Options = fort_options(LoRAOptions, alpha=0.5)
+    summary = "FORT: LoRA + attention loss toward Grad-Rollout position prompts"
+
+
+@register_method("ssf+fort")
+class SSFFORT(FORTMixin, SSFFinetune):
+    """SSF with FORT's attention loss (alpha 0.1, tau 1: the official SSF command)."""
+
+    Options = fort_options(SSFOptions, alpha=0.1)
+    summary = "FORT: SSF + attention loss toward Grad-Rollout position prompts"
+
+
+@register_method("vpt+fort")
+class VPTFORT(FORTMixin, VPTFinetune):
+    """Deep VPT with FORT's attention loss (alpha 0.1: ours; the official code has no VPT setting)."""
+
+    Options = fort_options(VPTOptions, alpha=0.1)
+    summary = "FORT: deep VPT + attention loss toward Grad-Rollout position prompts (alpha ours)"
