@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.data.images import list_images
 from focusshot.data.sources import LabelledImages, open_source
-from focusshot.embedding import embed_images
+from focusshot.embedding import Embeddings, embed_images
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
 from focusshot.evaluation.results import versions
@@ -212,17 +213,28 @@ class Classifier:
         self.info = info or {}
         self.prefix = create_method(method, fitted.config().get("options")).prefix(backbone)
 
-    def predict_proba(
-        self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
-    ) -> tuple[torch.Tensor, list[str], list]:
-        """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
-        emb = embed_images(
+    def embed(
+        self,
+        images: Sequence[str | os.PathLike[str]],
+        batch_size: int = 32,
+        progress: bool = False,
+        prefix: Prefix | None = None,
+    ) -> Embeddings:
+        """What the method reads for each image file (its prefix, ``(N, *prefix)``), or another
+        ``prefix`` of the same images (``Prefix.images()``: the preprocessed ``(N, 3, crop, crop)``)."""
+        return embed_images(
             self.backbone,
             [str(p) for p in images],
             batch_size=batch_size,
             progress=progress,
-            prefix=self.prefix,
+            prefix=self.prefix if prefix is None else prefix,
         )
+
+    def predict_proba(
+        self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
+    ) -> tuple[torch.Tensor, list[str], list]:
+        """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
+        emb = self.embed(images, batch_size, progress)
         with torch.inference_mode():
             probs = self.fitted.logits(emb.features).float().softmax(-1)
         return probs, emb.paths, emb.bad

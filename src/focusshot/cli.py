@@ -184,6 +184,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from focusshot.report.explain import explain
+
+    info = explain(args.classifier, args.images, args.output, coverage=args.coverage, progress=not args.quiet)
+    for row in info["images"]:
+        print(
+            f"{row['path']}: {row['predicted']}; {args.coverage:.0%} of [CLS] attention on "
+            f"{row['patches_before']} patches before, {row['patches_after']} after adapting"
+        )
+    print(f"wrote {len(info['images'])} figures and explain.json to {args.output}")
+    return 0
+
+
 def _cmd_export_adapter(args: argparse.Namespace) -> int:
     from focusshot.adapters.export_peft import export_peft, hf_base_model_name
     from focusshot.api import Classifier
@@ -280,6 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "explain", help="show where a trained classifier looks: FORT prompts, attention before/after"
+    )
+    p.add_argument("classifier", help="a file written by `focusshot fit` with a method that trains")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--output", required=True, help="folder for one PNG per image and explain.json")
+    p.add_argument(
+        "--coverage",
+        type=float,
+        default=0.95,
+        help="[CLS] attention mass the patch sets cover (default 0.95)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("export-adapter", help="write a lora classifier's adapter for Hugging Face peft")
     p.add_argument("classifier", help="a file written by `focusshot fit --method lora`")

@@ -18,7 +18,12 @@ from torch import Tensor
 from focusshot.attention.record import record
 from focusshot.backbones.base import Backbone
 from focusshot.data.sources import LabelledImages
-from focusshot.evaluation.attention_metrics import cls_attention_metrics, target_masks, transform_masks
+from focusshot.evaluation.attention_metrics import (
+    cls_attention_metrics,
+    patch_target_weights,
+    target_masks,
+    transform_masks,
+)
 from focusshot.methods.base import Fitted
 
 
@@ -61,3 +66,30 @@ class QueryAttention:
             probs, masks, b.num_prefix_tokens, grid, trailing_tokens=max(0, probs.shape[-1] - expected)
         )
         return {"cls_target_mass": float(res["cls_target_mass"].double().mean())}
+
+    def measure_prompts(self, fitted: Fitted, indices: Sequence[int]) -> dict[str, Any]:
+        """FORT's position prompts against the support images' targets.
+
+        ``{"prompt_target_mass": mean over support images of the prompt mass inside the target,
+        "prompt_chance": mean target area (the mass of prompts spread uniformly)}``; empty when the
+        fitted method has no ``prompts`` ``(S, P)``.
+
+        Args:
+            fitted: a fitted method, possibly with a ``prompts`` attribute (support x patches).
+            indices: the support images' indices into the pool (their masks), in prompt order.
+        """
+        prompts = getattr(fitted, "prompts", None)
+        if prompts is None:
+            return {}
+        b = self.backbone
+        masks = transform_masks([self.masks[i] for i in indices], b.preprocess)
+        weights = patch_target_weights(masks, b.grid_size(b.preprocess.crop))
+        if weights.shape != prompts.shape:
+            raise ValueError(f"prompts {tuple(prompts.shape)} do not match {tuple(weights.shape)} support patches")
+        q = prompts.float()
+        mass = (q * weights).sum(dim=1) / q.sum(dim=1).clamp_min(1e-12)
+        return {
+            "prompt_target_mass": float(mass.double().mean()),
+            "prompt_chance": float(weights.double().mean()),
+        }
+

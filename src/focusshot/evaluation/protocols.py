@@ -355,6 +355,7 @@ def run_episodic(
             row.update(_missing(m, ctx.regions, q_regions))
             if looker is not None and m.trains:
                 row.update(looker.measure(fitted, feats[m.name][qry], ep.query))
+                row.update(looker.measure_prompts(fitted, ep.support))
             log.append(row)
         new += bool(todo)
         if bar is not None:
@@ -376,7 +377,7 @@ def run_episodic(
 
 #: what the summaries average (missing values, e.g. attention of frozen methods, are skipped);
 #: seconds are not among them (a resumed run must end with the same summary): see ``timing.json``
-_METRICS = ("accuracy", "nll", "cls_target_mass")
+_METRICS = ("accuracy", "nll", "cls_target_mass", "prompt_target_mass", "prompt_chance")
 
 
 def _write_timing(directory: Path, rows: list[dict[str, Any]], unit: str) -> dict[str, Any]:
