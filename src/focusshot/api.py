@@ -65,9 +65,10 @@ def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | N
 
 #: method groups ``evaluate`` expands: ``all`` (every method that trains nothing and that the
 #: backbone supports; text ones need CLIP; region methods such as FALIP, which need boxes, are
-#: named explicitly) and ``tuning`` (the fine-tuning baselines)
-METHOD_GROUPS = ("all", "tuning")
+#: named explicitly), ``tuning`` (the fine-tuning baselines) and ``fort`` (FORT on each of them)
+METHOD_GROUPS = ("all", "tuning", "fort")
 TUNING_METHODS = ("ft", "last_block", "lora", "ssf", "vpt")
+FORT_METHODS = ("ft+fort", "lora+fort", "ssf+fort", "vpt+fort")
 
 
 def _runs_on(name: str, backbone: Backbone) -> bool:
@@ -86,7 +87,8 @@ def _runs_on(name: str, backbone: Backbone) -> bool:
 
 
 def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
-    """Expand the groups ``"all"`` (training-free methods) and ``"tuning"`` (fine-tuning baselines)."""
+    """Expand the groups ``"all"`` (training-free methods), ``"tuning"`` (fine-tuning baselines) and
+    ``"fort"`` (FORT over FT, LoRA, SSF and VPT)."""
     from focusshot.methods.base import method_class
 
     out: list[str] = []
@@ -95,6 +97,8 @@ def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
             names = [m for m in list_methods() if not method_class(m).trains and _runs_on(m, backbone)]
         elif name == "tuning":
             names = list(TUNING_METHODS)
+        elif name == "fort":
+            names = list(FORT_METHODS)
         else:
             method_class(name)  # fails early, listing the valid names
             names = [name]

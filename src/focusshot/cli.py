@@ -256,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--protocol", choices=["episodic", "split"], default="episodic")
     p.add_argument(
-        "--method", default="protonet", help="comma-separated methods, or all (see `focusshot methods`)"
+        "--method",
+        default="protonet",
+        help="comma-separated methods or groups: all (training-free), tuning, fort (see `focusshot methods`)",
     )
     p.add_argument("--ways", type=int, default=d.ways, help="N, classes per episode")
     p.add_argument(
@@ -418,6 +420,7 @@ _RECIPE_DEFAULTS = {
     "ssf": ("lr", "temperature"),
     "vpt": ("optimizer", "lr", "weight_decay", "temperature"),
 }
+_RECIPE_DEFAULTS.update({f"{k}+fort": v for k, v in list(_RECIPE_DEFAULTS.items()) if k != "last_block"})
 
 
 def main(argv: list[str] | None = None) -> int:

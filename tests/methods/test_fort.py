@@ -10,7 +10,7 @@ import torch
 import focusshot
 from focusshot.attention.record import record
 from focusshot.backbones.prefix import compute_prefix
-from focusshot.backbones.vit import ViTConfig, VisionTransformer
+from focusshot.backbones.vit import VisionTransformer, ViTConfig
 from focusshot.cli import main
 from focusshot.evaluation.attention_metrics import NoGlobalClsError
 from focusshot.methods.base import FitContext, create_method, fitted_from_state
@@ -167,3 +167,14 @@ def test_cli_fit_and_predict_on_a_dino_checkpoint(tmp_path, monkeypatch) -> None
     ev += ["--ways", "2", "--shots", "1", "--queries", "2", "--episodes", "1", "--output", str(out)]
     assert main([*ev, "--set", "ssf+fort.epochs=1", "--quiet"]) == 0
     assert (out / "summary.md").exists()
+
+
+def test_split_protocol_with_views_validates_fort(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    out = focusshot.evaluate(
+        "tiny-clip-vit", "world:clutter?per_class=6&image_size=32&split=1", ["lora+fort"],
+        protocol="split", shots=[1], seeds=[1], output=tmp_path / "split", cache_dir=tmp_path / "c",
+        method_options={"lora+fort": {"epochs": 2, "views": 1}},
+    )  # fmt: skip
+    (row,) = out.rows
+    assert row["selected_on"] == "val" and row["train_steps"] >= 1 and not row["diverged"]

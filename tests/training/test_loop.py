@@ -204,7 +204,12 @@ def test_update_that_overflows_the_weights_is_undone() -> None:
     scale = 1e10  # a finite gradient (and norm) whose SGD step at lr 1e30 overflows float32
     cfg = TrainConfig(optimizer="sgd", lr=1e30, momentum=0.0, steps=5)
     res = train(
-        model, list(model.parameters()), x, y, cfg, extra_loss=lambda bx, by, lg, _idx: scale * lg[:, 0].mean()
+        model,
+        list(model.parameters()),
+        x,
+        y,
+        cfg,
+        extra_loss=lambda bx, by, lg, _idx: scale * lg[:, 0].mean(),
     )
     assert res.diverged and res.diverged_at == 1 and res.diverged_reason == "parameters"
     assert res.steps == 0 and math.isnan(res.final_loss) and res.history == []

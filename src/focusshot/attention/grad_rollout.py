@@ -166,7 +166,7 @@ def position_prompts(importance: Tensor, top: int) -> Tensor:
     """
     if importance.ndim != 2:
         raise ValueError(f"importance must be (B, P), got shape {tuple(importance.shape)}")
-    b, p = importance.shape
+    p = importance.shape[1]
     if not 1 <= top <= p:
         raise ValueError(f"top must lie in [1, {p}], got {top}")
     order = importance.sort(dim=1, descending=True, stable=True).indices[:, :top]

@@ -85,11 +85,12 @@ class QueryAttention:
         masks = transform_masks([self.masks[i] for i in indices], b.preprocess)
         weights = patch_target_weights(masks, b.grid_size(b.preprocess.crop))
         if weights.shape != prompts.shape:
-            raise ValueError(f"prompts {tuple(prompts.shape)} do not match {tuple(weights.shape)} support patches")
+            raise ValueError(
+                f"prompts {tuple(prompts.shape)} do not match {tuple(weights.shape)} support patches"
+            )
         q = prompts.float()
         mass = (q * weights).sum(dim=1) / q.sum(dim=1).clamp_min(1e-12)
         return {
             "prompt_target_mass": float(mass.double().mean()),
             "prompt_chance": float(weights.double().mean()),
         }
-

@@ -139,9 +139,7 @@ def _prefix_features(
     return out
 
 
-def _views(
-    cache: FeatureCache, backbone: Backbone, m: Method, paths: list[str], seed: int
-) -> Tensor | None:
+def _views(cache: FeatureCache, backbone: Backbone, m: Method, paths: list[str], seed: int) -> Tensor | None:
     """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and view)."""
     v = m.augment_views()
     if not v:

@@ -198,8 +198,8 @@ def register_method(name: str) -> Callable[[M], M]:
 def _load_all() -> None:
     """Import every recipe module so their registrations run."""
     import focusshot.methods.falip
-    import focusshot.methods.fort
     import focusshot.methods.feature_heads
+    import focusshot.methods.fort
     import focusshot.methods.sav
     import focusshot.methods.tuning  # noqa: F401
 

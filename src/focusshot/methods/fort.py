@@ -18,7 +18,8 @@ Defaults are the official README's DINO ViT-B/16 commands: ``ft+fort`` alpha 3e-
 1e-1, ``lora+fort`` 5e-1, all tau 1, ``top`` = the grid side (P = 14 on 14x14), lamb 1; the
 recipes' own defaults (lr, epochs, temperature) are those of :mod:`focusshot.methods.tuning`.
 ``vpt+fort`` has no official setting (the code's VPT has no FORT loss): alpha 1e-1 is ours.
-The option is ``fort_alpha`` (``alpha`` is LoRA's scaling). ``fort_alpha = 0`` skips the prompts and the recording: training is then exactly the plain recipe's.
+The option is ``fort_alpha`` (``alpha`` is LoRA's scaling). ``fort_alpha = 0`` skips the prompts
+and the recording: training is then exactly the plain recipe's.
 Swin (windowed attention, no global [CLS] row) is refused: the paper's pyramidal variant is not
 implemented here.
 """

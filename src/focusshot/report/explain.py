@@ -125,8 +125,8 @@ def explain(
     model = fitted.attention_model()
     if model is None or not isinstance(getattr(fitted, "head", None), LinearHead):
         raise ValueError(
-            f"{name}: method {clf.method!r} does not adapt the backbone (no attention model and linear "
-            "head); explain needs a classifier of a method that trains, such as lora or lora+fort"
+            f"{name}: method {clf.method!r} has no adapted backbone with a linear head (it trains "
+            "nothing); explain needs a classifier of a method that trains, such as lora or lora+fort"
         )
     try:
         require_global_cls(b)
