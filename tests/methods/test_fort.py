@@ -12,7 +12,6 @@ from focusshot.attention.record import record
 from focusshot.backbones.prefix import compute_prefix
 from focusshot.backbones.vit import VisionTransformer, ViTConfig
 from focusshot.cli import main
-from focusshot.evaluation.attention_metrics import NoGlobalClsError
 from focusshot.methods.base import FitContext, create_method, fitted_from_state
 from tests.methods.helpers import class_folders
 
@@ -106,7 +105,7 @@ def test_rollout_options_and_head_inits_change_the_prompts(clip) -> None:
 def test_swin_is_refused_with_the_reason() -> None:
     swin = focusshot.create_backbone("tiny-swin", seed=0).eval()
     x, y = _support(swin, 1, 2)
-    with pytest.raises(NoGlobalClsError, match="lora\\+fort.*pyramidal"):
+    with pytest.raises(ValueError, match="lora\\+fort.*pyramidal"):
         _fit(swin, "lora+fort", {"epochs": 1, "blocks": 0, "targets": ["*.attn.q"]}, x, y)
 
 
@@ -178,3 +177,35 @@ def test_split_protocol_with_views_validates_fort(tmp_path, monkeypatch) -> None
     )  # fmt: skip
     (row,) = out.rows
     assert row["selected_on"] == "val" and row["train_steps"] >= 1 and not row["diverged"]
+
+
+def test_box_prompts_cover_the_box_and_come_from_the_runner(tmp_path, monkeypatch, clip) -> None:
+    from focusshot.attention.grad_rollout import box_coverage
+
+    cover = box_coverage(torch.tensor([[0.25, 0.25, 0.6, 0.5], [float("nan")] * 4]), (4, 4))
+    want = torch.zeros(16)
+    want[5], want[6] = 1.0, 0.4  # row 1: column 1 whole, column 2 for 0.35 / 0.25 of its width
+    assert torch.allclose(cover[0], want) and torch.equal(cover[1], torch.ones(16))
+    x, y = _support(clip, 1, 2)
+    m = create_method("lora+fort", {"epochs": 1, "prompts": "box"})
+    assert m.needs_regions and not create_method("lora+fort").needs_regions
+    p = compute_prefix(clip, m.prefix(clip).resolve(clip), x)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    fitted = m.fit(p, y, FitContext(clip, 2, seed=0, regions=boxes))
+    grid = clip.grid_size(clip.preprocess.crop)
+    inside = box_coverage(boxes, grid) > 0
+    assert torch.allclose(fitted.prompts.sum(1), torch.full((2,), float(round((grid[0] * grid[1]) ** 0.5))))
+    assert bool((fitted.prompts[~inside] == 0).all()) and bool((fitted.prompts[inside] > 0).all())
+    with pytest.raises(ValueError, match="box per support image"):
+        m.fit(p, y, FitContext(clip, 2, seed=0))
+    with pytest.raises(ValueError, match="views"):
+        create_method("lora+fort", {"prompts": "box", "views": 1})
+    # from the runner: FocusWorld's boxes reach the fit, and the prompts sit on the target
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    out = focusshot.evaluate(
+        "tiny-clip-vit", "world:clutter?per_class=4&image_size=32", ["lora+fort"], ways=2, shots=1,
+        queries=2, episodes=1, output=tmp_path / "box", cache_dir=tmp_path / "c", figures=False,
+        method_options={"lora+fort": {"epochs": 1, "prompts": "box"}},
+    )  # fmt: skip
+    (row,) = out.rows
+    assert row["prompt_target_mass"] > 2 * row["prompt_chance"]

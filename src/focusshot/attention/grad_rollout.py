@@ -39,6 +39,7 @@ from focusshot.attention.record import attention_modules, record
 
 __all__ = [
     "RolloutSettings",
+    "box_coverage",
     "first_component",
     "fused_rollout",
     "grad_rollout_importance",
@@ -175,6 +176,24 @@ def position_prompts(importance: Tensor, top: int) -> Tensor:
     uniform = torch.zeros_like(importance).scatter(1, order, 1.0)
     kept = torch.where(total > 0, kept, uniform)  # all kept weights zero: equal weights
     return kept * top / kept.sum(dim=1, keepdim=True)
+
+
+def box_coverage(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Fraction of each patch inside each box: ``boxes (B, 4) -> (B, rows * cols)`` in ``[0, 1]``.
+
+    Boxes are ``(x0, y0, x1, y1)`` in ``[0, 1]`` crop coordinates; a NaN row (no box) covers the
+    whole image. Patches in row-major order.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (B, 4), got shape {tuple(boxes.shape)}")
+    rows, cols = (int(v) for v in grid)
+    b = boxes.detach().to(torch.float64).cpu()
+    b = torch.where(torch.isnan(b).any(dim=1, keepdim=True), torch.tensor([0.0, 0.0, 1.0, 1.0]).double(), b)
+    c = torch.arange(cols, dtype=torch.float64)
+    r = torch.arange(rows, dtype=torch.float64)
+    wx = ((torch.minimum(b[:, 2:3], (c + 1) / cols) - torch.maximum(b[:, 0:1], c / cols)) * cols).clamp(0, 1)
+    wy = ((torch.minimum(b[:, 3:4], (r + 1) / rows) - torch.maximum(b[:, 1:2], r / rows)) * rows).clamp(0, 1)
+    return (wy[:, :, None] * wx[:, None, :]).reshape(len(b), rows * cols).to(torch.float32)
 
 
 ScoreFn = Callable[[Tensor], Tensor]

@@ -174,7 +174,8 @@ class AdaptedFitted(Fitted):
         self.prompts: Tensor | None = None
 
     @torch.inference_mode()
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """``(M, *prefix) -> (M, C)``; ``regions`` (handed to methods that read boxes) are unused."""
         device = _device_of(self.head)
         return _batched(lambda q: self.head(self.tail(q.to(device))).float().cpu(), query)
 

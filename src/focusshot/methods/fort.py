@@ -20,6 +20,8 @@ recipes' own defaults (lr, epochs, temperature) are those of :mod:`focusshot.met
 ``vpt+fort`` has no official setting (the code's VPT has no FORT loss): alpha 1e-1 is ours.
 The option is ``fort_alpha`` (``alpha`` is LoRA's scaling). ``fort_alpha = 0`` skips the prompts
 and the recording: training is then exactly the plain recipe's.
+``prompts=box`` replaces Grad-Rollout with the data's boxes (every covered patch, weighted by the
+covered fraction, total mass P): an oracle for diagnosis, or for users who have support boxes.
 Swin (windowed attention, no global [CLS] row) is refused: the paper's pyramidal variant is not
 implemented here.
 """
@@ -36,13 +38,13 @@ from torch import Tensor
 
 from focusshot.attention.grad_rollout import (
     RolloutSettings,
+    box_coverage,
     grad_rollout_importance,
     position_prompts,
     prompt_count,
     tail_layers,
 )
 from focusshot.attention.record import record
-from focusshot.evaluation.attention_metrics import NoGlobalClsError, require_global_cls
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, register_method
 from focusshot.methods.finetune import ExtraLoss, Tail
@@ -60,8 +62,8 @@ from focusshot.methods.tuning import (
 __all__ = ["FORTMixin", "fort_options"]
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _opt(name: str, kind: type, default: Any, text: str) -> tuple[str, type, Any]:
+    return (name, kind, field(default=default, metadata={"help": text}))
 
 
 def _check(self: Any) -> None:
@@ -69,6 +71,10 @@ def _check(self: Any) -> None:
         raise ValueError(
             f"FORT needs fort_alpha >= 0, tau > 0, top >= 0; got {self.fort_alpha}, {self.tau}, {self.top}"
         )
+    if self.prompts not in ("rollout", "box"):
+        raise ValueError(f"prompts must be 'rollout' or 'box', got {self.prompts!r}")
+    if self.prompts == "box" and self.views:
+        raise ValueError("prompts='box' cannot be combined with augmented views (their boxes are unknown)")
     if self.rows not in ("all", "cls"):
         raise ValueError(f"rows must be 'all' or 'cls', got {self.rows!r}")
     RolloutSettings(self.variant, self.lamb, self.sign)
@@ -77,31 +83,14 @@ def _check(self: Any) -> None:
 def fort_options(base: type, alpha: float, tau: float = 1.0) -> type:
     """``base`` (a recipe's options) plus FORT's fields with the given defaults."""
     extra = [
-        (
-            "fort_alpha",
-            float,
-            field(
-                default=alpha, metadata=_help("FORT alpha: weight of the attention loss (0: plain recipe)")
-            ),
-        ),
-        ("tau", float, field(default=tau, metadata=_help("temperature dividing the attention logits"))),
-        ("top", int, field(default=0, metadata=_help("prompt patches P (0: the grid side, 14 on 14x14)"))),
-        ("lamb", float, field(default=1.0, metadata=_help("weight of the gradient term in Grad-Rollout"))),
-        (
-            "variant",
-            str,
-            field(default="code", metadata=_help("code: min over heads, top 10%/row; paper: mean")),
-        ),
-        (
-            "sign",
-            str,
-            field(default="aligned", metadata=_help("gradient PC sign: aligned (with grad x input) or svd")),
-        ),
-        (
-            "rows",
-            str,
-            field(default="all", metadata=_help("attention rows the loss covers: all (code) or cls")),
-        ),
+        _opt("fort_alpha", float, alpha, "FORT alpha: weight of the attention loss (0: plain recipe)"),
+        _opt("tau", float, tau, "temperature dividing the attention logits"),
+        _opt("top", int, 0, "prompt patches P (0: the grid side, 14 on 14x14)"),
+        _opt("lamb", float, 1.0, "weight of the gradient term in Grad-Rollout"),
+        _opt("variant", str, "code", "code: min over heads, top 10%/row; paper: mean, all"),
+        _opt("sign", str, "aligned", "gradient PC sign: aligned (with grad x input) or svd"),
+        _opt("rows", str, "all", "attention rows the loss covers: all (code) or cls"),
+        _opt("prompts", str, "rollout", "rollout (Grad-Rollout) or box: the data's boxes (oracle)"),
     ]
 
     def post_init(self: Any) -> None:
@@ -119,6 +108,11 @@ class FORTMixin:
     options: Any
     name: str
 
+    @property
+    def needs_regions(self) -> bool:  # type: ignore[override]
+        """Box prompts read the support images' boxes (the runner hands them over)."""
+        return self.options.prompts == "box"
+
     @contextmanager
     def objective(
         self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
@@ -129,34 +123,40 @@ class FORTMixin:
             yield None
             return
         b = tail.backbone
-        try:
-            require_global_cls(b)
-        except NoGlobalClsError as err:
-            raise NoGlobalClsError(
-                f"method {self.name!r}: FORT's prompts and loss need a global [CLS] attention row; {err}. "
-                "The paper's variant for pyramidal backbones (Swin) is not implemented"
-            ) from None
+        caps = b.capabilities
+        if not (caps.attention and caps.global_cls):
+            raise ValueError(
+                f"method {self.name!r}: FORT's prompts and loss need a global [CLS] attention row, which "
+                f"{type(b).__name__} ({b.identity.name}) does not have (windowed attention or a CNN); "
+                "the paper's variant for pyramidal backbones (Swin) is not implemented"
+            )
         device = next(head.parameters()).device
         grid = b.grid_size(b.preprocess.crop)
         s, p = int(b.num_prefix_tokens), grid[0] * grid[1]
         layers = tail_layers(b, tail.start)
-        settings = RolloutSettings(o.variant, o.lamb, o.sign)
-        was = tail.training
-        tail.eval()
-        imp, _ = grad_rollout_importance(
-            b,
-            lambda x: tail(x.to(device)),
-            lambda f: head(f) * head.temperature,  # the score before the temperature, as the code
-            inputs,
-            labels,
-            layers,
-            s,
-            p,
-            settings,
-        )
-        tail.train(was)
         top = prompt_count(grid, o.top)
-        prompts = position_prompts(imp, top)
+        if o.prompts == "box":  # every patch the box covers, weighted by the covered fraction
+            if ctx.regions is None or len(ctx.regions) != len(inputs):
+                raise ValueError(f"method {self.name!r} with prompts='box' needs a box per support image")
+            cover = box_coverage(ctx.regions, grid)
+            prompts = position_prompts(cover, max(1, int((cover > 0).sum(dim=1).max())))
+            prompts = prompts / prompts.sum(dim=1, keepdim=True) * top
+        else:
+            was = tail.training
+            tail.eval()
+            imp, _ = grad_rollout_importance(
+                b,
+                lambda x: tail(x.to(device)),
+                lambda f: head(f) * head.temperature,  # the score before the temperature, as the code
+                inputs,
+                labels,
+                layers,
+                s,
+                p,
+                RolloutSettings(o.variant, o.lamb, o.sign),
+            )
+            tail.train(was)
+            prompts = position_prompts(imp, top)
         self._prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
         target = prompts.to(device)
         last = layers[-1]
