@@ -5,7 +5,8 @@ Run by hand::
     python benchmarks/pair_runs.py RUN_A RUN_B --baseline metaoptnet --output paired_vs_init.md
 
 Both runs must have drawn the same episodes (same data, N, K, Q and sampler seed: checked on
-their ``run.json``); rows are paired by episode index.
+their ``run.json``); rows are paired by episode index. A method name that an earlier run already
+has is suffixed with its run folder (``lora+fort [diag_5w1s_box]``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def main() -> int:
         if fingerprint is not None and fp != fingerprint:
             raise SystemExit(f"{run}: different episodes ({fp} vs {fingerprint})")
         fingerprint = fp
-        rows += [json.loads(line) for line in (Path(run) / "results.jsonl").read_text().splitlines() if line]
+        new = [json.loads(line) for line in (Path(run) / "results.jsonl").read_text().splitlines() if line]
+        seen = {r["method"] for r in rows}
+        for r in new:  # a method already taken from an earlier run is named after its run folder
+            if r["method"] in seen:
+                r["method"] = f"{r['method']} [{Path(run).name}]"
+        rows += new
     methods = [args.baseline, *sorted({r["method"] for r in rows} - {args.baseline})]
     pairs = paired(rows, methods, "episode")
     lines = [
