@@ -46,18 +46,9 @@ from focusshot.attention.grad_rollout import (
 )
 from focusshot.attention.record import record
 from focusshot.heads.trainable import LinearHead
+from focusshot.methods import tuning as t
 from focusshot.methods.base import FitContext, register_method
 from focusshot.methods.finetune import ExtraLoss, Tail
-from focusshot.methods.tuning import (
-    FullFinetune,
-    FullOptions,
-    LoRAFinetune,
-    LoRAOptions,
-    SSFFinetune,
-    SSFOptions,
-    VPTFinetune,
-    VPTOptions,
-)
 
 __all__ = ["FORTMixin", "fort_options"]
 
@@ -176,32 +167,32 @@ class FORTMixin:
 
 
 @register_method("ft+fort")
-class FullFORT(FORTMixin, FullFinetune):
+class FullFORT(FORTMixin, t.FullFinetune):
     """Full fine-tuning with FORT's attention loss (alpha 3e-2, tau 1: the official FT command)."""
 
-    Options = fort_options(FullOptions, alpha=3e-2)
+    Options = fort_options(t.FullOptions, alpha=3e-2)
     summary = "FORT: full fine-tuning + attention loss toward Grad-Rollout position prompts"
 
 
 @register_method("lora+fort")
-class LoRAFORT(FORTMixin, LoRAFinetune):
+class LoRAFORT(FORTMixin, t.LoRAFinetune):
     """LoRA with FORT's attention loss (alpha 0.5, tau 1: the official LoRA command)."""
 
-    Options = fort_options(LoRAOptions, alpha=0.5)
+    Options = fort_options(t.LoRAOptions, alpha=0.5)
     summary = "FORT: LoRA + attention loss toward Grad-Rollout position prompts"
 
 
 @register_method("ssf+fort")
-class SSFFORT(FORTMixin, SSFFinetune):
+class SSFFORT(FORTMixin, t.SSFFinetune):
     """SSF with FORT's attention loss (alpha 0.1, tau 1: the official SSF command)."""
 
-    Options = fort_options(SSFOptions, alpha=0.1)
+    Options = fort_options(t.SSFOptions, alpha=0.1)
     summary = "FORT: SSF + attention loss toward Grad-Rollout position prompts"
 
 
 @register_method("vpt+fort")
-class VPTFORT(FORTMixin, VPTFinetune):
+class VPTFORT(FORTMixin, t.VPTFinetune):
     """Deep VPT with FORT's attention loss (alpha 0.1: ours; the official code has no VPT setting)."""
 
-    Options = fort_options(VPTOptions, alpha=0.1)
+    Options = fort_options(t.VPTOptions, alpha=0.1)
     summary = "FORT: deep VPT + attention loss toward Grad-Rollout position prompts (alpha ours)"
