@@ -59,7 +59,7 @@ def table(shots: int) -> str:
     for m in ("lora", "ft", "ssf"):  # the stored tuning run of the same episodes fills in
         if m not in have:
             rows += [r for r in _rows(TUNING / f"world_clutter_5w{shots}s") if r["method"] == m]
-    for diag in ("box", "alpha5", "box_alpha5"):
+    for diag in ("box", "alpha5", "box_alpha5", "box_lr10x", "plain_lr10x", "box_cls_lr10x"):
         rows += _rows(HERE / f"diag_5w{shots}s_{diag}", f" ({diag.replace('_', ', ')})")
     lines = [
         f"### 5-way {shots}-shot, world-clip on world:clutter (100 episodes, seed 0)",
@@ -82,6 +82,15 @@ def table(shots: int) -> str:
         lines.append(
             f"| {m} | {acc} | {d_acc} | {mass} | {d_mass} | {prompts} | {chance} | {secs:.1f} | {len(mine)} |"
         )
+    plain_fast = "lora+fort (plain, lr10x)"
+    for fast in ("lora+fort (box, lr10x)", "lora+fort (box, cls, lr10x)"):
+        if {fast, plain_fast} <= {r["method"] for r in rows}:
+            lines += [
+                "",
+                f"{fast} vs {plain_fast} (plain LoRA, i.e. fort_alpha 0, at the same lr 5e-2), paired: "
+                f"accuracy {_pair(rows, fast, plain_fast, 'accuracy')}, "
+                f"[CLS] on target {_pair(rows, fast, plain_fast, 'cls_target_mass')}",
+            ]
     return "\n".join(lines) + "\n"
 
 
