@@ -8,8 +8,9 @@ For each backbone (world-clip; a random ViT-B/16 at 224 px, DINO layout), a 5-wa
 of ``--shots`` images per class: seconds for Grad-Rollout position prompts over the support set
 (one forward + backward with every layer recorded), and seconds per training step of
 ``lora`` vs ``lora+fort`` (batch 5 = N-way; the step time is the difference of a 1-step and a
-``1 + --steps``-step fit, divided by ``--steps``, so the fixed costs cancel). Median of
-``--repeats``.
+``1 + --steps``-step fit by the training loop's own clock, divided by ``--steps``, so the fixed
+costs cancel). One discarded warm-up round first (the first passes are several times slower);
+then the median of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from focusshot.methods.base import FitContext, create_method
 
 
 def _fit_seconds(backbone, name: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Seconds the training loop itself took (its own clock: prompts and head init excluded)."""
     m = create_method(name, {"epochs": 0, "steps": steps})
-    t0 = time.perf_counter()
-    m.fit(x, y, FitContext(backbone, 5, seed=0))
-    return time.perf_counter() - t0
+    return float(m.fit(x, y, FitContext(backbone, 5, seed=0)).info()["train"]["seconds"])
 
 
 def _prompt_seconds(backbone, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -64,6 +64,9 @@ def measure(backbone, shots: int, steps: int, repeats: int) -> dict[str, float]:
     x = torch.randn(5 * shots, 3, crop, crop, generator=g)
     y = torch.arange(5).repeat(shots)
     out: dict[str, list[float]] = {"prompts_s": [], "lora_step_s": [], "lora+fort_step_s": []}
+    _prompt_seconds(backbone, x, y)  # warm-up: the first passes allocate and pick kernels (several x slower)
+    for name in ("lora", "lora+fort"):
+        _fit_seconds(backbone, name, x, y, 1 + steps)
     for _ in range(repeats):
         out["prompts_s"].append(_prompt_seconds(backbone, x, y))
         for name in ("lora", "lora+fort"):
