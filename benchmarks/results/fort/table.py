@@ -3,6 +3,7 @@
 Run from the checkout root after run.sh (and diagnose.sh, if its folders exist)::
 
     python benchmarks/results/fort/table.py > benchmarks/results/fort/summary.md
+    python benchmarks/results/fort/table.py --readme README.md   # the README's FORT tables
 
 Accuracy and last-layer [CLS] attention mass on the query targets, each with a 95% CI; paired
 differences (FORT - plain) with 95% CIs over episodes; prompt mass on the support targets against
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from focusshot.evaluation.metrics import paired_difference
@@ -56,13 +58,15 @@ def _pair(rows: list[dict], a: str, b: str, key: str) -> str:
 def table(shots: int) -> str:
     rows = _rows(HERE / f"world_clutter_5w{shots}s")
     have = {r["method"] for r in rows}
-    for m in ("lora", "ft", "ssf"):  # the stored tuning run of the same episodes fills in
+    done = {r["episode"] for r in rows}
+    for m in ("lora", "ft", "ssf"):  # the stored tuning run of the same episodes fills in (those done)
         if m not in have:
-            rows += [r for r in _rows(TUNING / f"world_clutter_5w{shots}s") if r["method"] == m]
+            stored = _rows(TUNING / f"world_clutter_5w{shots}s")
+            rows += [r for r in stored if r["method"] == m and r["episode"] in done]
     for diag in ("box", "alpha5", "box_alpha5", "box_lr10x", "plain_lr10x", "box_cls_lr10x"):
         rows += _rows(HERE / f"diag_5w{shots}s_{diag}", f" ({diag.replace('_', ', ')})")
     lines = [
-        f"### 5-way {shots}-shot, world-clip on world:clutter (100 episodes, seed 0)",
+        f"### 5-way {shots}-shot, world-clip on world:clutter ({len(done)} of the 100 episodes, seed 0)",
         "",
         "| method | accuracy | vs plain (paired) | [CLS] on target | vs plain (paired) "
         "| prompt mass on target | chance | s/episode | episodes |",
@@ -94,5 +98,17 @@ def table(shots: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main() -> None:
+    text = "\n".join(table(k) for k in (1, 5))
+    if len(sys.argv) == 3 and sys.argv[1] == "--readme":  # splice between the README's markers
+        readme = Path(sys.argv[2])
+        start, end = "<!-- fort-table:start -->\n", "<!-- fort-table:end -->"
+        old = readme.read_text()
+        head, rest = old.split(start, 1)
+        readme.write_text(head + start + text.replace("### ", "#### ") + rest[rest.index(end) :])
+    else:
+        print(text)
+
+
 if __name__ == "__main__":
-    print("\n".join(table(k) for k in (1, 5)))
+    main()
