@@ -63,7 +63,7 @@ def table(shots: int) -> str:
         if m not in have:
             stored = _rows(TUNING / f"world_clutter_5w{shots}s")
             rows += [r for r in stored if r["method"] == m and r["episode"] in done]
-    for diag in ("box", "alpha5", "box_alpha5", "box_lr10x", "plain_lr10x", "box_cls_lr10x"):
+    for diag in ("box", "alpha5", "box_alpha5", "box_lr10x", "plain_lr10x", "box_cls_lr10x", "lamb100"):
         rows += _rows(HERE / f"diag_5w{shots}s_{diag}", f" ({diag.replace('_', ', ')})")
     lines = [
         f"### 5-way {shots}-shot, world-clip on world:clutter ({len(done)} of the 100 episodes, seed 0)",
