@@ -209,3 +209,17 @@ def test_box_prompts_cover_the_box_and_come_from_the_runner(tmp_path, monkeypatc
     )  # fmt: skip
     (row,) = out.rows
     assert row["prompt_target_mass"] > 2 * row["prompt_chance"]
+
+
+def test_cli_runs_every_fort_recipe_on_a_tiny_clip(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    out = tmp_path / "run"
+    args = ["evaluate", "--backbone", "tiny-clip-vit", "--data", "world:clutter?per_class=3&image_size=32"]
+    args += ["--method", "fort", "--ways", "2", "--shots", "1", "--queries", "1", "--episodes", "1"]
+    args += ["--output", str(out), "--quiet"]
+    for m in FORTS:
+        args += ["--set", f"{m}.epochs=1"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in rows) == sorted(FORTS)
+    assert all(r["train_steps"] == 1 and 0.0 <= r["prompt_target_mass"] <= 1.0 for r in rows)
