@@ -119,3 +119,14 @@ def test_tip_adapter_f_fits_under_inference_mode(clustered) -> None:
     with torch.inference_mode():
         inside = head.fit(xs.clone(), ys.clone())
     torch.testing.assert_close(inside.logits(xq), plain.logits(xq))
+
+
+def test_tip_adapter_with_alpha_zero_is_zero_shot(clustered) -> None:
+    text = text_embeddings(4, 2, 12, seed=3)
+    xs, ys, xq, _ = clustered(4, 2, 12, seed=4, n_query=5)
+    tip = create_head("tip_adapter", text_embeddings=text, alpha=0.0, beta=3.0).fit(xs, ys)
+    zero = create_head("zeroshot", text_embeddings=text, scale=100.0).fit(xs, ys)
+    torch.testing.assert_close(tip.logits(xq), zero.logits(xq))
+    # a non-zero alpha does move the logits (the check above could not pass by accident)
+    other = create_head("tip_adapter", text_embeddings=text, alpha=1.0, beta=3.0).fit(xs, ys)
+    assert not torch.allclose(other.logits(xq), zero.logits(xq))
