@@ -108,3 +108,26 @@ def test_prompt_count_is_the_grid_side_unless_given() -> None:
             RolloutSettings(*bad)
     with pytest.raises(ValueError, match="sign"):
         RolloutSettings(sign="up")
+
+
+def test_importance_is_the_same_in_any_chunking_and_training_only_recordings_skip_no_grad() -> None:
+    import focusshot
+    from focusshot.attention.grad_rollout import grad_rollout_importance, tail_layers
+    from focusshot.attention.record import record
+
+    clip = focusshot.create_backbone("tiny-clip-vit", seed=0).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, clip.preprocess.crop, clip.preprocess.crop, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    head = torch.nn.Linear(clip.num_features, 3)
+    grid = clip.grid_size(clip.preprocess.crop)
+    args = (clip, clip.forward_features, head, x, y, tail_layers(clip, None), 1, grid[0] * grid[1])
+    whole, term = grad_rollout_importance(*args, chunk=16)
+    parts, term2 = grad_rollout_importance(*args, chunk=2)
+    assert torch.allclose(whole, parts, atol=1e-6) and torch.allclose(term, term2, atol=1e-6)
+    with record(clip, "logits", layers=[-1], grad=True, training_only=True) as rec:
+        with torch.no_grad():
+            clip.forward_features(x)  # a validation pass: nothing kept
+        assert rec.calls("logits") == []
+        clip.forward_features(x)
+        assert rec.take("logits").shape[0] == 5

@@ -62,6 +62,7 @@ def test_prompts_are_a_distribution_over_the_top_patches_and_fits_reload(clip, n
     assert ((q > 0).sum(1) <= top).all()
     again = fitted_from_state(fitted.state_dict(), fitted.config(), clip)
     assert torch.allclose(again.logits(p), fitted.logits(p), atol=1e-6)
+    assert torch.equal(again.prompts, q)
 
 
 def _prompt_mass(model, prefix_fn, q) -> float:

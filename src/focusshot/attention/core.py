@@ -38,18 +38,21 @@ class AttentionTap:
     layout: str = "global"
     kinds: frozenset[str] = frozenset()
     keep_grad: bool = False
+    #: capture only forwards run with gradients enabled (validation passes inside a training
+    #: recording then take the fused path and keep nothing)
+    training_only: bool = False
     store: dict[str, list[Tensor]] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
-        return bool(self.kinds)
+        return bool(self.kinds) and not (self.training_only and not torch.is_grad_enabled())
 
     def wants(self, kind: str) -> bool:
         return kind in self.kinds
 
     def put(self, kind: str, value: Tensor) -> None:
         """Keep ``value`` if ``kind`` is being recorded (with its graph when gradients are asked)."""
-        if kind not in self.kinds:
+        if kind not in self.kinds or not self.active:
             return
         if self.keep_grad:
             if value.requires_grad:

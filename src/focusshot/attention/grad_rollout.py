@@ -230,9 +230,9 @@ def grad_rollout_importance(
     """
     s, p = int(num_prefix_tokens), int(num_patches)
     total = len(inputs)
-    grads, refs, probs = [], [], []
+    imps, terms = [], []
     with torch.inference_mode(False), torch.enable_grad():
-        for i in range(0, total, chunk):
+        for i in range(0, total, chunk):  # every step after the backward is per image: chunking is exact
             x = inputs[i : i + chunk].detach().clone().requires_grad_(True)
             y = labels[i : i + chunk]
             with record(model, "probs", "block_in", layers=list(layers), grad=True) as rec:
@@ -242,14 +242,19 @@ def grad_rollout_importance(
                 chosen = out.gather(1, y.to(out.device).long().unsqueeze(1)).sum() / total
                 block_in = rec.get("block_in", layers[-1])
                 (g,) = torch.autograd.grad(chosen, block_in)
-                tokens = block_in.detach()[:, s : s + p]
-                grads.append(g.detach()[:, s : s + p].float().cpu())
-                refs.append((g.detach()[:, s : s + p] * tokens).sum(-1).float().cpu())
-                probs.append([rec.get("probs", layer).detach().float().cpu() for layer in layers])
-    grad = torch.cat(grads)
-    term = first_component(grad, settings.sign, torch.cat(refs))
-    per_layer = [torch.cat([chunk_probs[j] for chunk_probs in probs]) for j in range(len(layers))]
-    imp = fused_rollout(per_layer, term, s, settings.head_fusion, settings.row_keep, settings.lamb)
+                g = g.detach()[:, s : s + p].float()
+                ref = (g * block_in.detach()[:, s : s + p].float()).sum(-1)
+                term = first_component(g.cpu(), settings.sign, ref.cpu())
+                # heads reduced and prefix tokens dropped here, so only (b, P, P) per layer is kept
+                fused = []
+                for layer in layers:
+                    a = rec.get("probs", layer).detach()[:, :, s : s + p, s : s + p].float().cpu()
+                    fused.append(
+                        a.amin(dim=1, keepdim=True) if settings.head_fusion == "min" else a.mean(1, True)
+                    )
+            imps.append(fused_rollout(fused, term, 0, "mean", settings.row_keep, settings.lamb))
+            terms.append(term)
+    imp, term = torch.cat(imps), torch.cat(terms)
     return imp, term
 
 

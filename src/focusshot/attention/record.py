@@ -116,6 +116,7 @@ def record(
     *kinds: str,
     layers: Sequence[int] | None = None,
     grad: bool = False,
+    training_only: bool = False,
 ) -> Iterator[Recording]:
     """Record ``kinds`` (see :data:`TAP_KINDS`) at ``layers`` of ``model`` while the context is open.
 
@@ -126,6 +127,8 @@ def record(
             all layers when ``None``.
         grad: keep the graph of recorded tensors so that losses can use them and
             :meth:`Recording.grad` returns their gradients.
+        training_only: capture only forward passes run with gradients enabled; passes under
+            ``no_grad`` (validation inside a training loop) keep the fused path and store nothing.
     """
     if not kinds:
         raise ValueError(f"record() needs at least one kind out of {sorted(TAP_KINDS)}")
@@ -145,7 +148,7 @@ def record(
             raise ValueError(f"layer {i} out of range for a model with {total} attention layers")
     normalised = sorted({i % total for i in chosen})
     picked = [modules[i] for i in normalised]
-    if any(m.tap.active for m in picked):
+    if any(m.tap.kinds for m in picked):
         raise RecordingError(
             "a recording is already open on these layers; nested recordings are not supported"
         )
@@ -153,6 +156,7 @@ def record(
     for m in picked:
         m.tap.kinds = frozenset(kinds)
         m.tap.keep_grad = grad
+        m.tap.training_only = training_only
     ok = False
     try:
         yield rec
@@ -161,6 +165,7 @@ def record(
         for m in picked:
             m.tap.kinds = frozenset()
             m.tap.keep_grad = False
+            m.tap.training_only = False
             m.tap.store = {}
     if ok:
         missing = [

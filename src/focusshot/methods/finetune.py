@@ -187,6 +187,8 @@ class AdaptedFitted(Fitted):
         state = {f"tail.{k}": v.detach().cpu().contiguous() for k, v in trainable_state(self.tail).items()}
         state["head.weight"] = self.head.weight.detach().cpu().contiguous()
         state["head.bias"] = self.head.bias.detach().cpu().contiguous()
+        if self.prompts is not None:  # FORT's support prompts (S, P): kept for inspection
+            state["prompts"] = self.prompts.detach().cpu().float().contiguous()
         return state
 
     def config(self) -> dict[str, Any]:
@@ -359,7 +361,9 @@ class FinetuneMethod(Method):
         with torch.no_grad():
             head.weight.copy_(w)
             head.bias.copy_(b)
-        return AdaptedFitted(cls.name, tail, head, config, {})
+        fitted = AdaptedFitted(cls.name, tail, head, config, {})
+        fitted.prompts = state.get("prompts")
+        return fitted
 
 
 def options_with(options_cls: type, **defaults: Any) -> type:

@@ -10,20 +10,18 @@ code ``Haoqing-Wang/FORT``). Per episode, before training:
    *position prompts* ``q`` (summing to ``top``);
 
 and during training the loss is ``CE(W f / T, y) + alpha * CE_soft(A / tau, q)`` where ``A`` is
-the last layer's attention *logits* over the patch columns, averaged over heads, for every query
-row (code: all ``N`` rows; ``rows=cls`` keeps only [CLS]'s, the paper's text), and ``CE_soft`` is
-the cross-entropy to the many-hot target, averaged over rows and images. No parameter is added.
+the last layer's attention *logits* over the patch columns, averaged over heads, for the [CLS]
+and patch rows (the code's; registers and VPT prompts left out; ``rows=cls`` keeps [CLS]'s only,
+the paper's text), and ``CE_soft`` is the cross-entropy to the many-hot target, averaged over rows
+and images. No parameter is added.
 
 Defaults are the official README's DINO ViT-B/16 commands: ``ft+fort`` alpha 3e-2, ``ssf+fort``
 1e-1, ``lora+fort`` 5e-1, all tau 1, ``top`` = the grid side (P = 14 on 14x14), lamb 1; the
 recipes' own defaults (lr, epochs, temperature) are those of :mod:`focusshot.methods.tuning`.
-``vpt+fort`` has no official setting (the code's VPT has no FORT loss): alpha 1e-1 is ours.
-The option is ``fort_alpha`` (``alpha`` is LoRA's scaling). ``fort_alpha = 0`` skips the prompts
-and the recording: training is then exactly the plain recipe's.
-``prompts=box`` replaces Grad-Rollout with the data's boxes (every covered patch, weighted by the
-covered fraction, total mass P): an oracle for diagnosis, or for users who have support boxes.
-Swin (windowed attention, no global [CLS] row) is refused: the paper's pyramidal variant is not
-implemented here.
+``vpt+fort``'s alpha 1e-1 is ours (no official setting). ``fort_alpha`` (``alpha`` is LoRA's)
+= 0 skips prompts and recording: exactly the plain recipe. ``prompts=box``: the data's boxes
+(covered patches weighted by coverage, mass P) replace Grad-Rollout, an oracle or user prompts.
+Swin (no global [CLS] row) is refused: the paper's pyramidal variant is not implemented.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from focusshot.attention.grad_rollout import (
@@ -135,28 +134,30 @@ class FORTMixin:
         else:
             was = tail.training
             tail.eval()
-            imp, _ = grad_rollout_importance(
-                b,
-                lambda x: tail(x.to(device)),
-                lambda f: head(f) * head.temperature,  # the score before the temperature, as the code
-                inputs,
-                labels,
-                layers,
-                s,
-                p,
-                RolloutSettings(o.variant, o.lamb, o.sign),
-            )
-            tail.train(was)
+            try:
+                imp, _ = grad_rollout_importance(
+                    b,
+                    lambda x: tail(x.to(device)),
+                    lambda f: head(f) * head.temperature,  # the score before the temperature, as the code
+                    inputs,
+                    labels,
+                    layers,
+                    s,
+                    p,
+                    RolloutSettings(o.variant, o.lamb, o.sign),
+                )
+            finally:
+                tail.train(was)
             prompts = position_prompts(imp, top)
         self._prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
         target = prompts.to(device)
         last = layers[-1]
-        with record(b, "logits", layers=[last], grad=True) as rec:
+        with record(b, "logits", layers=[last], grad=True, training_only=True) as rec:
 
             def loss(x: Tensor, y: Tensor, logits: Tensor, idx: Tensor) -> Tensor:
                 att = rec.take("logits", last)[..., s : s + p].float().mean(dim=1)  # (B, N, P)
-                if o.rows == "cls":
-                    att = att[:, :1]
+                # the code's "all rows" are [CLS] and the patches (no registers or VPT prompts)
+                att = att[:, :1] if o.rows == "cls" else torch.cat([att[:, :1], att[:, s : s + p]], 1)
                 q = target[idx.to(device)].unsqueeze(1).expand_as(att)
                 return o.fort_alpha * -(q * (att / o.tau).log_softmax(dim=-1)).sum(dim=-1).mean()
 
