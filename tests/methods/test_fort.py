@@ -13,7 +13,7 @@ from focusshot.backbones.prefix import compute_prefix
 from focusshot.backbones.vit import VisionTransformer, ViTConfig
 from focusshot.cli import main
 from focusshot.methods.base import FitContext, create_method, fitted_from_state
-from tests.methods.helpers import class_folders
+from tests.methods.helpers import class_folders, random_support
 
 FORTS = ("ft+fort", "lora+fort", "ssf+fort", "vpt+fort")
 
@@ -23,11 +23,7 @@ def clip():
     return focusshot.create_backbone("tiny-clip-vit", seed=0).eval()
 
 
-def _support(clip, n_per_class: int = 2, classes: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    crop = clip.preprocess.crop
-    x = torch.randn(n_per_class * classes, 3, crop, crop, generator=g)
-    return x, torch.arange(classes).repeat(n_per_class)
+_support = random_support
 
 
 def _fit(clip, name, options, x, y, seed=0):

@@ -9,6 +9,7 @@ from focusshot.adapters.base import AdapterError
 from focusshot.backbones.prefix import Prefix, compute_prefix
 from focusshot.methods.base import FitContext, create_method, fitted_from_state
 from focusshot.methods.finetune import Tail
+from tests.methods.helpers import random_support
 
 TUNERS = ("ft", "last_block", "lora", "ssf", "vpt")
 FAST = {"epochs": 2}
@@ -19,12 +20,7 @@ def clip():
     return focusshot.create_backbone("tiny-clip-vit", seed=0).eval()
 
 
-def _support(clip, n_per_class: int = 2, classes: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    crop = clip.preprocess.crop
-    x = torch.randn(n_per_class * classes, 3, crop, crop, generator=g)
-    y = torch.arange(classes).repeat(n_per_class)
-    return x, y
+_support = random_support
 
 
 def _prefix(clip, method, images):
