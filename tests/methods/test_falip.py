@@ -231,3 +231,16 @@ def test_api_fit_predict_and_the_all_group(tmp_path, world) -> None:
     boxed = focusshot.fit(world, "tiny-clip-vit", "falip", cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="needs a region per image"):
         boxed.predict(world.paths[:1])
+
+
+def test_episodic_rows_measure_cls_attention_under_the_foveal_bias(tmp_path, world) -> None:
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=2, episodes=2, seed=0)
+    mass = {}
+    for alpha in (0.0, 50.0):
+        opts = {"falip": {"alpha": alpha, "layers": 2}}
+        out = run_episodic(clip, world, ["falip"], cfg, tmp_path / f"a{alpha}", cache, method_options=opts)
+        assert all(0.0 <= r["cls_target_mass"] <= 1.0 for r in out.rows)
+        mass[alpha] = sum(r["cls_target_mass"] for r in out.rows) / len(out.rows)
+    assert mass[50.0] > mass[0.0] + 0.05  # the bias pulls [CLS] onto the box, so onto the target

@@ -43,7 +43,9 @@ class QueryAttention:
         masks = target_masks(data)
         return None if masks is None else cls(backbone, masks)
 
-    def measure(self, fitted: Fitted, query: Tensor, indices: Sequence[int]) -> dict[str, Any]:
+    def measure(
+        self, fitted: Fitted, query: Tensor, indices: Sequence[int], regions: Tensor | None = None
+    ) -> dict[str, Any]:
         """``{"cls_target_mass": mean over queries}`` of the fitted model's last-layer [CLS] row.
 
         Args:
@@ -56,7 +58,7 @@ class QueryAttention:
             return {}
         b = self.backbone
         with record(model, "probs", layers=[-1]) as rec:
-            fitted.logits(query)
+            fitted.logits(query) if regions is None else fitted.logits(query, regions=regions)  # type: ignore[call-arg]
         probs = rec.get("probs", -1)
         crop = b.preprocess.crop
         masks = transform_masks([self.masks[i] for i in indices], b.preprocess)

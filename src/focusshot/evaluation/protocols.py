@@ -206,6 +206,13 @@ def _missing(m: Method, *parts: Tensor | None) -> dict[str, int]:
     return {"regions_missing": sum(int(torch.isnan(p).any(dim=1).sum()) for p in parts if p is not None)}
 
 
+def _watched(m: Method) -> bool:
+    """Whether a method's own [CLS] attention is measured on the queries: it adapted a model, or it
+    changes the attention with the data's boxes (FALIP's bias, drawn prompts; the automatic region
+    records attention itself and is left out)."""
+    return m.trains or (m.needs_regions and m.uses_boxes())
+
+
 def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
     """Fit one method: heads single-threaded (tiny problems), training with every thread."""
     if m.trains:
@@ -308,7 +315,8 @@ def run_episodic(
     feats = _prefix_features(cache, backbone, data, ms, progress)
     text = _text(backbone, ms, data.class_names)
     regions = _regions(backbone, data, ms)
-    looker = QueryAttention.create(backbone, data) if attention and any(m.trains for m in ms) else None
+    watched = any(_watched(m) for m in ms)
+    looker = QueryAttention.create(backbone, data) if attention and watched else None
     bar = _bar(progress, len(sampler), "episodes")
     new = 0
     examples: dict[str, Any] = {}
@@ -351,8 +359,8 @@ def run_episodic(
             }
             row.update(_fit_facts(m, fitted, episodic=True))
             row.update(_missing(m, ctx.regions, q_regions))
-            if looker is not None and m.trains:
-                row.update(looker.measure(fitted, feats[m.name][qry], ep.query))
+            if looker is not None and _watched(m):
+                row.update(looker.measure(fitted, feats[m.name][qry], ep.query, q_regions))
                 row.update(looker.measure_prompts(fitted, ep.support))
             log.append(row)
         new += bool(todo)

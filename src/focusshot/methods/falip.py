@@ -366,6 +366,11 @@ class _RegionHeadFitted(Fitted):
     def state_dict(self) -> dict[str, Tensor]:
         return self.head.state_dict()
 
+    def attention_model(self) -> nn.Module | None:
+        """The backbone, whose attention under this method's region (bias or drawn prompt) is recorded
+        while :meth:`logits` runs."""
+        return getattr(self, "backbone", None)
+
 
 class FalipFitted(_RegionHeadFitted):
     """A fitted ``falip``/``falip_tip``: ``logits(tokens (M, N, C), regions (M, 4)) -> (M, C)``."""
