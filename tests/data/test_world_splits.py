@@ -200,3 +200,16 @@ def test_split_protocol_runs_on_a_world_suite_and_selects_on_val(cache: Path, tm
         figures=False,
     )
     assert len(ep.rows) == 3
+
+
+def test_distractor_boxes_replace_the_target_boxes_only(cache: Path) -> None:
+    spec = "world:clutter?per_class=3&image_size=32"
+    target, wrong = open_source(spec), open_source(spec + "&box=distractor")
+    assert isinstance(target, LabelledImages) and isinstance(wrong, LabelledImages)
+    assert wrong.paths == target.paths and wrong.labels == target.labels
+    assert wrong.boxes is not None and all(b is not None for b in wrong.boxes)  # clutter: 1-4 distractors
+    assert all(a != b for a, b in zip(target.boxes, wrong.boxes, strict=True))
+    split = _splits(spec + "&box=distractor&split=1")
+    assert split["test"].boxes == [wrong.boxes[wrong.paths.index(p)] for p in split["test"].paths]
+    with pytest.raises(ValueError, match="'box'"):
+        open_source(spec + "&box=other")

@@ -16,6 +16,7 @@ test (:func:`split_per_class`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -680,6 +681,26 @@ def _parse_split_option(value: str, spec: str) -> tuple[float, float, float] | N
     return _check_fractions(numbers, f"{spec}: option 'split'")
 
 
+def _distractor_boxes(data: LabelledImages) -> LabelledImages:
+    """The same images with each one's first distractor's box instead of the target's (``None``
+    where a scene has no distractor); the target masks stay the target's. For controls such as
+    FALIP with the wrong region."""
+    from focusshot.data.world import _MANIFEST
+
+    if not data.paths:
+        return data
+    root = Path(data.paths[0]).parents[2]
+    by_path: dict[str, tuple[float, float, float, float] | None] = {}
+    for line in (root / _MANIFEST).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            first = (row.get("distractors") or [None])[0]
+            by_path[str(root / row["path"])] = (
+                None if first is None else tuple(float(v) for v in first["box"])
+            )
+    return dataclasses.replace(data, boxes=[by_path[p] for p in data.paths])
+
+
 def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
     """Open a ``world:`` spec: the suite itself, or with ``split`` its train/val/test splits."""
     from focusshot.data.world import _OPTIONS as WORLD_OPTIONS
@@ -692,7 +713,7 @@ def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
         raise ValueError(
             f"{spec}: malformed options {query!r}; write world:<suite>?key=value&key=value"
         ) from None
-    valid = (*WORLD_OPTIONS, "split")
+    valid = (*WORLD_OPTIONS, "split", "box")
     unknown = [key for key, _ in pairs if key not in valid]
     if unknown:
         raise ValueError(f"{spec}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
@@ -700,7 +721,10 @@ def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
     if len(split_values) > 1:
         raise ValueError(f"{spec}: option 'split' is given {len(split_values)} times; give it once")
     fractions = _parse_split_option(split_values[0], spec) if split_values else None
-    rest = [(key, value) for key, value in pairs if key != "split"]
+    box_values = [value for key, value in pairs if key == "box"]
+    if len(box_values) > 1 or (box_values and box_values[0] not in ("target", "distractor")):
+        raise ValueError(f"{spec}: option 'box' is target (default) or distractor, given once")
+    rest = [(key, value) for key, value in pairs if key not in ("split", "box")]
     base = f"{name}?{urlencode(rest)}" if rest else name
     if fractions is not None:  # fail before generating a suite that cannot be split
         suite, options = parse_world_spec(base)
@@ -708,6 +732,8 @@ def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
         if per_class >= 1 and min(_split_counts(per_class, fractions)) < 1:
             raise ValueError(_too_few_message(spec, suite_classes(suite)[0].name, per_class, fractions))
     data = open_world(base)
+    if box_values and box_values[0] == "distractor":
+        data = _distractor_boxes(data)
     if fractions is None:
         return data
     return split_per_class(data, fractions, where=spec)
@@ -734,7 +760,8 @@ def open_source(
       (or with ``split=0``, ``no``, ``false``) it is one :class:`LabelledImages` with
       ``split=None``. With ``split=1`` (or ``yes``, ``true``) it is a dict ``{"train", "val",
       "test"}`` holding 0.5/0.2/0.3 of each class's images (:data:`WORLD_SPLIT_FRACTIONS`);
-      ``split=0.6,0.2,0.2`` gives the fractions train, val, test (positive, summing to 1). The
+      ``split=0.6,0.2,0.2`` gives the fractions train, val, test (positive, summing to 1);
+      ``box=distractor`` gives every image its first distractor's box instead of the target's. The
       splits are cut from the same suite files (the cache folder does not depend on ``split``),
       class by class in scene-index order, with no shuffling: scenes are independent random
       draws, so the cut is deterministic and needs no seed (:func:`split_per_class`). Every
