@@ -8,3 +8,9 @@ common=(--backbone world-clip --data "world:clutter?per_class=60&split=1" --ways
 focusshot evaluate "${common[@]}" --method zeroshot,falip,red_circle,blur_box --output $out/cls_mass_prompts > /dev/null
 focusshot evaluate "${common[@]}" --method zeroshot,falip --set falip.alpha=100 --set falip.layers=3 \
   --output $out/cls_mass_a100_k3 > /dev/null
+# the wrong region: each image's first distractor's box (the target masks stay the target's)
+wrong=(--backbone world-clip --data "world:clutter?per_class=60&split=1&box=distractor" --ways 5 --shots 1
+       --queries 10 --episodes 100 --seed 0 --quiet --split test)
+focusshot evaluate "${wrong[@]}" --method zeroshot,falip --output $out/distractor_a0.2_k4 > /dev/null
+focusshot evaluate "${wrong[@]}" --method zeroshot,falip --set falip.alpha=100 --set falip.layers=3 \
+  --output $out/distractor_a100_k3 > /dev/null
