@@ -129,8 +129,7 @@ class FORTMixin:
             if ctx.regions is None or len(ctx.regions) != len(inputs):
                 raise ValueError(f"method {self.name!r} with prompts='box' needs a box per support image")
             cover = box_coverage(ctx.regions, grid)
-            prompts = position_prompts(cover, max(1, int((cover > 0).sum(dim=1).max())))
-            prompts = prompts / prompts.sum(dim=1, keepdim=True) * top
+            prompts = cover / cover.sum(dim=1, keepdim=True).clamp_min(1e-12) * top
         else:
             was = tail.training
             tail.eval()
