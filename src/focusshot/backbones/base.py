@@ -137,7 +137,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         return 0
 
     def token_width(self) -> int:
-        """Width ``C`` of the tokens :meth:`embed_tokens` and :meth:`forward_blocks` exchange."""
+        """Width ``C`` of the tokens :meth:`embed_tokens` and :meth:`forward_blocks` exchange (a
+        backbone without blocks whose ``forward_tokens`` gives one sequence: that sequence's width)."""
         raise TokenPathError(self._no_token_path())
 
     def embed_tokens(self, x: Tensor) -> Tensor:

@@ -200,6 +200,11 @@ class ModifiedResNet(Backbone):
         """The pool's attention: the only attention layer of the tower."""
         return [self.attnpool.attn]
 
+    def token_width(self) -> int:
+        """Width of the tokens entering the attention pool (``32 * width``); no blocks run on them
+        (``token_blocks() == 0``), they are what ``forward_head`` pools (the ``head_in`` prefix)."""
+        return 32 * self.cfg.width
+
     def stem(self, x: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> ``(B, width, H/4, W/4)``."""
         x = self.act(self.bn1(self.conv1(x)))

@@ -16,6 +16,10 @@ tokens     tokens entering block ``layer`` of the token   ``(T, C)``
            ``k`` blocks; ``L``: the last block's output)
 head_out   per-head outputs of the [CLS] row of attention ``(len(layers), H, D)``
            ``layers`` (before the output projection; SAV)
+head_in    what ``forward_head`` takes (``forward_tokens``' ``(1 + rows * cols, C)``
+           output): on a ViT the same as ``tokens`` at
+           ``L``; on CLIP's ResNet the tokens entering the
+           attention pool (SAFE tunes the pool from them)
 pooled     ``forward_features`` (CLIP: projected)          ``(num_features,)``
 ========== ============================================== =================================
 """
@@ -33,7 +37,7 @@ from focusshot.backbones.base import Backbone
 
 __all__ = ["PREFIX_KINDS", "Prefix", "compute_prefix", "expected_shape"]
 
-PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out", "images")
+PREFIX_KINDS: tuple[str, ...] = ("pooled", "tokens", "head_out", "images", "head_in")
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,12 @@ class Prefix:
     """Which frozen prefix of a backbone to compute (and cache).
 
     Attributes:
-        kind: ``"pooled"``, ``"tokens"``, ``"head_out"`` or ``"images"`` (module docstring).
+        kind: ``"pooled"``, ``"tokens"``, ``"head_out"``, ``"images"`` or ``"head_in"`` (module
+            docstring).
             For ``tokens`` a negative ``layer`` counts from the end (``-k`` is ``L - k``), ``0``
             is the embedding output and ``L`` the last block's output (un-normed, what
             ``forward_head`` takes). ``head_out`` layers are a tuple (negatives from the end).
-        layer: ``None`` for pooled and images, an int for tokens, a tuple of distinct ints for
+        layer: ``None`` for pooled, images and head_in, an int for tokens, a tuple of distinct ints for
             head_out.
         view: ``0`` for the evaluation view of the image; ``v >= 1`` for the ``v``-th seeded
             augmented view (random resized crop + flip,
@@ -68,7 +73,7 @@ class Prefix:
             raise ValueError(f"view must be an int >= 0, got {self.view!r}")
         if self.kind not in PREFIX_KINDS:
             raise ValueError(f"unknown prefix kind {self.kind!r}; valid: {list(PREFIX_KINDS)}")
-        if self.kind in ("pooled", "images"):
+        if self.kind in ("pooled", "images", "head_in"):
             if self.layer is not None:
                 raise ValueError(f"a {self.kind} prefix takes no layer, got {self.layer!r}")
         elif self.kind == "tokens":
@@ -98,6 +103,11 @@ class Prefix:
         return cls("images")
 
     @classmethod
+    def head_in(cls) -> Prefix:
+        """The tokens ``forward_head`` pools (a ViT's last-block output; CLIP-ResNet's pool input)."""
+        return cls("head_in")
+
+    @classmethod
     def tokens(cls, layer: int) -> Prefix:
         """Tokens entering block ``layer`` (``-k``: ``L - k``), ``(T, C)`` per image."""
         return cls("tokens", layer)
@@ -110,7 +120,7 @@ class Prefix:
     def key(self) -> str:
         """This prefix in cache keys: ``"pooled"``, ``"images"``, ``"tokens:10"``, ``"head_out:9,10"``,
         with ``"@view3/seed0"`` appended for augmented views."""
-        if self.kind in ("pooled", "images"):
+        if self.kind in ("pooled", "images", "head_in"):
             base = self.kind
         elif self.kind == "tokens":
             base = f"tokens:{self.layer}"
@@ -127,6 +137,8 @@ class Prefix:
         """
         if self.kind in ("pooled", "images"):
             return self
+        if self.kind == "head_in":
+            return _resolve_head_in(self, backbone)
         if self.kind == "tokens":
             depth = backbone.token_blocks() if isinstance(backbone, Backbone) else 0
             if depth == 0:
@@ -156,6 +168,24 @@ class Prefix:
         return Prefix("head_out", layers, self.view, self.augment_seed)
 
 
+def _resolve_head_in(prefix: Prefix, backbone: nn.Module) -> Prefix:
+    """``head_in`` on a ViT token path is ``tokens`` at ``L`` (one cache entry for both); a backbone
+    without blocks keeps ``head_in`` if its ``forward_tokens`` output has a width (CLIP-ResNet)."""
+    if not isinstance(backbone, Backbone):
+        raise ValueError(f"{type(backbone).__name__} is not a focusshot Backbone")
+    depth = backbone.token_blocks()
+    if depth:
+        return Prefix("tokens", depth, prefix.view, prefix.augment_seed)
+    try:
+        backbone.token_width()
+    except ValueError as exc:
+        raise ValueError(
+            f"{type(backbone).__name__} ({backbone.identity.name}) has no single token sequence "
+            f"entering its pooling head to cache: {exc}"
+        ) from exc
+    return prefix
+
+
 def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
     """Per-image shape of ``prefix`` (resolved) on ``backbone`` at its preprocessing's crop size.
 
@@ -167,7 +197,7 @@ def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
     crop = int(backbone.preprocess.crop)
     if prefix.kind == "images":
         return (3, crop, crop)
-    if prefix.kind == "tokens":
+    if prefix.kind in ("tokens", "head_in"):
         rows, cols = backbone.grid_size(crop)
         return (int(backbone.num_prefix_tokens) + rows * cols, int(backbone.token_width()))
     modules = attention_modules(backbone)
@@ -190,6 +220,8 @@ def compute_prefix(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
         return x
     if prefix.kind == "pooled":
         return backbone.forward_features(x)
+    if prefix.kind == "head_in":
+        return backbone.forward_tokens(x)
     if prefix.kind == "tokens":
         return backbone.forward_blocks(backbone.embed_tokens(x), 0, prefix.layer)  # type: ignore[arg-type]
     layers = list(prefix.layer)  # type: ignore[arg-type]

@@ -200,6 +200,7 @@ def _load_all() -> None:
     import focusshot.methods.falip
     import focusshot.methods.feature_heads
     import focusshot.methods.fort
+    import focusshot.methods.safe
     import focusshot.methods.sav
     import focusshot.methods.tuning  # noqa: F401
 

@@ -101,17 +101,17 @@ def image_tower(model: nn.Module) -> nn.Module:
 def frozen_copy(backbone: Backbone) -> Backbone:
     """A structural copy of ``backbone`` whose parameters are frozen views of the same storage.
 
-    Buffers are copied; the text tower of a CLIP is shared, not copied (nothing here tunes it).
-    Nothing done to the copy's parameter *objects* reaches ``backbone``; writing into their
+    Buffers are copied; so is the text tower of a CLIP, the same way (frozen parameters over the
+    same storage), so a fit's trainable state never holds it. Nothing done to the copy's parameter *objects* reaches ``backbone``; writing into their
     storage in place would, so recipes give what they train storage of its own
     (:func:`own_storage`).
     """
     memo: dict[int, Any] = {}
     for p in backbone.parameters():
         memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False)
-    text = getattr(backbone, "text", None)
-    if isinstance(text, nn.Module):
-        memo[id(text)] = text
+    tokenizer = getattr(backbone, "tokenizer", None)
+    if tokenizer is not None:  # read-only vocabulary tables: shared
+        memo[id(tokenizer)] = tokenizer
     return copy.deepcopy(backbone, memo)
 
 
