@@ -102,9 +102,9 @@ def frozen_copy(backbone: Backbone) -> Backbone:
     """A structural copy of ``backbone`` whose parameters are frozen views of the same storage.
 
     Buffers are copied; so is the text tower of a CLIP, the same way (frozen parameters over the
-    same storage), so a fit's trainable state never holds it. Nothing done to the copy's parameter *objects* reaches ``backbone``; writing into their
-    storage in place would, so recipes give what they train storage of its own
-    (:func:`own_storage`).
+    same storage), so a fit's trainable state never holds it; the tokenizer is shared. Nothing
+    done to the copy's parameter *objects* reaches ``backbone``; writing into their storage in
+    place would, so recipes give what they train storage of its own (:func:`own_storage`).
     """
     memo: dict[int, Any] = {}
     for p in backbone.parameters():
