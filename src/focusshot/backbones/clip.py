@@ -62,20 +62,32 @@ class TextTransformer(nn.Module):
 
     def forward_tokens(self, ids: Tensor) -> Tensor:
         """Token ids ``(B, L)`` -> contextual tokens ``(B, L, W)`` (after ``ln_final``)."""
-        length = ids.shape[1]
+        return self.encode_embeddings(self.token_embedding(ids))
+
+    def encode_embeddings(self, x: Tensor) -> Tensor:
+        """Token embeddings ``(B, L, W)`` (before positions) -> contextual tokens ``(B, L, W)``.
+
+        The entry point for learned prompt vectors (CoOp): replace rows of
+        ``token_embedding(ids)`` and run the causal transformer. The mask is causal, so the
+        tokens up to the end-of-text token do not depend on anything after it: ``L`` may be cut
+        to the longest prompt without changing the result.
+        """
+        length = x.shape[1]
         if length > self.cfg.context_length:
             raise ValueError(f"{length} tokens exceed the context length {self.cfg.context_length}")
-        x = self.token_embedding(ids) + self.pos_embed[:length]
-        causal = torch.full((length, length), float("-inf"), device=ids.device, dtype=x.dtype).triu(1)
+        x = x + self.pos_embed[:length]
+        causal = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
         for blk in self.blocks:
             x = blk(x, causal)
         return self.norm(x)
 
+    def pool(self, tokens: Tensor, eot: Tensor) -> Tensor:
+        """Contextual tokens ``(B, L, W)`` and end-of-text positions ``(B,)`` -> ``(B, proj_dim)``."""
+        return self.proj(tokens[torch.arange(tokens.shape[0], device=tokens.device), eot])
+
     def forward(self, ids: Tensor) -> Tensor:
         """Token ids ``(B, L)`` -> text embeddings ``(B, proj_dim)`` (not normalised)."""
-        x = self.forward_tokens(ids)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.eot_positions(ids)]
-        return self.proj(pooled)
+        return self.pool(self.forward_tokens(ids), self.eot_positions(ids))
 
 
 class CLIP(Backbone):
