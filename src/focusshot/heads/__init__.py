@@ -18,6 +18,7 @@ from focusshot.heads.base import (
 )
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.logistic import LogisticRegression
+from focusshot.heads.lp_pp import LPPlusPlus
 from focusshot.heads.metaoptnet import MetaOptNet
 from focusshot.heads.nearest_neighbour import NearestNeighbour, NearestNeighbourClassifier
 from focusshot.heads.protonet import ProtoNet, PrototypeClassifier
@@ -32,6 +33,7 @@ __all__ = [
     "FittedHead",
     "Head",
     "HeadInputError",
+    "LPPlusPlus",
     "LinearClassifier",
     "LogisticRegression",
     "MetaOptNet",

@@ -32,6 +32,7 @@ _TABLE: dict[str, tuple[str, bool, str]] = {
     "zeroshot": ("zeroshot", True, "zero-shot CLIP: class names x prompt templates"),
     "tip_adapter": ("tip_adapter", True, "Tip-Adapter: training-free cache model (Zhang et al., 2022)"),
     "tip_adapter_f": ("tip_adapter_f", True, "Tip-Adapter-F: the cache keys fine-tuned"),
+    "lp_pp": ("lp_pp", True, "LP++: linear probe blended with the text classifier (Huang et al., 2024)"),
 }
 
 _TEXT_FIELD = "text_embeddings"
