@@ -111,6 +111,34 @@ def test_split_protocol_selects_on_validation(tmp_path, backbone) -> None:
     assert rows[("protonet", 2)]["n"] == 2 and "accuracy_std" in rows[("protonet", 2)]
 
 
+def test_split_protocol_pairs_methods_over_test_images_and_runs_aliases(tmp_path, backbone) -> None:
+    splits = from_folder(
+        _write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test"))
+    )
+    out = run_split(
+        backbone,
+        splits,
+        ["protonet", "nearest_neighbour", "protonet@cos"],
+        SplitConfig(shots=(1, 2), seeds=(1, 2)),
+        tmp_path / "run",
+        FeatureCache(tmp_path / "cache"),
+        method_options={"protonet@cos": {"distance": "cosine"}},
+    )
+    alias = [r for r in out.rows if r["method"] == "protonet@cos"]
+    assert len(alias) == 4 and all(r["selected"]["distance"] == "cosine" for r in alias)
+    assert all(r["selected"]["distance"] == "euclidean" for r in out.rows if r["method"] == "protonet")
+    rows = {(r["method"], r["shots"], r["split_seed"]): r for r in out.rows}
+    for r in out.rows:  # per-image correctness agrees with the accuracy
+        assert len(r["correct"]) == 24 and r["correct"].count("1") / 24 == pytest.approx(r["accuracy"])
+    pair = next(p for p in out.paired if p["method"] == "nearest_neighbour" and p["shots"] == 2)
+    a = rows[("nearest_neighbour", 2, 1)]["correct"] + rows[("nearest_neighbour", 2, 2)]["correct"]
+    b = rows[("protonet", 2, 1)]["correct"] + rows[("protonet", 2, 2)]["correct"]
+    diff = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    assert pair["baseline"] == "protonet" and pair["images"] == 48 and pair["seeds"] == 2
+    assert pair["mean_difference"] == pytest.approx(sum(diff) / 48)
+    assert (tmp_path / "run" / "paired.md").exists()
+
+
 def test_zero_shot_needs_a_clip_backbone(tmp_path, pool, backbone) -> None:
     cache = FeatureCache(tmp_path / "cache")
     with pytest.raises(ValueError, match="no text tower"):

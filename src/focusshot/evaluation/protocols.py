@@ -33,7 +33,7 @@ from focusshot.evaluation.attention_metrics import attention_report, target_mask
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.method_attention import QueryAttention
 from focusshot.evaluation.metrics import accuracy, ece, nll
-from focusshot.evaluation.results import ResultLog, paired, summarise, versions, write_tables
+from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, versions, write_tables
 from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
 
@@ -512,6 +512,7 @@ def run_split(
                     "selected": _selected(fitted),
                     "selected_on": "val" if vals is not None else "defaults",
                     "test_images": len(test.paths),
+                    "correct": "".join("1" if c else "0" for c in (logits.argmax(-1) == y_test).tolist()),
                     "seconds": round(time.perf_counter() - t0, 4),
                 }
                 row.update(_fit_facts(m, fitted, episodic=False))
@@ -520,7 +521,10 @@ def run_split(
     summary = summarise(log.rows, ("method", "shots"), ("accuracy", "ece", "nll"), ci=False)
     write_tables(log.directory, summary)
     _write_timing(log.directory, log.rows, "run")
-    return RunOutcome(log.directory, log.rows, summary, [])
+    pairs = paired_split(log.rows, [m.name for m in ms])
+    if pairs:
+        write_tables(log.directory, pairs, "paired")
+    return RunOutcome(log.directory, log.rows, summary, pairs)
 
 
 def _selected(fitted: Fitted) -> dict[str, Any]:

@@ -160,6 +160,49 @@ def paired(rows: list[dict[str, Any]], methods: list[str], unit: str) -> list[di
     return out
 
 
+def paired_split(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Split protocol: every method against the first, per shot count, paired over test images.
+
+    Each row carries ``correct``, one ``0``/``1`` per test image in test order; the differences
+    of the shared split seeds are pooled, so the interval is over test images x seeds (it holds
+    the test sample's variation; the spread over training seeds is the summary's ``_std``).
+    """
+    if len(methods) < 2:
+        return []
+    base, out = methods[0], []
+    for k in sorted({r["shots"] for r in rows}):
+        by = {
+            m: {
+                r["split_seed"]: r["correct"]
+                for r in rows
+                if r["shots"] == k and r["method"] == m and "correct" in r
+            }
+            for m in methods
+        }
+        for m in methods[1:]:
+            seeds = sorted(set(by[m]) & set(by[base]))
+            if not seeds:
+                continue
+            a = [int(c) for s in seeds for c in by[m][s]]
+            b = [int(c) for s in seeds for c in by[base][s]]
+            res = paired_difference(a, b)
+            out.append(
+                {
+                    "method": m,
+                    "baseline": base,
+                    "shots": k,
+                    "mean_difference": res.mean,
+                    "ci95": res.half_width,
+                    "method_only": res.a_better,
+                    "baseline_only": res.b_better,
+                    "seeds": len(seeds),
+                    "images": res.episodes,
+                    "significant": res.significant,
+                }
+            )
+    return out
+
+
 def write_tables(directory: Path, summary: list[dict[str, Any]], name: str = "summary") -> tuple[Path, Path]:
     """Write ``summary`` rows as ``<name>.csv`` and ``<name>.md`` in ``directory``."""
     cols: list[str] = []

@@ -212,16 +212,33 @@ def list_methods() -> list[str]:
     return list(_METHODS)
 
 
+def split_alias(name: str) -> tuple[str, str]:
+    """``"safe@b0"`` -> ``("safe", "b0")``; ``"safe"`` -> ``("safe", "")``.
+
+    An alias runs a registered method under another name, so one run can hold several option
+    sets of one method (``--method safe,safe@b0 --set safe@b0.beta=0``), scored on the same
+    episodes and splits and paired like any two methods.
+    """
+    base, _, label = name.partition("@")
+    if "@" in name and (not label or not all(c.isalnum() or c in "_-=." for c in label)):
+        raise ValueError(
+            f"bad method alias {name!r}: write METHOD@LABEL with a label of letters, digits, _ - = ."
+        )
+    return base, label
+
+
 def method_class(name: str) -> type[Method]:
-    """The registered class of method ``name``."""
+    """The registered class of method ``name`` (an alias ``METHOD@LABEL`` gives METHOD's class)."""
     _load_all()
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(_METHODS)}")
-    return _METHODS[name]
+    base, _ = split_alias(name)
+    if base not in _METHODS:
+        raise ValueError(f"unknown method {base!r}; valid methods: {', '.join(_METHODS)}")
+    return _METHODS[base]
 
 
 def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
-    """The method ``name`` with ``options`` (a dataclass or a dict) and keyword overrides.
+    """The method ``name`` (or an alias ``METHOD@LABEL``, :func:`split_alias`) with ``options`` (a
+    dataclass or a dict) and keyword overrides.
 
     Raises:
         ValueError: an unknown method (listing the valid ones) or an unknown option (listing the
@@ -231,7 +248,10 @@ def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
     if overrides:
         base = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})
         options = {**base, **overrides}
-    return cls(options)
+    method = cls(options)
+    if name != cls.name:  # an alias: results, options and saved fits carry the alias
+        method.name = name
+    return method
 
 
 def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str = "") -> Any:
