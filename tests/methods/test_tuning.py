@@ -128,3 +128,15 @@ def test_validation_selects_the_step(clip) -> None:
     fitted = m.fit(_prefix(clip, m, x), y, FitContext(clip, 3, val=(_prefix(clip, m, xv), yv)))
     info = fitted.info()
     assert info["selected_on"] == "val" and info["train"]["best_step"] is not None
+
+
+def test_batch_norm_statistics_stay_frozen_so_cnn_fits_reload() -> None:
+    rn = focusshot.create_backbone("tiny-clip-rn", seed=0).eval()
+    x, y = _support(rn)
+    m = create_method("ft", {"epochs": 2, "lr": 1e-2})
+    fitted = m.fit(x, y, FitContext(rn, 3, seed=0))
+    buffers = dict(rn.named_buffers())
+    tuned = dict(fitted.tail.backbone.named_buffers())
+    assert all(torch.equal(buffers[k], v) for k, v in tuned.items() if "running" in k)
+    again = fitted_from_state(fitted.state_dict(), fitted.config(), rn)
+    assert torch.allclose(again.logits(x), fitted.logits(x), atol=1e-5)

@@ -148,6 +148,19 @@ class Tail(nn.Module):
         return b.forward_head(b.forward_blocks(x, start))
 
 
+def train_modules(module: nn.Module) -> list[nn.Module]:
+    """The leaf modules of ``module`` that training puts in train mode: all but batch norms.
+
+    Batch-norm statistics stay frozen (eval mode) while few-shot tuning: a handful of images per
+    step would overwrite running statistics that were never saved with the fit.
+    """
+    return [
+        m
+        for m in module.modules()
+        if not any(True for _ in m.children()) and not isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
 def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 64) -> Tensor:
     return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else fn(x)
 
@@ -310,7 +323,7 @@ class FinetuneMethod(Method):
                 inputs.to(device),
                 targets.to(device),
                 cfg,
-                modules=[tail],
+                modules=train_modules(tail),
                 extra_loss=extra,
                 val=None if (ctx.val is None or not self.options.validate) else ctx.val,
                 device=device,

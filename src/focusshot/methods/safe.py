@@ -45,7 +45,14 @@ from focusshot.heads import fitted_from_state as head_from_state
 from focusshot.heads.trainable import LinearHead
 from focusshot.heads.zeroshot import text_classifier
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
-from focusshot.methods.finetune import AdaptedFitted, _batched, frozen_copy, image_tower, own_storage
+from focusshot.methods.finetune import (
+    AdaptedFitted,
+    _batched,
+    frozen_copy,
+    image_tower,
+    own_storage,
+    train_modules,
+)
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["SafeAMethod", "SafeMethod", "SafeOptions", "SafeTail"]
@@ -204,7 +211,14 @@ class SafeMethod(Method):
             return head(tail(x))
 
         result = train(
-            forward, params, inputs.to(device), labels.to(device), cfg, modules=[tail], val=val, device=device
+            forward,
+            params,
+            inputs.to(device),
+            labels.to(device),
+            cfg,
+            modules=train_modules(tail),
+            val=val,
+            device=device,
         )
         tail.blend = True
         record = result.to_dict()
