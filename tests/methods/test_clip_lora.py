@@ -62,3 +62,19 @@ def test_vision_only_and_errors(clip) -> None:
     with pytest.raises(ValueError, match="class names"):
         x, y = random_support(clip, 1, 3)
         create_method("clip_lora", {"steps": 1}).fit(x, y, FitContext(clip, 3))
+
+
+def test_wise_zero_is_zero_shot_clip(clip) -> None:
+    x, y = random_support(clip, 2, 3)
+    fitted = create_method("clip_lora", {"steps": 3, "lr": 1e-2, "wise": 0.0}).fit(
+        x, y, FitContext(clip, 3, class_names=NAMES)
+    )
+    text = class_text_embeddings(clip, NAMES, ["a photo of a {}."])[:, 0]
+    scale = float(clip.logit_scale.detach().exp().clamp(max=100))
+    with torch.no_grad():
+        zs = (
+            create_head("zeroshot", text_embeddings=text, scale=scale)
+            .classifier()
+            .logits(clip.forward_features(x))
+        )
+    assert torch.allclose(fitted.logits(x), zs, atol=1e-3)

@@ -124,3 +124,19 @@ def test_refuses_backbones_without_text_or_pool() -> None:
         create_method("safe").prefix(vit)
     with pytest.raises(ValueError, match="beta"):
         create_method("safe", {"beta": -1})
+
+
+def test_wise_zero_is_the_original_and_half_is_the_midpoint(clip) -> None:
+    s, y = _setup(clip, create_method("safe"))
+    base = {"steps": 3, "lr": 1e-2}
+    full = create_method("safe", base).fit(s, y, _ctx(clip, seed=0))
+    half = create_method("safe", {**base, "wise": 0.5}).fit(s, y, _ctx(clip, seed=0))
+    zero = create_method("safe", {**base, "wise": 0.0}).fit(s, y, _ctx(clip, seed=0))
+    untrained = create_method("safe", {"steps": 0}).fit(s, y, _ctx(clip))
+    assert torch.allclose(zero.logits(s), untrained.logits(s), atol=1e-4)
+    orig = dict(full.tail.original.named_parameters())
+    for (name, p), (_, h) in zip(
+        full.tail.backbone.named_parameters(), half.tail.backbone.named_parameters(), strict=True
+    ):
+        if p.requires_grad:
+            assert torch.allclose(h, (p + orig[name]) / 2, atol=1e-6), name

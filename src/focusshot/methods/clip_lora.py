@@ -11,7 +11,8 @@ every task and shot count, as the paper insists: AdamW (lr 2e-4, weight decay 0.
 On CLIP's ResNet the image side's only attention is the pool, so LoRA goes there (the paper
 covers ViTs). The paper trains on randomly cropped and flipped images; ``views`` > 0 adds that many
 cached augmented views per support image. The whole image tower runs each step (the prefix is
-the preprocessed image).
+the preprocessed image). ``wise`` < 1 scales every ``lora_B`` after training: the adapted weights
+become ``W0 + wise (W_trained - W0)``, WiSE-FT's weight interpolation (Wortsman et al., CVPR 2022).
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ class CLIPLoRAOptions:
     template: str = _f("a photo of a {}.", "the one prompt template")
     scale: float = _f(0.0, "logit scale (0: the model's exp(logit_scale))")
     views: int = _f(0, "augmented views per support image (random resized crop + flip), cached")
+    wise: float = _f(1.0, "WiSE-FT: weights = zero-shot + wise x (trained - zero-shot), via lora_B; 1: off")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.wise <= 1.0:
+            raise ValueError(f"wise must be in [0, 1], got {self.wise}")
         if self.encoders not in ("both", "vision", "text"):
             raise ValueError(f"encoders must be both, vision or text, got {self.encoders!r}")
         if self.steps < 0 or self.iters_per_shot < 1 or self.batch_size < 1 or self.views < 0:
@@ -166,6 +170,10 @@ class CLIPLoRAMethod(Method):
         )
         model.eval()
         with torch.no_grad():
+            if o.wise != 1.0:  # W0 + wise * s B A: exactly WiSE-FT's interpolation, since B starts at 0
+                for name, p in model.named_parameters():
+                    if name.endswith("lora_B"):
+                        p.mul_(o.wise)
             text = classifier().float()
         head = LinearHead(scale * text, torch.zeros(len(text)), normalize=True).to(device)
         head.requires_grad_(False)

@@ -22,7 +22,9 @@ Choices the abstract and the issue leave to us, stated here and in the README:
   paper evaluates every 100 iterations); learning rate and weight decay searched over
   ``lr_grid`` x ``wd_grid`` on the validation split when the protocol has one (the paper's own
   grids were not available to us; ours span three decades of learning rate);
-* the logit scale is the model's own (``exp(logit_scale)``: 100 for OpenAI's CLIPs).
+* the logit scale is the model's own (``exp(logit_scale)``: 100 for OpenAI's CLIPs);
+* ``wise`` < 1 interpolates the tuned weights towards the original ones after training (WiSE-FT,
+  Wortsman et al., CVPR 2022), before SAFE-A builds its cache.
 
 Training reads the frozen prefix entering what is tuned (tokens entering block ``L - 1`` of a ViT,
 the pool's input tokens of RN50): a step costs one block or one attention layer.
@@ -80,8 +82,11 @@ class SafeOptions:
     warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
     scale: float = _f(0.0, "logit scale of the text head (0: the model's exp(logit_scale))")
     views: int = _f(0, "augmented views per support image (random resized crop + flip), cached")
+    wise: float = _f(1.0, "WiSE-FT: tuned weights = original + wise x (trained - original); 1: off")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.wise <= 1.0:
+            raise ValueError(f"wise must be in [0, 1], got {self.wise}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.steps < 0 or self.batch_size < 1 or self.eval_every < 0 or self.views < 0:
@@ -253,6 +258,12 @@ class SafeMethod(Method):
                 best = (tail, head, rec)
         assert best is not None
         best[2]["search"] = tried if len(grid) > 1 else None
+        if o.wise != 1.0:  # WiSE-FT (Wortsman et al., CVPR 2022) in weight space
+            tail = best[0]
+            with torch.no_grad():
+                frozen = _tuned_part(tail.original, tail.start).parameters()
+                for p0, p in zip(frozen, _tuned_part(tail.backbone, tail.start).parameters(), strict=True):
+                    p.copy_(p0 + o.wise * (p - p0))
         searched = ctx.val is not None and bool(o.eval_every) and bool(o.steps)
         best[2]["selected_on"] = "val" if searched else "last step (no validation split)"
         return best
