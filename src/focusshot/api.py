@@ -125,6 +125,7 @@ def evaluate(
     progress: bool = False,
     method_options: dict[str, dict[str, Any]] | None = None,
     figures: bool = True,
+    test_data: Sequence[str | os.PathLike[str]] = (),
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -134,13 +135,17 @@ def evaluate(
     map figure is drawn when the data carry target masks.
 
     Episodic runs draw from ``split`` (default: ``test`` when the data has splits). The split
-    protocol needs train and test (validation optional) and takes ``shots`` as a list.
+    protocol needs train and test (validation optional) and takes ``shots`` as a list; each of
+    ``test_data`` (sources with the same class names, or a subset of them) is a distribution-shift
+    test set every fit is also scored on (its ``test`` split when it has splits, else all of it).
     """
     model, _ = _backbone(backbone, pretrained, seed)
     methods = resolve_methods(methods, model)
     source = data if isinstance(data, (LabelledImages, dict)) else open_source(data)
     cache = FeatureCache(cache_dir or default_cache_dir())
     if protocol == "episodic":
+        if test_data:
+            raise ValueError("test_data (distribution-shift test sets) needs the split protocol")
         if not isinstance(shots, int):
             raise ValueError("the episodic protocol takes one shots value")
         pool = _pick_split(source, split, "test")
@@ -170,6 +175,12 @@ def evaluate(
         if not isinstance(source, dict):
             raise ValueError("the split protocol needs data with train and test splits")
         ks = (shots,) if isinstance(shots, int) else tuple(shots)
+        shifts = {}
+        for spec in test_data:
+            opened = open_source(spec)
+            shifts[str(spec)] = opened.get("test") if isinstance(opened, dict) else opened
+            if shifts[str(spec)] is None:
+                raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
         return run_split(
             model,
             source,
@@ -179,6 +190,7 @@ def evaluate(
             cache,
             progress,
             method_options=method_options,
+            shifts=shifts,
         )
     raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
 

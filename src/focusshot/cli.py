@@ -109,6 +109,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         pretrained=not args.random_weights,
         progress=not args.quiet,
         method_options=_method_options(args) or None,
+        test_data=args.test_data or (),
     )
     print((out.directory / "summary.md").read_text(), end="")
     if out.paired:
@@ -269,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="episode sampler seed")
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split protocol: few-shot sampling seeds")
     p.add_argument("--split", default=None, help="episodic: the split to draw episodes from (default test)")
+    p.add_argument(
+        "--test-data",
+        action="append",
+        default=None,
+        metavar="SOURCE",
+        help="split protocol: also test every fit on this data (same class names; its test split if it "
+        "has splits): a distribution-shift test set, e.g. world:clutter?split=1 (repeatable)",
+    )
     p.add_argument("--output", default="runs/evaluate", help="results folder (a rerun resumes it)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")

@@ -184,3 +184,55 @@ def test_episodic_run_reports_attention_on_world_masks(tmp_path, monkeypatch) ->
         focusshot.create_backbone("tiny-swin"), pool, ["protonet"], cfg, tmp_path / "swin", cache
     )
     assert swin.attention == {"available": False, "reason": "the backbone has no global [CLS] attention row"}
+
+
+def test_split_protocol_scores_every_fit_on_shift_test_sets(tmp_path, backbone) -> None:
+    splits = from_folder(
+        _write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test"))
+    )
+    # the shift: two of the classes, under the same names, brighter images in another order
+    shift = from_folder(_write_dataset(tmp_path / "shift", classes=4, per_class=3))
+    keep = [i for i, y in enumerate(shift.labels) if shift.class_names[y] in ("class_1", "class_3")]
+    from focusshot.data.sources import LabelledImages
+
+    names = ["class_3", "class_1"]
+    sub = LabelledImages(
+        paths=[shift.paths[i] for i in keep],
+        labels=[names.index(shift.class_names[shift.labels[i]]) for i in keep],
+        class_names=names,
+    )
+    cfg = SplitConfig(shots=(1,), seeds=(1, 2))
+    out = run_split(
+        backbone,
+        splits,
+        ["protonet", "logistic"],
+        cfg,
+        tmp_path / "run",
+        FeatureCache(tmp_path / "c"),
+        shifts={"bright": sub},
+    )
+    assert sorted({r["test"] for r in out.rows}) == ["bright", "test"] and len(out.rows) == 8
+    bright = [r for r in out.rows if r["test"] == "bright"]
+    assert all(r["test_images"] == 6 and len(r["correct"]) == 6 for r in bright)
+    # the shift labels are the training classes' indices, matched by name
+    from focusshot.evaluation.protocols import shift_labels
+
+    assert shift_labels(sub, splits["train"].class_names, "bright").tolist() == [
+        splits["train"].class_names.index(names[y]) for y in sub.labels
+    ]
+    assert {(r["method"], r["test"]) for r in out.summary} >= {("logistic", "bright"), ("protonet", "test")}
+    assert {p["test"] for p in out.paired} == {"test", "bright"}
+    # resuming adds nothing; a shift with an unknown class is refused by name
+    again = run_split(
+        backbone,
+        splits,
+        ["protonet", "logistic"],
+        cfg,
+        tmp_path / "run",
+        FeatureCache(tmp_path / "c"),
+        shifts={"bright": sub},
+    )
+    assert len(again.rows) == 8
+    bad = LabelledImages(paths=sub.paths[:1], labels=[0], class_names=["zebra"])
+    with pytest.raises(ValueError, match="zebra"):
+        shift_labels(bad, splits["train"].class_names, "bad")

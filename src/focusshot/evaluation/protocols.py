@@ -432,12 +432,18 @@ def run_split(
     cache: FeatureCache,
     progress: bool = False,
     method_options: MethodOptions = None,
+    shifts: dict[str, LabelledImages] | None = None,
 ) -> RunOutcome:
     """Fixed K-shot splits: train K per class, validate on ``min(K, 4)`` per class, test once.
 
     ``splits`` needs ``"train"`` and ``"test"``; ``"val"`` is used for hyper-parameter search
     (logistic C, Tip-Adapter alpha/beta) and to pick the best training step of methods that train,
     when present, and each line records what was selected.
+
+    ``shifts`` (name -> images) are distribution-shift test sets (CoOp's ImageNet -> -V2, -Sketch,
+    -A, -R): every fit is also scored on each, matching classes by name (a shift may hold a subset
+    of the training classes). Each result line names its test set in ``test`` (``"test"``: the
+    own test split).
     """
     for need in ("train", "test"):
         if need not in splits:
@@ -451,7 +457,10 @@ def run_split(
         ms,
     )
     info["data_classes"] = train.class_names
-    log = ResultLog(output, info, ("method", "shots", "split_seed"))
+    shifts = dict(shifts or {})
+    if shifts:
+        info["config"]["shift_tests"] = sorted(shifts)
+    log = ResultLog(output, info, ("method", "shots", "split_seed", "test"), {"test": "test"})
     f_train = _prefix_features(cache, backbone, train, ms, progress)
     f_test = _prefix_features(cache, backbone, test, ms, progress)
     f_val = _prefix_features(cache, backbone, val, ms, progress) if val is not None else None
@@ -460,6 +469,14 @@ def run_split(
     r_val = _regions(backbone, val, ms) if val is not None else None
     y_train, y_test = torch.tensor(train.labels), torch.tensor(test.labels)
     classes = len(train.class_names)
+    tests = {"test": (test, f_test, y_test, r_test)}
+    for name, data in shifts.items():
+        tests[name] = (
+            data,
+            _prefix_features(cache, backbone, data, ms, progress),
+            shift_labels(data, train.class_names, name),
+            _regions(backbone, data, ms),
+        )
     for k in config.shots:
         for s in config.seeds:
             idx = torch.tensor(
@@ -478,7 +495,8 @@ def run_split(
                     )
                 )
             for m in ms:
-                if log.has(method=m.name, shots=k, split_seed=s):
+                todo = [t for t in tests if not log.has(method=m.name, shots=k, split_seed=s, test=t)]
+                if not todo:
                     continue
                 t0 = time.perf_counter()
                 vals, val_regions = None, None
@@ -498,33 +516,52 @@ def run_split(
                     val_regions=val_regions,
                 )
                 fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
-                t_regions = None if r_test is None or not m.needs_regions else r_test
-                logits = _logits(m, fitted, f_test[m.name], t_regions)
-                probs = logits.double().softmax(-1)
-                row = {
-                    "method": m.name,
-                    "shots": k,
-                    "split_seed": s,
-                    "seed": s,
-                    "accuracy": accuracy(logits, y_test),
-                    "ece": ece(probs, y_test),
-                    "nll": nll(probs, y_test),
-                    "selected": _selected(fitted),
-                    "selected_on": "val" if vals is not None else "defaults",
-                    "test_images": len(test.paths),
-                    "correct": "".join("1" if c else "0" for c in (logits.argmax(-1) == y_test).tolist()),
-                    "seconds": round(time.perf_counter() - t0, 4),
-                }
-                row.update(_fit_facts(m, fitted, episodic=False))
-                row.update(_missing(m, ctx.regions, t_regions))
-                log.append(row)
-    summary = summarise(log.rows, ("method", "shots"), ("accuracy", "ece", "nll"), ci=False)
+                fit_seconds = time.perf_counter() - t0
+                for t in todo:
+                    data, feats, labels, regions = tests[t]
+                    t1 = time.perf_counter()
+                    t_regions = None if regions is None or not m.needs_regions else regions
+                    logits = _logits(m, fitted, feats[m.name], t_regions)
+                    probs = logits.double().softmax(-1)
+                    row = {
+                        "method": m.name,
+                        "shots": k,
+                        "split_seed": s,
+                        "seed": s,
+                        "test": t,
+                        "accuracy": accuracy(logits, labels),
+                        "ece": ece(probs, labels),
+                        "nll": nll(probs, labels),
+                        "selected": _selected(fitted),
+                        "selected_on": "val" if vals is not None else "defaults",
+                        "test_images": len(data.paths),
+                        "correct": "".join("1" if c else "0" for c in (logits.argmax(-1) == labels).tolist()),
+                        "seconds": round(fit_seconds + time.perf_counter() - t1, 4),
+                    }
+                    row.update(_fit_facts(m, fitted, episodic=False))
+                    row.update(_missing(m, ctx.regions, t_regions))
+                    log.append(row)
+    group = ("method", "shots", "test") if shifts else ("method", "shots")
+    summary = summarise(log.rows, group, ("accuracy", "ece", "nll"), ci=False)
     write_tables(log.directory, summary)
-    _write_timing(log.directory, log.rows, "run")
+    _write_timing(log.directory, [r for r in log.rows if r.get("test", "test") == "test"], "run")
     pairs = paired_split(log.rows, [m.name for m in ms])
     if pairs:
         write_tables(log.directory, pairs, "paired")
     return RunOutcome(log.directory, log.rows, summary, pairs)
+
+
+def shift_labels(data: LabelledImages, class_names: list[str], name: str) -> Tensor:
+    """Labels ``(N,)`` of a shift test set in the training classes' indices, matched by name."""
+    index = {c: i for i, c in enumerate(class_names)}
+    missing = [c for c in data.class_names if c not in index]
+    if missing:
+        raise ValueError(
+            f"test set {name!r} has classes the training data lack: {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    remap = torch.tensor([index[c] for c in data.class_names])
+    return remap[torch.tensor(data.labels, dtype=torch.long)]
 
 
 def _selected(fitted: Fitted) -> dict[str, Any]:

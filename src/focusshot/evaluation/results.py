@@ -43,11 +43,17 @@ class ResultLog:
             ``config`` must equal ``run_info["config"]`` or :class:`ValueError` names the fields
             that differ.
         key_fields: the fields that identify one unit (e.g. ``("method", "episode")``).
+        key_defaults: values of key fields that rows written before the field existed lack.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], run_info: dict[str, Any], key_fields: tuple[str, ...]
+        self,
+        directory: str | os.PathLike[str],
+        run_info: dict[str, Any],
+        key_fields: tuple[str, ...],
+        key_defaults: dict[str, Any] | None = None,
     ):
+        self.key_defaults = dict(key_defaults or {})
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "results.jsonl"
@@ -73,7 +79,7 @@ class ResultLog:
         self.done = {self.key(r) for r in self.rows}
 
     def key(self, row: dict[str, Any]) -> tuple:
-        return tuple(row[f] for f in self.key_fields)
+        return tuple(row[f] if f in row else self.key_defaults[f] for f in self.key_fields)
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -92,7 +98,7 @@ class ResultLog:
         return rows
 
     def has(self, **key: Any) -> bool:
-        return tuple(key[f] for f in self.key_fields) in self.done
+        return self.key(key) in self.done
 
     def append(self, row: dict[str, Any]) -> None:
         """Write ``row`` as one line, flushed and synced before returning."""
@@ -161,7 +167,8 @@ def paired(rows: list[dict[str, Any]], methods: list[str], unit: str) -> list[di
 
 
 def paired_split(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    """Split protocol: every method against the first, per shot count, paired over test images.
+    """Split protocol: every method against the first, per shot count (and test set: the own test
+    split, then each distribution-shift test set), paired over test images.
 
     Each row carries ``correct``, one ``0``/``1`` per test image in test order; the differences
     of the shared split seeds are pooled, so the interval is over test images x seeds (it holds
@@ -170,15 +177,10 @@ def paired_split(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[st
     if len(methods) < 2:
         return []
     base, out = methods[0], []
-    for k in sorted({r["shots"] for r in rows}):
-        by = {
-            m: {
-                r["split_seed"]: r["correct"]
-                for r in rows
-                if r["shots"] == k and r["method"] == m and "correct" in r
-            }
-            for m in methods
-        }
+    groups = sorted({(r["shots"], r.get("test", "test")) for r in rows}, key=lambda g: (g[1] != "test", g))
+    for k, test in groups:
+        sub = [r for r in rows if r["shots"] == k and r.get("test", "test") == test and "correct" in r]
+        by = {m: {r["split_seed"]: r["correct"] for r in sub if r["method"] == m} for m in methods}
         for m in methods[1:]:
             seeds = sorted(set(by[m]) & set(by[base]))
             if not seeds:
@@ -191,6 +193,7 @@ def paired_split(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[st
                     "method": m,
                     "baseline": base,
                     "shots": k,
+                    **({"test": test} if any("test" in r for r in rows) else {}),
                     "mean_difference": res.mean,
                     "ci95": res.half_width,
                     "method_only": res.a_better,
