@@ -115,3 +115,29 @@ def test_paired_difference_is_tighter_than_unpaired() -> None:
     paired = paired_difference(a, b)
     assert paired.significant and paired.a_better > 0.9
     assert paired.half_width < mean_ci95(a)[1] / 5
+
+
+def test_calibration_metrics_on_known_predictors() -> None:
+    from focusshot.evaluation.metrics import brier, ece, fit_temperature, selective_accuracy
+
+    g = np.random.default_rng(0)
+    z = g.normal(size=(20000, 5)) * 3
+    p = torch.tensor(z).softmax(-1).numpy()
+    y = np.array([g.choice(5, p=row) for row in p])  # labels drawn from the predicted probabilities
+    assert ece(p, y) < 0.015  # perfectly calibrated up to sampling noise
+    assert abs(fit_temperature(z, y) - 1.0) < 0.05
+    # over-confident by a known amount: confidence 1, accuracy 0.6 -> ECE 0.4, Brier 0.8
+    onehot = np.eye(5)[np.zeros(10, dtype=int)]
+    labels = np.array([0] * 6 + [1] * 4)
+    assert ece(onehot, labels) == pytest.approx(0.4)
+    assert brier(onehot, labels) == pytest.approx(0.4 * 2)
+    assert brier(np.full((3, 4), 0.25), [0, 1, 2]) == pytest.approx(1 - 1 / 4)
+    # logits sharpened 4x: the fitted temperature undoes it, and never changes an arg-max
+    t = fit_temperature(z * 4, y)
+    assert abs(t - 4.0) < 0.3
+    assert np.array_equal((z * 4 / t).argmax(1), z.argmax(1))
+    conf, ok = np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 0, 0])
+    assert selective_accuracy(conf, ok, 0.5) == 1.0 and selective_accuracy(conf, ok, 1.0) == 0.5
+    assert selective_accuracy(conf, ok, 0.75) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="coverage"):
+        selective_accuracy(conf, ok, 0.0)

@@ -1,5 +1,6 @@
-"""Metrics for few-shot evaluation: accuracy with a 95% interval, calibration (ECE), NLL, and paired
-differences between two methods scored on the same episodes.
+"""Metrics for few-shot evaluation: accuracy with a 95% interval, calibration (ECE, Brier, selective
+accuracy, temperature scaling), NLL, and paired differences between two methods scored on the
+same episodes.
 
 Inputs may be numpy arrays, nested lists or torch tensors (any device, any float dtype); every
 function computes in float64 numpy and returns Python floats.
@@ -17,11 +18,14 @@ __all__ = [
     "PairedDifference",
     "ReliabilityBins",
     "accuracy",
+    "brier",
     "ece",
+    "fit_temperature",
     "mean_ci95",
     "nll",
     "paired_difference",
     "reliability_bins",
+    "selective_accuracy",
 ]
 
 _Z95 = 1.96
@@ -194,6 +198,68 @@ def nll(probs_or_logits: Any, labels: Any, *, from_logits: bool | None = None, e
     if np.any(a < 0) or np.any(a > 1):
         raise ValueError("probabilities must lie in [0, 1]")
     return float(np.mean(-np.log(np.clip(a[rows, y], eps, None))))
+
+
+def brier(probs: Any, labels: Any) -> float:
+    """Multi-class Brier score: mean over samples of ``sum_c (p_c - [y = c])^2``, in [0, 2]."""
+    p = _scores(probs, "probs")
+    if not _looks_like_probs(p):
+        raise ValueError("probs must be probabilities with rows summing to 1 (softmax logits first)")
+    y = _labels(labels, p.shape[0])
+    _check_targets(y, p.shape[1])
+    target = np.zeros_like(p)
+    target[np.arange(p.shape[0]), y] = 1.0
+    return float(np.mean(np.sum((p - target) ** 2, axis=1)))
+
+
+def selective_accuracy(confidence: Any, correct: Any, coverage: float) -> float:
+    """Accuracy on the ``ceil(coverage * n)`` most confident samples (ties: the earlier sample).
+
+    Args:
+        confidence: ``(n,)`` confidence of each prediction (e.g. the maximum probability).
+        correct: ``(n,)`` whether each prediction is right (bools or 0/1).
+        coverage: fraction of samples kept, in (0, 1].
+    """
+    c = _to_numpy(confidence).astype(np.float64).reshape(-1)
+    ok = _to_numpy(correct).astype(np.float64).reshape(-1)
+    if c.shape != ok.shape or c.size == 0:
+        raise ValueError(f"confidence and correct need the same non-zero length, got {c.size} and {ok.size}")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    keep = int(math.ceil(coverage * c.size - 1e-9))
+    order = np.argsort(-c, kind="stable")[:keep]
+    return float(ok[order].mean())
+
+
+def fit_temperature(logits: Any, labels: Any, lo: float = 1e-2, hi: float = 1e2, iters: int = 100) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al., ICML 2017).
+
+    The NLL is convex in ``1 / T``, hence unimodal in ``log T``: a golden-section search over
+    ``log T`` in ``[log lo, log hi]``, deterministic. ``T`` never changes an arg-max.
+    """
+    z = _scores(logits, "logits")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits must be finite")
+    y = _labels(labels, z.shape[0])
+    _check_targets(y, z.shape[1])
+
+    def loss(log_t: float) -> float:
+        return nll(z / math.exp(log_t), y, from_logits=True)
+
+    a, b = math.log(lo), math.log(hi)
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(iters):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = loss(d)
+    return float(math.exp((a + b) / 2))
 
 
 @dataclass(frozen=True)
