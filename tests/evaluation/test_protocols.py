@@ -236,3 +236,23 @@ def test_split_protocol_scores_every_fit_on_shift_test_sets(tmp_path, backbone) 
     bad = LabelledImages(paths=sub.paths[:1], labels=[0], class_names=["zebra"])
     with pytest.raises(ValueError, match="zebra"):
         shift_labels(bad, splits["train"].class_names, "bad")
+
+
+def test_calibration_outputs_in_both_protocols(tmp_path, pool, backbone) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    ep = run_episodic(backbone, pool, ["protonet"], EpisodicConfig(3, 1, 3, 4, 0), tmp_path / "e", cache)
+    row = ep.summary[0]
+    assert row["queries_pooled"] == 4 * 9 and 0 <= row["ece_pooled"] <= 1
+    conf = [c for r in ep.rows for c in r["confidence"]]
+    ok = [int(c) for r in ep.rows for c in r["correct"]]
+    top = sorted(range(len(conf)), key=lambda i: -conf[i])[:18]  # the 50% most confident of 36
+    assert row["sel50"] == pytest.approx(sum(ok[i] for i in top) / 18)
+    assert all(len(r["confidence"]) == 9 and 0 <= r["brier"] <= 2 for r in ep.rows)
+    splits = from_folder(
+        _write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test"))
+    )
+    out = run_split(backbone, splits, ["protonet"], SplitConfig((2,), (1,)), tmp_path / "s", cache)
+    r = out.rows[0]
+    assert r["temperature"] > 0 and {"ece_ts", "nll_ts", "brier_ts", "sel50", "sel80", "sel90"} <= set(r)
+    assert r["nll_ts"] <= r["nll"] + 0.5  # fitted on other images: usually, not always, lower
+    assert {"ece_ts", "brier"} <= set(out.summary[0])

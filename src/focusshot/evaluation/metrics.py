@@ -231,7 +231,7 @@ def selective_accuracy(confidence: Any, correct: Any, coverage: float) -> float:
     return float(ok[order].mean())
 
 
-def fit_temperature(logits: Any, labels: Any, lo: float = 1e-2, hi: float = 1e2, iters: int = 100) -> float:
+def fit_temperature(logits: Any, labels: Any, lo: float = 1e-3, hi: float = 1e4, iters: int = 100) -> float:
     """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al., ICML 2017).
 
     The NLL is convex in ``1 / T``, hence unimodal in ``log T``: a golden-section search over

@@ -32,7 +32,14 @@ from focusshot.data.transforms import box_to_crop
 from focusshot.evaluation.attention_metrics import attention_report, target_masks
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.method_attention import QueryAttention
-from focusshot.evaluation.metrics import accuracy, ece, nll
+from focusshot.evaluation.metrics import (
+    accuracy,
+    brier,
+    ece,
+    fit_temperature,
+    nll,
+    selective_accuracy,
+)
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, versions, write_tables
 from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
@@ -355,6 +362,7 @@ def run_episodic(
                 "queries": ep.queries,
                 "accuracy": accuracy(logits, yq),
                 "nll": nll(logits, yq, from_logits=True),
+                **_query_record(logits, yq),
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             row.update(_fit_facts(m, fitted, episodic=True))
@@ -369,6 +377,8 @@ def run_episodic(
     if bar is not None:
         bar.close()
     summary = summarise(log.rows, ("method",), _METRICS, ci=True)
+    for row in summary:
+        row.update(pooled_calibration([r for r in log.rows if r["method"] == row["method"]]))
     pairs = paired(log.rows, list(methods), "episode")
     write_tables(log.directory, summary)
     _write_timing(log.directory, log.rows, "episode")
@@ -383,7 +393,73 @@ def run_episodic(
 
 #: what the summaries average (missing values, e.g. attention of frozen methods, are skipped);
 #: seconds are not among them (a resumed run must end with the same summary): see ``timing.json``
-_METRICS = ("accuracy", "nll", "cls_target_mass", "prompt_target_mass", "prompt_chance")
+_METRICS = ("accuracy", "nll", "brier", "cls_target_mass", "prompt_target_mass", "prompt_chance")
+#: the split protocol's metrics (``_ts``: after temperature scaling fitted on the validation images)
+_SPLIT_METRICS = (
+    "accuracy",
+    "ece",
+    "nll",
+    "brier",
+    "sel50",
+    "sel80",
+    "sel90",
+    "ece_ts",
+    "nll_ts",
+    "brier_ts",
+)
+#: coverages of the selective accuracies
+COVERAGES = (0.5, 0.8, 0.9)
+
+
+def _query_record(logits: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Per-query confidence (max probability, 4 decimals) and correctness, and the Brier score."""
+    probs = logits.double().softmax(-1)
+    conf, pred = probs.max(-1)
+    return {
+        "brier": brier(probs, labels),
+        "confidence": [round(float(c), 4) for c in conf],
+        "correct": "".join("1" if c else "0" for c in (pred == labels).tolist()),
+    }
+
+
+def pooled_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """ECE (15 bins) and selective accuracy over every query of ``rows`` pooled (episodic runs)."""
+    conf = [c for r in rows for c in r.get("confidence", [])]
+    ok = [int(c) for r in rows if "confidence" in r for c in r["correct"]]
+    if not conf or len(conf) != len(ok):
+        return {}
+    import numpy as np
+
+    c, y = np.asarray(conf), np.asarray(ok)
+    probs = np.stack([c, 1 - c], axis=1)  # ECE needs only the confidence and whether it was right
+    out = {"ece_pooled": ece(probs, 1 - y), "queries_pooled": len(conf)}
+    for cov in COVERAGES:
+        out[f"sel{round(cov * 100)}"] = selective_accuracy(c, y, cov)
+    return out
+
+
+def _split_record(logits: Tensor, labels: Tensor, temperature: float | None) -> dict[str, Any]:
+    """Accuracy, ECE, NLL, Brier, selective accuracies, and the same after temperature scaling."""
+    probs = logits.double().softmax(-1)
+    rec = _query_record(logits, labels)
+    conf = torch.tensor(rec.pop("confidence"))
+    ok = torch.tensor([c == "1" for c in rec["correct"]])
+    out = {
+        "accuracy": accuracy(logits, labels),
+        "ece": ece(probs, labels),
+        "nll": nll(probs, labels),
+        **rec,
+        **{f"sel{round(c * 100)}": selective_accuracy(conf, ok, c) for c in COVERAGES},
+    }
+    if temperature is not None:
+        scaled = (logits.double() / temperature).softmax(-1)
+        out.update(
+            temperature=temperature,
+            ece_ts=ece(scaled, labels),
+            nll_ts=nll(scaled, labels),
+            brier_ts=brier(scaled, labels),
+        )
+    return out
 
 
 def _write_timing(directory: Path, rows: list[dict[str, Any]], unit: str) -> dict[str, Any]:
@@ -517,32 +593,32 @@ def run_split(
                 )
                 fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
                 fit_seconds = time.perf_counter() - t0
+                temperature = None
+                if vals is not None:  # temperature scaling on the validation images (Guo et al., 2017)
+                    v_logits = _logits(m, fitted, vals[0], val_regions)
+                    temperature = fit_temperature(v_logits, vals[1])
                 for t in todo:
                     data, feats, labels, regions = tests[t]
                     t1 = time.perf_counter()
                     t_regions = None if regions is None or not m.needs_regions else regions
                     logits = _logits(m, fitted, feats[m.name], t_regions)
-                    probs = logits.double().softmax(-1)
                     row = {
                         "method": m.name,
                         "shots": k,
                         "split_seed": s,
                         "seed": s,
                         "test": t,
-                        "accuracy": accuracy(logits, labels),
-                        "ece": ece(probs, labels),
-                        "nll": nll(probs, labels),
+                        **_split_record(logits, labels, temperature),
                         "selected": _selected(fitted),
                         "selected_on": "val" if vals is not None else "defaults",
                         "test_images": len(data.paths),
-                        "correct": "".join("1" if c else "0" for c in (logits.argmax(-1) == labels).tolist()),
                         "seconds": round(fit_seconds + time.perf_counter() - t1, 4),
                     }
                     row.update(_fit_facts(m, fitted, episodic=False))
                     row.update(_missing(m, ctx.regions, t_regions))
                     log.append(row)
     group = ("method", "shots", "test") if shifts else ("method", "shots")
-    summary = summarise(log.rows, group, ("accuracy", "ece", "nll"), ci=False)
+    summary = summarise(log.rows, group, _SPLIT_METRICS, ci=False)
     write_tables(log.directory, summary)
     _write_timing(log.directory, [r for r in log.rows if r.get("test", "test") == "test"], "run")
     pairs = paired_split(log.rows, [m.name for m in ms])
