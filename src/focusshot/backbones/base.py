@@ -121,6 +121,12 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     def forward_head(self, tokens: Tensor) -> Tensor:
         """Last-stage tokens ``(B, N, C)`` -> pooled features ``(B, num_features)``."""
 
+    def forward_head_tokens(self, tokens: Tensor) -> Tensor:
+        """Every token through the head: ``(B, N, C)`` -> ``(B, N, num_features)`` (CLIP: projected
+        into the joint space), row 0 equal to :meth:`forward_head` where the head pools row 0
+        (APT's keys and values). Backbones whose head is not per-token raise ``ValueError``."""
+        raise ValueError(f"{type(self).__name__} ({self.identity.name}) has no per-token head")
+
     def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
         """Images ``(B, 3, H, W)`` -> pooled (for CLIP: projected) features ``(B, num_features)``."""
         return self.forward_head(self.forward_tokens(x, attn_bias=attn_bias))

@@ -124,6 +124,9 @@ class CLIP(Backbone):
     def forward_head(self, tokens: Tensor) -> Tensor:
         return self.visual.forward_head(tokens)
 
+    def forward_head_tokens(self, tokens: Tensor) -> Tensor:
+        return self.visual.forward_head_tokens(tokens)
+
     def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
         return self.visual.forward_features(x, attn_bias=attn_bias)
 

@@ -239,6 +239,11 @@ class ModifiedResNet(Backbone):
     def forward_head(self, tokens: Tensor) -> Tensor:
         return self.pool(tokens)
 
+    def forward_head_tokens(self, tokens: Tensor) -> Tensor:
+        """``(B, N, C)`` -> every row of the attention pool ``(B, N, output_dim)``: each token asks
+        its own query (row 0, the mean token's, is the pooled embedding)."""
+        return self.attnpool.attn(tokens)
+
     def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
         """Images ``(B, 3, H, W)`` -> CLIP image embedding ``(B, output_dim)``.
 

@@ -206,6 +206,11 @@ class VisionTransformer(Backbone):
         pooled = self.norm(pooled)
         return self.proj(pooled) if self.proj is not None else pooled
 
+    def forward_head_tokens(self, tokens: Tensor) -> Tensor:
+        """``(B, N, C)`` -> final norm (and projection) of every token ``(B, N, num_features)``."""
+        out = self.norm(tokens)
+        return self.proj(out) if self.proj is not None else out
+
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Tokens ``(B, N, C)`` after each block in ``indices`` (un-normed)."""
         depth = len(self.blocks)

@@ -197,6 +197,7 @@ def register_method(name: str) -> Callable[[M], M]:
 
 def _load_all() -> None:
     """Import every recipe module so their registrations run."""
+    import focusshot.methods.apt
     import focusshot.methods.clip_lora
     import focusshot.methods.coop
     import focusshot.methods.falip
