@@ -128,3 +128,30 @@ def test_top_level_surface() -> None:
     assert "protonet" in focusshot.list_methods()
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         focusshot.nope  # noqa: B018
+
+
+def test_calibrated_fit_and_uncertainty_columns(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    data = _write_dataset(tmp_path / "data", classes=3, per_class=3, splits=("train", "val", "test"))
+    plain = fit(data, backbone="tiny-vit", method="protonet")
+    clf = fit(data, backbone="tiny-vit", method="protonet", calibrate=True)
+    cal = clf.info["calibration"]
+    assert cal["validation_nll_after"] <= cal["validation_nll_before"] + 1e-9 and cal["temperature"] > 0
+    again = Classifier.load(clf.save(tmp_path / "c.safetensors"))
+    assert again.temperature == pytest.approx(cal["temperature"])
+    images = sorted((data / "test" / "class_2").iterdir())
+    p0, p1 = plain.predict_proba(images)[0], again.predict_proba(images)[0]
+    assert torch.equal(p0.argmax(-1), p1.argmax(-1))
+    logits = again.fitted.logits(again.embed(images).features).double()
+    assert torch.allclose(p1.double(), (logits / cal["temperature"]).softmax(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="validation split"):
+        fit(_write_dataset(tmp_path / "flat", classes=2, per_class=2), backbone="tiny-vit", calibrate=True)
+    # APT writes its MC-dropout uncertainty as extra prediction columns
+    apt = tmp_path / "apt.safetensors"
+    args = ["fit", str(data), "--backbone", "tiny-clip-vit", "--random-weights", "--method", "apt"]
+    assert main([*args, "--set", "apt.epochs=2", "--calibrate", "--output", str(apt), "--quiet"]) == 0
+    out = tmp_path / "apt.csv"
+    assert main(["predict", str(apt), str(data / "test"), "--output", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 9 and {"entropy", "mutual_information", "confidence"} <= set(rows[0])
+    assert all(float(r["mutual_information"]) >= 0 for r in rows)

@@ -246,14 +246,29 @@ class Classifier:
             prefix=self.prefix if prefix is None else prefix,
         )
 
+    @property
+    def temperature(self) -> float:
+        """Temperature the logits are divided by before the softmax (1: uncalibrated; ``fit(...,
+        calibrate=True)`` fits it on the validation images, Guo et al., 2017)."""
+        return float(self.info.get("calibration", {}).get("temperature", 1.0))
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied)."""
+        with torch.inference_mode():
+            return (self.fitted.logits(features).double() / self.temperature).softmax(-1).float()
+
+    def uncertainty(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image uncertainty ``(N,)`` the method offers beyond its probabilities (APT's MC
+        dropout: ``entropy`` and ``mutual_information``); ``{}`` for the others."""
+        fn = getattr(self.fitted, "uncertainty", None)
+        return dict(fn(features)) if callable(fn) else {}
+
     def predict_proba(
         self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
     ) -> tuple[torch.Tensor, list[str], list]:
         """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
         emb = self.embed(images, batch_size, progress)
-        with torch.inference_mode():
-            probs = self.fitted.logits(emb.features).float().softmax(-1)
-        return probs, emb.paths, emb.bad
+        return self.probabilities(emb.features), emb.paths, emb.bad
 
     def predict(
         self,
@@ -349,7 +364,7 @@ class Classifier:
             meta["class_names"],
             meta["method"],
             spec,
-            {k: v for k, v in meta.items() if k in ("fitted_on",)},
+            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration")},
         )
 
 
@@ -364,9 +379,12 @@ def fit(
     batch_size: int = 32,
     progress: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    calibrate: bool = False,
 ) -> Classifier:
     """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
-    or a manifest).
+    or a manifest). ``calibrate`` fits a temperature on the validation images (temperature
+    scaling, Guo et al., 2017: the arg-max never changes) that ``predict`` applies; it needs a
+    validation split.
 
     When the data has train/validation splits, the method fits on train and selects its
     hyper-parameters (or its best training step) on validation. The support images' prefix goes
@@ -416,8 +434,10 @@ def fit(
         regions=regions,
         val_regions=val_regions,
     )
+    if calibrate and vals is None:
+        raise ValueError(f"calibrate needs a validation split in {support} (a val/ or validation/ folder)")
     fitted = m.fit(feats(train), torch.tensor(train.labels), ctx)
-    info = {
+    info: dict[str, Any] = {
         "fitted_on": {
             "support": str(support) if not isinstance(support, LabelledImages) else "memory",
             "images": len(train.paths),
@@ -426,4 +446,18 @@ def fit(
             "seed": seed,
         }
     }
+    if calibrate:
+        from focusshot.evaluation.metrics import fit_temperature, nll
+
+        with torch.inference_mode():
+            v_logits = (
+                fitted.logits(vals[0], regions=val_regions) if m.needs_regions else fitted.logits(vals[0])
+            ).double()
+        t = fit_temperature(v_logits, vals[1])
+        info["calibration"] = {
+            "temperature": t,
+            "fitted_on": "validation",
+            "validation_nll_before": nll(v_logits, vals[1], from_logits=True),
+            "validation_nll_after": nll(v_logits / t, vals[1], from_logits=True),
+        }
     return Classifier(model, fitted, train.class_names, method, spec, info)

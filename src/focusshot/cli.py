@@ -147,9 +147,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         cache_dir=args.cache_dir,
+        calibrate=args.calibrate,
     )
     path = clf.save(args.output)
     print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
+    if args.calibrate:
+        c = clf.info["calibration"]
+        print(
+            f"temperature {c['temperature']:.3f} (validation NLL {c['validation_nll_before']:.3f} -> "
+            f"{c['validation_nll_after']:.3f})"
+        )
     return 0
 
 
@@ -164,7 +171,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not paths:
         print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
         return 2
-    probs, kept, bad = clf.predict_proba(paths, progress=not args.quiet)
+    emb = clf.embed(paths, progress=not args.quiet)
+    probs, kept, bad = clf.probabilities(emb.features), emb.paths, emb.bad
+    extra = {k: v.tolist() for k, v in clf.uncertainty(emb.features).items()}
     for err in bad:
         print(f"could not read {err.path}: {err.reason}", file=sys.stderr)
     k = min(args.top_k, len(clf.class_names))
@@ -174,13 +183,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["path", "label", "confidence"] + [f"top{i + 1}_{w}" for i in range(k) for w in ("label", "p")]
+            ["path", "label", "confidence", *extra]
+            + [f"top{i + 1}_{w}" for i in range(k) for w in ("label", "p")]
         )
-        for p, v, i in zip(kept, values, idx, strict=True):
+        for row, (p, v, i) in enumerate(zip(kept, values, idx, strict=True)):
             top = [
                 x for c, pv in zip(i, v, strict=True) for x in (clf.class_names[int(c)], f"{float(pv):.6f}")
             ]
-            writer.writerow([p, clf.class_names[int(i[0])], f"{float(v[0]):.6f}", *top])
+            more = [f"{extra[key][row]:.6f}" for key in extra]
+            writer.writerow([p, clf.class_names[int(i[0])], f"{float(v[0]):.6f}", *more, *top])
     print(f"wrote {len(kept)} predictions to {out}")
     return 2 if bad else 0
 
@@ -293,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of everything random in the fit")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a temperature on the validation split (temperature scaling); predict applies it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_option_args(p)
     p.set_defaults(func=_cmd_fit)
@@ -300,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a fitted classifier")
     p.add_argument("classifier", help="a file written by `focusshot fit`")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--output", required=True, help="CSV to write: path, label, confidence, top-k")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="CSV to write: path, label, confidence, the method's uncertainty columns (APT: entropy, "
+        "mutual_information), top-k",
+    )
     p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
