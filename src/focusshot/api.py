@@ -153,6 +153,8 @@ def evaluate(
         out = run_episodic(
             model, pool, list(methods), cfg, output, cache, progress=progress, method_options=method_options
         )
+        if figures:
+            _reliability(out, list(methods))
         if figures and out.attention.get("available"):
             from focusshot.report.attention_maps import save_attention_figure, target_masks
 
@@ -181,7 +183,7 @@ def evaluate(
             shifts[str(spec)] = opened.get("test") if isinstance(opened, dict) else opened
             if shifts[str(spec)] is None:
                 raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
-        return run_split(
+        out = run_split(
             model,
             source,
             list(methods),
@@ -192,7 +194,36 @@ def evaluate(
             method_options=method_options,
             shifts=shifts,
         )
+        if figures:
+            _reliability(out, list(methods))
+        return out
     raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
+
+
+def _reliability(out: RunOutcome, methods: list[str]) -> None:
+    """``reliability.png`` (one panel per method; split runs: the largest K, own test split) and
+    ``reliability.md`` / ``.csv`` (pooled ECE per method, and per K for split runs)."""
+    from focusshot.evaluation.results import write_tables
+    from focusshot.report.reliability import pooled_bins, reliability_table, save_reliability_figure
+
+    rows = [r for r in out.rows if r.get("test", "test") == "test"]
+    if not rows:
+        return
+    table = []
+    if "shots" in rows[0] and "episode" not in rows[0]:
+        top = max(r["shots"] for r in rows)
+        for k in sorted({r["shots"] for r in rows}):
+            table += [
+                {"shots": k, **t} for t in reliability_table(pooled_bins(r for r in rows if r["shots"] == k))
+            ]
+        pooled = pooled_bins(r for r in rows if r["shots"] == top)
+    else:
+        pooled = pooled_bins(rows)
+        table = reliability_table(pooled)
+    if not pooled:
+        return
+    save_reliability_figure(pooled, out.directory / "reliability.png", methods)
+    write_tables(out.directory, table, "reliability")
 
 
 @dataclass

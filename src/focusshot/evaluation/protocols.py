@@ -38,6 +38,7 @@ from focusshot.evaluation.metrics import (
     ece,
     fit_temperature,
     nll,
+    reliability_bins,
     selective_accuracy,
 )
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, versions, write_tables
@@ -444,10 +445,23 @@ def _split_record(logits: Tensor, labels: Tensor, temperature: float | None) -> 
     rec = _query_record(logits, labels)
     conf = torch.tensor(rec.pop("confidence"))
     ok = torch.tensor([c == "1" for c in rec["correct"]])
+    rb = reliability_bins(probs, labels)
+    full = rb.counts > 0
+    sums = {  # per-bin sums, so bins of several runs pool exactly (reliability diagrams)
+        "count": rb.counts.tolist(),
+        "correct": [
+            round(float(a * n), 6) if f else 0.0 for a, n, f in zip(rb.accuracy, rb.counts, full, strict=True)
+        ],
+        "confidence": [
+            round(float(c * n), 6) if f else 0.0
+            for c, n, f in zip(rb.confidence, rb.counts, full, strict=True)
+        ],
+    }
     out = {
         "accuracy": accuracy(logits, labels),
         "ece": ece(probs, labels),
         "nll": nll(probs, labels),
+        "bins": sums,
         **rec,
         **{f"sel{round(c * 100)}": selective_accuracy(conf, ok, c) for c in COVERAGES},
     }
