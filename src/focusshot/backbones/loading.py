@@ -7,8 +7,10 @@ with arbitrary code. A Hugging Face directory (``config.json`` + weights) is dis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +129,39 @@ def load_hf_directory(directory: str | Path) -> Backbone:
     sd = read_directory_weights(directory)
     if model_type in ("clip", "clip_vision_model"):
         model = hf.convert_hf_clip(config, sd, tokenizer=_tokenizer_from_dir(directory))
-        fallback = CLIP_PREPROCESS
+        vision = config.get("vision_config", config) if model_type == "clip" else config
+        fallback = _sized(CLIP_PREPROCESS, vision.get("image_size", 224), crop_ratio=1.0)
     elif model_type in ("vit", "deit", "dinov2", "dinov2_with_registers"):
         model = hf.convert_hf_vit(config, sd)
-        fallback = model.preprocess
+        fallback = _sized(model.preprocess, config.get("image_size", 224))
     elif model_type == "swin":
         from focusshot.backbones.convert.hf_swin import convert_hf_swin
 
         model = convert_hf_swin(config, sd)
-        fallback = model.preprocess
+        fallback = _sized(model.preprocess, config.get("image_size", 224))
     else:
         raise CheckpointError(
             f"{config_path}: model_type {model_type!r} is not supported; supported: clip, clip_vision_model, "
             "vit, deit, dinov2, dinov2_with_registers, swin"
         )
     _set_preprocess(model, preprocess_from_hf(directory, fallback))
+    if not (directory / "preprocessor_config.json").is_file():
+        note = (
+            f"no preprocessor_config.json: resize {model.preprocess.resize} / crop {model.preprocess.crop} "
+            "from config.json's image_size"
+        )
+        logging.getLogger("focusshot").warning("%s: %s", directory, note)
+        model.preprocess_source = note  # recorded in the identity by create_backbone
+    else:
+        model.preprocess_source = "preprocessor_config.json"
     return model
+
+
+def _sized(base: Preprocess, image_size: Any, crop_ratio: float = 224 / 256) -> Preprocess:
+    """``base`` at the model's configured input size: crop = ``image_size``, resize = crop /
+    ``crop_ratio`` (ImageNet's 224/256; CLIP resizes to the crop itself)."""
+    side = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+    return dataclasses.replace(base, resize=round(side / crop_ratio), crop=side)
 
 
 def _set_preprocess(model: Backbone, preprocess: Preprocess) -> None:

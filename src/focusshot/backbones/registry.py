@@ -341,6 +341,8 @@ def create_backbone(source: str, pretrained: bool = True, seed: int = 0) -> Back
     model.identity.source = origin
     model.identity.weights_sha256 = weights_digest(model)
     model.identity.extra = {"preprocess": model.preprocess.to_dict()}
+    if getattr(model, "preprocess_source", None):
+        model.identity.extra["preprocess_source"] = model.preprocess_source
     return model
 
 
