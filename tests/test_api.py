@@ -155,3 +155,27 @@ def test_calibrated_fit_and_uncertainty_columns(tmp_path, monkeypatch) -> None:
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 9 and {"entropy", "mutual_information", "confidence"} <= set(rows[0])
     assert all(float(r["mutual_information"]) >= 0 for r in rows)
+
+
+def test_fit_lists_every_bad_image_and_can_skip_them(tmp_path, monkeypatch, capsys) -> None:
+    from focusshot.data.images import ImageErrors
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    data = _write_dataset(tmp_path / "data", classes=2, per_class=3)
+    (data / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (data / "class_1" / "empty.png").write_bytes(b"")
+    (data / "class_1" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ImageErrors) as info:
+        fit(data, backbone="tiny-vit")
+    names = {e.path.name for e in info.value.errors}
+    assert {"broken.png", "empty.png"} <= names
+    clf = fit(data, backbone="tiny-vit", skip_bad=True)
+    skipped = {p.rsplit("/", 1)[-1] for p in clf.info["fitted_on"]["skipped_images"]}
+    assert skipped == names and clf.info["fitted_on"]["images"] == 6
+    out = tmp_path / "clf.safetensors"
+    assert main(["fit", str(data), "--backbone", "tiny-vit", "--output", str(out), "--quiet"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert (
+        main(["fit", str(data), "--backbone", "tiny-vit", "--output", str(out), "--quiet", "--skip-bad"]) == 0
+    )
+    assert "skipped" in capsys.readouterr().err

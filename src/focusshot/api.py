@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import torch
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
-from focusshot.data.images import list_images
+from focusshot.data.images import ImageError, ImageErrors, list_images
 from focusshot.data.sources import LabelledImages, open_source
 from focusshot.embedding import Embeddings, embed_images
 from focusshot.evaluation.cache import FeatureCache
@@ -399,6 +400,19 @@ class Classifier:
         )
 
 
+def _without(data: LabelledImages, gone: set[str]) -> LabelledImages:
+    """``data`` less the samples whose path is in ``gone``."""
+    keep = [i for i, p in enumerate(data.paths) if os.fspath(p) not in gone]
+    if not keep:
+        raise ValueError(f"every image of the {data.split or 'support'} set is unreadable")
+    return dataclasses.replace(
+        data,
+        paths=[data.paths[i] for i in keep],
+        labels=[data.labels[i] for i in keep],
+        boxes=None if data.boxes is None else [data.boxes[i] for i in keep],
+    )
+
+
 def fit(
     support: str | os.PathLike[str] | LabelledImages,
     backbone: str | Backbone = "efficientnet-lite0",
@@ -411,6 +425,7 @@ def fit(
     progress: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     calibrate: bool = False,
+    skip_bad: bool = False,
 ) -> Classifier:
     """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
     or a manifest). ``calibrate`` fits a temperature on the validation images (temperature
@@ -420,6 +435,10 @@ def fit(
     When the data has train/validation splits, the method fits on train and selects its
     hyper-parameters (or its best training step) on validation. The support images' prefix goes
     through the shared feature cache (``cache_dir``; default ``$FOCUSSHOT_CACHE/features``).
+
+    Images that cannot be read fail the fit with every one of them listed
+    (:class:`~focusshot.data.images.ImageErrors`; what was readable is cached, so nothing is
+    recomputed); with ``skip_bad`` they are left out and counted in ``info["fitted_on"]``.
     """
     model, spec = _backbone(backbone, pretrained, seed)
     data = support if isinstance(support, LabelledImages) else open_source(support)
@@ -436,6 +455,22 @@ def fit(
 
     def feats(d: LabelledImages) -> torch.Tensor:
         return cache.get(model, d.paths, prefix, batch_size=batch_size, progress=progress)
+
+    skipped: list[str] = []
+    bad: list[ImageError] = []
+    for part in [train] + ([val] if val is not None else []):
+        try:
+            feats(part)
+        except ImageErrors as exc:
+            bad += exc.errors
+    if bad and not skip_bad:
+        hint = "; pass skip_bad=True (CLI: --skip-bad) to fit without them"
+        raise ImageErrors(bad) from ValueError(f"{len(bad)} support image(s) cannot be read{hint}")
+    if bad:
+        gone = {os.fspath(e.path) for e in bad}
+        skipped = sorted(gone)
+        train = _without(train, gone)
+        val = None if val is None else _without(val, gone)
 
     vals = None if val is None else (feats(val), torch.tensor(val.labels))
     views = None
@@ -473,6 +508,7 @@ def fit(
             "support": str(support) if not isinstance(support, LabelledImages) else "memory",
             "images": len(train.paths),
             "validation_images": 0 if val is None else len(val.paths),
+            "skipped_images": skipped,
             "options": m.options_dict(),
             "seed": seed,
         }

@@ -148,9 +148,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         cache_dir=args.cache_dir,
         calibrate=args.calibrate,
+        skip_bad=args.skip_bad,
     )
     path = clf.save(args.output)
     print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
+    skipped = clf.info["fitted_on"]["skipped_images"]
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", file=sys.stderr)
     if args.calibrate:
         c = clf.info["calibration"]
         print(
@@ -308,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate",
         action="store_true",
         help="fit a temperature on the validation split (temperature scaling); predict applies it",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable images (listed and counted) instead of failing",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_option_args(p)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from focusshot import create_backbone, record
 from focusshot.backbones.base import Backbone
-from focusshot.data.images import ImageError, load_rgb
+from focusshot.data.images import ImageError, ImageErrors, load_rgb
 from focusshot.data.transforms import make_transform
 from focusshot.evaluation.cache import (
     CACHE_FORMAT,
@@ -333,16 +333,27 @@ def test_bad_image_names_file_and_keeps_the_rest(images: list[Path], tmp_path: P
     bad2.write_bytes(b"nope")
     cache = FeatureCache(tmp_path / "cache")
     paths = [*images[:3], bad, *images[3:], bad2]
+    gone = tmp_path / "images" / "gone.png"
+    dangling = tmp_path / "images" / "dangling.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(ImageError, match="broken.png") as info:
-        cache.get(model, paths, Prefix.pooled(), batch_size=2, progress=False)
-    assert info.value.path == bad and "1 more" in str(info.value)
+        cache.get(model, [*paths, gone, dangling], Prefix.pooled(), batch_size=2, progress=False)
+    # every bad file is named in one error, the missing and dangling ones too
+    assert isinstance(info.value, ImageErrors) and len(info.value.errors) == 4
+    assert {e.path.name for e in info.value.errors} == {
+        "broken.png",
+        "broken2.jpg",
+        "gone.png",
+        "dangling.png",
+    }
+    assert all(name in str(info.value) for name in ("broken2.jpg", "gone.png", "dangling.png"))
     keys = FeatureCache(tmp_path / "cache").keys(model, images, Prefix.pooled())
     assert all(cache.path_for(k).is_file() for k in keys)
     calls = Calls(model)
     fresh = FeatureCache(tmp_path / "cache")
     fresh.get(model, images, Prefix.pooled(), progress=False)
     assert calls.n == 0 and fresh.stats.disk_hits == len(images)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ImageErrors, match="missing.png"):
         fresh.get(model, [tmp_path / "missing.png"], Prefix.pooled(), progress=False)
 
 

@@ -48,6 +48,26 @@ class ImageError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
+class ImageErrors(ImageError):
+    """Several unreadable images at once: ``errors`` lists every one (``path`` is the first's).
+
+    Raised after everything readable was computed and stored, so a rerun (or one that skips the
+    listed files) loses nothing.
+    """
+
+    def __init__(self, errors: list[ImageError]) -> None:
+        if not errors:
+            raise ValueError("ImageErrors needs at least one error")
+        self.errors = list(errors)
+        shown = "; ".join(f"{e.path}: {e.reason}" for e in self.errors[:20])
+        more = f"; and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        ValueError.__init__(self, f"{len(self.errors)} unreadable image(s): {shown}{more}")
+        self.path, self.reason = self.errors[0].path, self.errors[0].reason
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))
+
+
 def _composite_on_white(img: Image.Image) -> Image.Image:
     """An image with alpha -> RGB, alpha-blended over an opaque white background."""
     rgba = img.convert("RGBA")

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.loading import weights_digest
 from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
-from focusshot.data.images import ImageError, load_rgb
+from focusshot.data.images import ImageError, ImageErrors, load_rgb
 from focusshot.data.transforms import make_view_transform
 from focusshot.evaluation.cache_store import (
     CACHE_FORMAT,
@@ -256,10 +256,9 @@ class FeatureCache:
         backbone runs.
 
         Raises:
-            FileNotFoundError: a path does not exist (before anything is computed).
-            ImageError: an image cannot be decoded; it names the file (and counts the others).
-                Every other image is still computed and stored first, so nothing is lost and a
-                rerun computes only what was missing.
+            ImageErrors: images that do not exist, cannot be opened or cannot be decoded, every
+                one listed (``errors``). Every other image is still computed and stored first,
+                so nothing is lost and a rerun computes only what was missing.
             ValueError: the backbone cannot produce ``prefix``.
         """
         if batch_size < 1:
@@ -267,8 +266,18 @@ class FeatureCache:
         prefix = prefix.resolve(backbone)
         shape = expected_shape(backbone, prefix)
         weights, transform_cfg, prefix_key, arch = self._key_base(backbone, prefix)
-        str_paths = [os.fspath(p) for p in paths]
-        keys = [entry_key(weights, transform_cfg, prefix_key, self.image_sha256(p), arch) for p in str_paths]
+        str_paths: list[str] = []
+        keys: list[str] = []
+        unreadable: list[ImageError] = []
+        for p in paths:  # a missing, dangling or unreadable file is listed, not fatal: the rest go on
+            try:
+                keys.append(entry_key(weights, transform_cfg, prefix_key, self.image_sha256(p), arch))
+                str_paths.append(os.fspath(p))
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                unreadable.append(
+                    ImageError(p, f"{reason} (missing, a dangling link, a folder or not readable)")
+                )
 
         found: dict[str, Tensor] = {}
         source: dict[str, str] = {}  # key -> "memory", "disk" or "computed"
@@ -302,11 +311,8 @@ class FeatureCache:
                 self.stats.disk_hits += 1
             else:
                 self.stats.misses += 1
-        if errors:
-            first = errors[0]
-            others = [str(e.path) for e in errors[1:4]]
-            more = f" (and {len(errors) - 1} more unreadable image(s), e.g. {others})"
-            raise ImageError(first.path, first.reason + (more if len(errors) > 1 else ""))
+        if unreadable or errors:
+            raise ImageErrors(unreadable + errors)
         if not keys:
             return torch.zeros((0, *shape), dtype=torch.float32)
         rows = [found[k] for k in keys]
