@@ -127,6 +127,7 @@ def evaluate(
     method_options: dict[str, dict[str, Any]] | None = None,
     figures: bool = True,
     test_data: Sequence[str | os.PathLike[str]] = (),
+    strict: bool = False,
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -139,10 +140,23 @@ def evaluate(
     protocol needs train and test (validation optional) and takes ``shots`` as a list; each of
     ``test_data`` (sources with the same class names, or a subset of them) is a distribution-shift
     test set every fit is also scored on (its ``test`` split when it has splits, else all of it).
+
+    Identical image bytes under two labels, in two splits (or a split and a ``test_data`` set),
+    or twice in one class are reported with the files named (a warning; an error with
+    ``strict``) and counted in ``run.json`` (``data_checks``).
     """
     model, _ = _backbone(backbone, pretrained, seed)
     methods = resolve_methods(methods, model)
     source = data if isinstance(data, (LabelledImages, dict)) else open_source(data)
+    parts = dict(source) if isinstance(source, dict) else {"data": source}
+    shifts = {}
+    if protocol == "split":
+        for spec in test_data:
+            opened = open_source(spec)
+            shifts[str(spec)] = opened.get("test") if isinstance(opened, dict) else opened
+            if shifts[str(spec)] is None:
+                raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
+    checks = check_duplicates({**parts, **shifts}, strict)
     cache = FeatureCache(cache_dir or default_cache_dir())
     if protocol == "episodic":
         if test_data:
@@ -156,6 +170,7 @@ def evaluate(
         )
         if figures:
             _reliability(out, list(methods))
+        _record_checks(out, checks)
         if figures and out.attention.get("available"):
             from focusshot.report.attention_maps import save_attention_figure, target_masks
 
@@ -178,12 +193,6 @@ def evaluate(
         if not isinstance(source, dict):
             raise ValueError("the split protocol needs data with train and test splits")
         ks = (shots,) if isinstance(shots, int) else tuple(shots)
-        shifts = {}
-        for spec in test_data:
-            opened = open_source(spec)
-            shifts[str(spec)] = opened.get("test") if isinstance(opened, dict) else opened
-            if shifts[str(spec)] is None:
-                raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
         out = run_split(
             model,
             source,
@@ -197,8 +206,32 @@ def evaluate(
         )
         if figures:
             _reliability(out, list(methods))
+        _record_checks(out, checks)
         return out
     raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
+
+
+def check_duplicates(parts: dict[str, LabelledImages], strict: bool = False) -> dict[str, Any]:
+    """Leakage guard over ``parts`` (split name -> images): warn naming the files, or raise with
+    ``strict``; returns the counts (and a few examples) for ``run.json``."""
+    import logging
+
+    from focusshot.data.integrity import find_duplicates
+
+    report = find_duplicates(parts)
+    if report.any:
+        if strict:
+            raise ValueError(f"duplicate images (strict): {report.message()}")
+        logging.getLogger("focusshot").warning("duplicate images: %s", report.message())
+    return report.to_dict()
+
+
+def _record_checks(out: RunOutcome, checks: dict[str, Any]) -> None:
+    """Add the data checks to the run's ``run.json`` (outside its config: a rerun still resumes)."""
+    path = out.directory / "run.json"
+    info = json.loads(path.read_text())
+    info["data_checks"] = checks
+    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 def _reliability(out: RunOutcome, methods: list[str]) -> None:
@@ -426,6 +459,7 @@ def fit(
     cache_dir: str | os.PathLike[str] | None = None,
     calibrate: bool = False,
     skip_bad: bool = False,
+    strict: bool = False,
 ) -> Classifier:
     """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
     or a manifest). ``calibrate`` fits a temperature on the validation images (temperature
@@ -439,11 +473,14 @@ def fit(
     Images that cannot be read fail the fit with every one of them listed
     (:class:`~focusshot.data.images.ImageErrors`; what was readable is cached, so nothing is
     recomputed); with ``skip_bad`` they are left out and counted in ``info["fitted_on"]``.
+    Identical image bytes under two labels or in train and validation are reported as
+    :func:`evaluate` does (``strict``: an error), and counted in ``info["fitted_on"]``.
     """
     model, spec = _backbone(backbone, pretrained, seed)
     data = support if isinstance(support, LabelledImages) else open_source(support)
     val = data.get("val") if isinstance(data, dict) else None
     train = _pick_split(data, None, "train")
+    checks = check_duplicates({"train": train, **({"val": val} if val is not None else {})}, strict)
     m = create_method(method, options)
     text = None
     if m.needs_text:
@@ -509,6 +546,7 @@ def fit(
             "images": len(train.paths),
             "validation_images": 0 if val is None else len(val.paths),
             "skipped_images": skipped,
+            "data_checks": checks,
             "options": m.options_dict(),
             "seed": seed,
         }

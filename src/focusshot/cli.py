@@ -110,6 +110,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         method_options=_method_options(args) or None,
         test_data=args.test_data or (),
+        strict=args.strict,
     )
     print((out.directory / "summary.md").read_text(), end="")
     if out.paired:
@@ -149,6 +150,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         calibrate=args.calibrate,
         skip_bad=args.skip_bad,
+        strict=args.strict,
     )
     path = clf.save(args.output)
     print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
@@ -256,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse data whose identical image bytes appear under two labels, in two splits or twice",
+    )
+    p.add_argument(
         "--skip-bad", action="store_true", help="skip undecodable images (logged) instead of failing"
     )
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
@@ -286,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split protocol: few-shot sampling seeds")
     p.add_argument("--split", default=None, help="episodic: the split to draw episodes from (default test)")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse data whose identical image bytes appear under two labels, in two splits or twice",
+    )
+    p.add_argument(
         "--test-data",
         action="append",
         default=None,
@@ -312,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibrate",
         action="store_true",
         help="fit a temperature on the validation split (temperature scaling); predict applies it",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse data whose identical image bytes appear under two labels, in two splits or twice",
     )
     p.add_argument(
         "--skip-bad",

@@ -8,6 +8,7 @@ a folder tree, a text file of paths, or a sequence of either.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,15 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     IndexError,
     Image.DecompressionBombError,
 )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class ImageError(ValueError):

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.loading import weights_digest
 from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
-from focusshot.data.images import ImageError, ImageErrors, load_rgb
+from focusshot.data.images import ImageError, ImageErrors, file_sha256, load_rgb
 from focusshot.data.transforms import make_view_transform
 from focusshot.evaluation.cache_store import (
     CACHE_FORMAT,
@@ -60,7 +60,6 @@ from focusshot.evaluation.cache_store import (
     _encode_entry,
     _write_atomic,
     entry_key,
-    file_sha256,
 )
 
 __all__ = [

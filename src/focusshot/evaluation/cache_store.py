@@ -29,15 +29,6 @@ _TENSOR_NAME = "features"
 # keys
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _architecture(backbone: nn.Module) -> str:
     """The class and config of the image tower: what the weights hash cannot tell (activations, eps...)."""
     tower = getattr(backbone, "visual", backbone)
