@@ -24,6 +24,7 @@ from focusshot.backbones.convert.hf_swin import (
     infer_original_swin_config,
     swin_config_from_hf,
 )
+from focusshot.backbones.registry import create_backbone
 from focusshot.backbones.swin import SwinConfig, SwinTransformer
 
 transformers = pytest.importorskip("transformers")
@@ -318,3 +319,47 @@ def test_gradients_reach_bias_tables_and_projections(ours: SwinTransformer) -> N
             assert blk.relative_position_bias_table.grad is not None
             assert blk.relative_position_bias_table.grad.abs().sum() > 0
             assert blk.attn.q.weight.grad is not None and blk.attn.v.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("image", "window", "depths"),
+    [
+        (36, 3, (2, 2, 2)),
+        (40, 3, (1, 2, 2)),
+        (56, 3, (2, 2, 2)),
+        (56, 4, (1, 2, 2)),
+        (48, 3, (2, 2, 2)),
+        (32, 4, (2, 2, 2)),
+        (36, 7, (1, 2, 2)),
+        (48, 4, (2, 2, 2)),
+    ],
+)
+def test_hf_swin_table_of_sizes_windows_and_depths(tmp_path, image, window, depths) -> None:
+    """Every configuration loads (tables keep the configured window, as Hugging Face's); where
+    transformers itself runs, the features are its features. 56 px / window 3 differed by 0.19
+    before: stage 2's 7x7 map pads to 4x4 after merging, larger than the window, so it shifts."""
+    torch.manual_seed(0)
+    cfg = transformers.SwinConfig(
+        image_size=image,
+        patch_size=4,
+        embed_dim=16,
+        depths=list(depths),
+        num_heads=[2, 2, 4],
+        window_size=window,
+        attn_implementation="eager",
+    )
+    ref = transformers.SwinModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.add_(torch.randn_like(p) * (0.5 if "relative_position" in name else 0.05))
+    ref.save_pretrained(tmp_path / "swin")
+    ours = create_backbone(str(tmp_path / "swin"))
+    x = torch.randn(2, 3, image, image)
+    with torch.no_grad():
+        got = ours.forward_features(x)
+        assert got.shape == (2, 64) and bool(torch.isfinite(got).all())
+        try:
+            want = ref(pixel_values=x).pooler_output
+        except RuntimeError:  # transformers' own bias does not shrink with the window here
+            return
+    assert float((got - want).abs().max()) < 1e-5

@@ -65,6 +65,10 @@ class SwinConfig:
         attn_drop: dropout on attention probabilities (training only).
         drop_path_rate: stochastic depth rate of the last block, rising linearly from 0.
         in_chans: input channels.
+        table_per_config: every block's relative-position table has the configured window's
+            ``(2 window_size - 1)**2`` rows and the window shrinks only at run time (Hugging
+            Face's layout); ``False``: a stage whose map is no larger than the window at the
+            training resolution gets a table of that smaller window (the original code's).
     """
 
     image_size: int | tuple[int, int] = 224
@@ -84,6 +88,7 @@ class SwinConfig:
     attn_drop: float = 0.0
     drop_path_rate: float = 0.0
     in_chans: int = 3
+    table_per_config: bool = False
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -366,11 +371,16 @@ class SwinTransformer(Backbone):
         total = sum(cfg.depths)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()
+        hi, wi = h0, w0
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
             dim = cfg.embed_dim * 2**i
-            # The reference fixes each stage's window from its map size at the training resolution.
-            side = min(h0 // 2**i, w0 // 2**i)
-            small = side <= cfg.window_size
+            if i:  # patch merging pads an odd map: the next map is the ceiling of half
+                hi, wi = math.ceil(hi / 2), math.ceil(wi / 2)
+            # The original code fixes each stage's window (and table) from its map size at the
+            # training resolution; Hugging Face keeps the configured table and shrinks at run time
+            # (SwinBlock.window_and_shift applies that rule to every input either way).
+            side = min(hi, wi)
+            small = side <= cfg.window_size and not cfg.table_per_config
             window = max(side, 1) if small else cfg.window_size
             blocks = [
                 SwinBlock(

@@ -126,6 +126,7 @@ def swin_config_from_hf(config: Mapping[str, Any]) -> SwinConfig:
         qkv_bias=bool(config.get("qkv_bias", True)),
         eps=float(config.get("layer_norm_eps", 1e-5)),
         patch_norm_eps=1e-5,
+        table_per_config=True,
         patch_norm=True,
         abs_pos_embed=bool(config.get("use_absolute_embeddings", False)),
         act=_HF_ACTS[act],
