@@ -186,7 +186,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     values, idx = probs.topk(k, dim=-1)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes
+    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(
             ["path", "label", "confidence", *extra]

@@ -44,6 +44,8 @@ def _load(paths: Sequence[str], transform) -> tuple[list[int], list[Tensor], lis
             kept.append(i)
         except ImageError as err:
             bad.append(err)
+        except OSError as err:  # missing, a dangling link, a folder, no permission
+            bad.append(ImageError(p, f"{type(err).__name__}: {err.strerror or err}"))
     return kept, tensors, bad
 
 

@@ -384,6 +384,8 @@ def _load_chunk(
             ok.append((key, path))
         except ImageError as err:
             bad.append(err)
+        except OSError as err:  # missing, a dangling link, a folder, no permission
+            bad.append(ImageError(path, f"{type(err).__name__}: {err.strerror or err}"))
     return ok, (torch.stack(tensors) if tensors else None), bad
 
 
