@@ -154,3 +154,66 @@ def test_fit_names_all_bad_files_or_skips_them_and_predict_carries_on(corpus, tm
     assert len(lines) == 1 + len(good)
     if "latin1" in good:  # a non-UTF-8 name comes back as its own bytes
         assert any(os.fsencode(line.split(",")[0]).endswith(b"latin1_\xe9.png") for line in lines[1:])
+
+
+def test_damaged_datasets_manifests_and_classifiers_fail_naming_what_to_fix(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import json
+
+    from tests.evaluation.test_protocols import _write_dataset
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    root = _write_dataset(tmp_path / "data", classes=3, per_class=3)
+    img = sorted((root / "class_0").iterdir())[0]
+    out = str(tmp_path / "c.safetensors")
+
+    def fit_rc(data) -> tuple[int, str]:
+        rc = main(["fit", str(data), "--backbone", "tiny-vit", "--output", out, "--quiet"])
+        return rc, capsys.readouterr().err
+
+    (root / "class_empty").mkdir()
+    rc, err = fit_rc(root)
+    assert rc == 2 and "class_empty" in err and "no images" in err
+    (root / "class_empty").rmdir()
+    (root / "class_1" / "folder.png").mkdir()  # a folder named like an image is not an image
+    assert fit_rc(root)[0] == 0
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\ufeffpath,label\r\n" + f"{img},cat\r\n{tmp_path / 'missing.png'},dog\r\n")
+    rc, err = fit_rc(manifest)
+    assert rc == 2 and "line 3" in err and "missing.png" in err  # BOM and CRLF read; the missing file named
+    manifest.write_text(f"path,label\n{img},\n")
+    rc, err = fit_rc(manifest)
+    assert rc == 2 and "line 2" in err and "empty label" in err
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [["gone.png", 0, "a"]], "val": [], "test": [["gone.png", 0, "a"]]}))
+    rc, err = fit_rc(split)
+    assert rc == 2 and "split 'train', entry 0" in err and "gone.png" in err
+    rc = main(
+        [
+            "evaluate",
+            "--backbone",
+            "tiny-vit",
+            "--data",
+            str(root),
+            "--method",
+            "protonet",
+            "--ways",
+            "3",
+            "--shots",
+            "5",
+            "--episodes",
+            "2",
+            "--output",
+            str(tmp_path / "ev"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "class_0': 3" in err  # a class with fewer images than shots + queries, named
+    assert fit_rc(root)[0] == 0
+    data = Path(out).read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    rc = main(["predict", str(tmp_path / "cut.safetensors"), str(root), "--output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cut.safetensors" in err and "not a readable classifier" in err

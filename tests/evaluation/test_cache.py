@@ -392,3 +392,22 @@ def test_prefix_validation() -> None:
         Prefix.tokens(1).resolve(cnn)
     with pytest.raises(ValueError, match="CLS"):
         Prefix.head_out([0]).resolve(cnn)
+
+
+def test_unwritable_cache_folder_warns_once_and_the_run_goes_on(
+    images: list[Path], tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    model = create_backbone("tiny-vit")
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder should be")  # writes fail even for root
+    cache = FeatureCache(blocked)
+    with caplog.at_level(logging.WARNING, logger="focusshot"):
+        got = cache.get(model, images, Prefix.pooled(), batch_size=2, progress=False)
+        again = cache.get(model, images, Prefix.pooled(), progress=False)
+    ref = FeatureCache(tmp_path / "ok").get(model, images, Prefix.pooled(), progress=False)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(again, got)
+    assert not cache.disk_writable and caplog.text.count("not writable") == 1
+    assert cache.stats.written == 0 and cache.stats.memory_hits == len(images)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import struct
 import time
@@ -124,6 +125,9 @@ class FeatureCache:
         self._weights_memo: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = (
             weakref.WeakKeyDictionary()
         )
+        #: ``False`` after a write failed (read-only file system, full disk): the run goes on with
+        #: the in-memory cache only, warned about once
+        self.disk_writable = True
 
     # ---- paths and keys
 
@@ -192,11 +196,28 @@ class FeatureCache:
 
     # ---- disk
 
+    def _store(self, key: str, data: bytes) -> bool:
+        """Write an entry to disk; after the first failure warn once and keep to memory."""
+        if not self.disk_writable:
+            return False
+        try:
+            _write_atomic(self.path_for(key), data)
+            return True
+        except OSError as exc:
+            self.disk_writable = False
+            logging.getLogger("focusshot").warning(
+                "feature cache %s is not writable (%s); going on without the disk cache (features are "
+                "kept in memory for this run only)",
+                self.root,
+                exc.strerror or exc,
+            )
+            return False
+
     def read(self, key: str, shape: tuple[int, ...]) -> Tensor | None:
         """The verified stored tensor of entry ``key`` (float16 or float32), ``None`` if absent or damaged."""
         try:
             data = self.path_for(key).read_bytes()
-        except FileNotFoundError:
+        except OSError:  # absent, or the cache folder cannot be read: compute it
             return None
         return _decode_entry(data, key, shape)
 
@@ -359,8 +380,8 @@ class FeatureCache:
                         )
                     for (key, _), values in zip(ok, out, strict=True):
                         stored, data = _encode_entry(values.clone(), key, extra)
-                        _write_atomic(self.path_for(key), data)
-                        self.stats.written += 1
+                        if self._store(key, data):
+                            self.stats.written += 1
                         self._remember(key, stored)
                         found[key] = stored
                 if bar is not None:
