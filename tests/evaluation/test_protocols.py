@@ -75,6 +75,30 @@ def test_killed_and_restarted_run_gives_the_same_summary(tmp_path, pool, backbon
     assert resumed.paired == full.paired
 
 
+def test_ctrl_c_mid_run_leaves_valid_results_and_resumes(tmp_path, pool, backbone, monkeypatch) -> None:
+    import focusshot.evaluation.protocols as protocols
+
+    cache = FeatureCache(tmp_path / "cache")
+    cfg = EpisodicConfig(ways=3, shots=1, queries=3, episodes=6, seed=2)
+    full = run_episodic(backbone, pool, ["protonet", "ridge"], cfg, tmp_path / "full", cache)
+    real, calls = protocols._fit, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # Ctrl-C in the middle of episode 3
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocols, "_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_episodic(backbone, pool, ["protonet", "ridge"], cfg, tmp_path / "run", cache)
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(line)["method"] for line in lines)
+    monkeypatch.setattr(protocols, "_fit", real)
+    resumed = run_episodic(backbone, pool, ["protonet", "ridge"], cfg, tmp_path / "run", cache)
+    assert len(resumed.rows) == 12 and resumed.summary == full.summary
+
+
 def test_restart_with_another_config_is_refused(tmp_path, pool, backbone) -> None:
     cache = FeatureCache(tmp_path / "cache")
     run_episodic(backbone, pool, ["protonet"], EpisodicConfig(3, 1, 3, 2, 0), tmp_path / "run", cache)
