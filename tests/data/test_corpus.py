@@ -111,7 +111,8 @@ def test_every_odd_but_valid_image_is_read_as_rgb(corpus) -> None:
     with Image.open(good["animated.gif"]) as gif:
         first = np.asarray(gif.convert("RGB"))
     assert np.array_equal(np.asarray(load_rgb(good["animated.gif"])), first)
-    assert load_rgb(good["exif_rotated.jpg"], exif_transpose=True).size == (12, 24)
+    assert load_rgb(good["exif_rotated.jpg"]).size == (12, 24)  # shown rotated, read rotated
+    assert load_rgb(good["exif_rotated.jpg"], exif_transpose=False).size == (24, 12)
 
 
 def test_embed_reads_the_good_and_names_every_bad_file(corpus) -> None:

@@ -96,13 +96,13 @@ def test_undecodable_files_raise_image_error(tmp_path: Path) -> None:
     assert isinstance(copy, ImageError) and copy.path == junk and copy.reason == err.value.reason
 
 
-def test_exif_orientation_only_on_request(tmp_path: Path) -> None:
+def test_exif_orientation_honoured_unless_turned_off(tmp_path: Path) -> None:
     img = Image.new("RGB", (6, 4), (5, 5, 5))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     path = _save(img, tmp_path / "rot.jpg", exif=exif)
-    assert load_rgb(path).size == (6, 4)
-    assert load_rgb(path, exif_transpose=True).size == (4, 6)
+    assert load_rgb(path).size == (4, 6)
+    assert load_rgb(path, exif_transpose=False).size == (6, 4)
 
 
 def test_list_images_folder_listfile_and_sequence(tmp_path: Path) -> None:

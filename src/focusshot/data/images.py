@@ -130,13 +130,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike[str], exif_transpose: bool = False) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], exif_transpose: bool = True) -> Image.Image:
     """Read ``path`` fully and return it as an 8-bit RGB ``PIL.Image`` (see ``to_rgb``).
 
     Args:
         path: an image file.
-        exif_transpose: apply the EXIF orientation tag first. Off by default, like torchvision's
-            and Hugging Face's loaders, so features match reference pipelines.
+        exif_transpose: apply the EXIF orientation tag first (on by default: a phone photo is
+            seen the way its owner sees it, as Hugging Face's ``load_image`` does; torchvision's
+            decoders do not). Part of every cache key (``ImageTransform.to_dict``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -231,6 +231,7 @@ class ImageTransform:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "crop_rounding": self.crop_rounding,
+            "exif": "transpose",  # load_rgb honours EXIF orientation
         }
 
     def __repr__(self) -> str:
