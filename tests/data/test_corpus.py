@@ -93,6 +93,10 @@ def make_corpus(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         bad[name].write_bytes(data)
     bad["dangling.png"] = root / "dangling.png"
     bad["dangling.png"].symlink_to(root / "does_not_exist.png")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads any file: no permission case then
+        bad["no_permission.png"] = root / "no_permission.png"
+        _rgb(seed=14).save(bad["no_permission.png"])
+        bad["no_permission.png"].chmod(0)
     return good, bad
 
 
