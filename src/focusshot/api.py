@@ -429,8 +429,34 @@ class Classifier:
             meta["class_names"],
             meta["method"],
             spec,
-            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration")},
+            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto")},
         )
+
+
+def _drop_unreadable(
+    model: Backbone,
+    cache: FeatureCache,
+    train: LabelledImages,
+    val: LabelledImages | None,
+    prefix: Prefix,
+    skip_bad: bool,
+    batch_size: int,
+) -> tuple[LabelledImages, LabelledImages | None, list[str]]:
+    """Compute (and cache) ``prefix`` of every readable image; the unreadable ones fail the fit,
+    all listed, or with ``skip_bad`` are left out and returned."""
+    bad: list[ImageError] = []
+    for part in [train] + ([val] if val is not None else []):
+        try:
+            cache.get(model, part.paths, prefix, batch_size=batch_size, progress=False)
+        except ImageErrors as exc:
+            bad += exc.errors
+    if bad and not skip_bad:
+        hint = "; pass skip_bad=True (CLI: --skip-bad) to fit without them"
+        raise ImageErrors(bad) from ValueError(f"{len(bad)} support image(s) cannot be read{hint}")
+    if not bad:
+        return train, val, []
+    gone = {os.fspath(e.path) for e in bad}
+    return _without(train, gone), (None if val is None else _without(val, gone)), sorted(gone)
 
 
 def _without(data: LabelledImages, gone: set[str]) -> LabelledImages:
@@ -460,6 +486,7 @@ def fit(
     calibrate: bool = False,
     skip_bad: bool = False,
     strict: bool = False,
+    budget_s: float = 60.0,
 ) -> Classifier:
     """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
     or a manifest). ``calibrate`` fits a temperature on the validation images (temperature
@@ -475,39 +502,42 @@ def fit(
     recomputed); with ``skip_bad`` they are left out and counted in ``info["fitted_on"]``.
     Identical image bytes under two labels or in train and validation are reported as
     :func:`evaluate` does (``strict``: an error), and counted in ``info["fitted_on"]``.
+
+    ``method="auto"`` chooses the method by cross-validation on the support (train) images only
+    (:func:`focusshot.auto.choose_method`; methods that train only within ``budget_s`` seconds);
+    the report is ``info["auto"]``.
     """
     model, spec = _backbone(backbone, pretrained, seed)
     data = support if isinstance(support, LabelledImages) else open_source(support)
     val = data.get("val") if isinstance(data, dict) else None
     train = _pick_split(data, None, "train")
     checks = check_duplicates({"train": train, **({"val": val} if val is not None else {})}, strict)
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    auto: dict[str, Any] | None = None
+    skipped: list[str] = []
+    if method == "auto":
+        if options:
+            raise ValueError("method 'auto' takes no options (it chooses a method with its defaults)")
+        from focusshot.auto import choose_method
+
+        train, val, skipped = _drop_unreadable(
+            model, cache, train, val, Prefix.pooled(), skip_bad, batch_size
+        )
+        auto = choose_method(model, train, cache, budget_s=budget_s, seed=seed, progress=progress)
+        method = auto["method"]
     m = create_method(method, options)
     text = None
     if m.needs_text:
         from focusshot.methods.text import class_text_embeddings
 
         text = class_text_embeddings(model, train.class_names)
-    cache = FeatureCache(cache_dir or default_cache_dir())
     prefix = m.prefix(model)
 
     def feats(d: LabelledImages) -> torch.Tensor:
         return cache.get(model, d.paths, prefix, batch_size=batch_size, progress=progress)
 
-    skipped: list[str] = []
-    bad: list[ImageError] = []
-    for part in [train] + ([val] if val is not None else []):
-        try:
-            feats(part)
-        except ImageErrors as exc:
-            bad += exc.errors
-    if bad and not skip_bad:
-        hint = "; pass skip_bad=True (CLI: --skip-bad) to fit without them"
-        raise ImageErrors(bad) from ValueError(f"{len(bad)} support image(s) cannot be read{hint}")
-    if bad:
-        gone = {os.fspath(e.path) for e in bad}
-        skipped = sorted(gone)
-        train = _without(train, gone)
-        val = None if val is None else _without(val, gone)
+    train, val, dropped = _drop_unreadable(model, cache, train, val, prefix, skip_bad, batch_size)
+    skipped = sorted({*dropped, *skipped})
 
     vals = None if val is None else (feats(val), torch.tensor(val.labels))
     views = None
@@ -551,6 +581,8 @@ def fit(
             "seed": seed,
         }
     }
+    if auto is not None:
+        info["auto"] = auto
     if calibrate:
         from focusshot.evaluation.metrics import fit_temperature, nll
 

@@ -131,6 +131,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_auto(report: dict, classifier: Path) -> None:
+    """The candidates' table and the choice; writes ``<classifier stem>.auto.json`` beside it."""
+    import json
+
+    out = classifier.with_name(classifier.stem + ".auto.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if report["candidates"]:
+        print("| method | cross-validated accuracy | 95% CI | NLL | seconds |")
+        print("|---|---|---|---|---|")
+        for r in report["candidates"]:
+            cells = f"{r['accuracy']:.3f} | ±{r['ci95']:.3f} | {r['nll']:.3f} | {r['seconds']:.2f}"
+            print(f"| {r['method']} | {cells} |")
+    for name, why in report.get("skipped", {}).items():
+        print(f"  not tried: {name} ({why})")
+    print(f"auto chose {report['method']!r}: {report['reason']} (report: {out})")
+
+
+def _budget(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"10m"``, ``"1h"`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m or 1h, got {text!r}") from exc
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from focusshot.api import fit
 
@@ -151,9 +179,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         skip_bad=args.skip_bad,
         strict=args.strict,
+        budget_s=args.budget,
     )
     path = clf.save(args.output)
-    print(f"fitted {args.method} on {len(clf.class_names)} classes; classifier written to {path}")
+    if "auto" in clf.info:
+        _print_auto(clf.info["auto"], path)
+    print(f"fitted {clf.method} on {len(clf.class_names)} classes; classifier written to {path}")
     skipped = clf.info["fitted_on"]["skipped_images"]
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", file=sys.stderr)
@@ -316,7 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a classifier on a folder of labelled support images")
     p.add_argument("support", help="folder with one sub-folder per class (or a manifest)")
     p.add_argument("--backbone", required=True, help="registry name, hf:<repo id>, or a local checkpoint")
-    p.add_argument("--method", default="protonet", help="a method (see `focusshot methods`)")
+    p.add_argument(
+        "--method",
+        default="protonet",
+        help="a method (see `focusshot methods`), or auto: cross-validate the candidates on the support set",
+    )
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        default=60.0,
+        help="--method auto: time for methods that train (e.g. 90s, 10m; default 60s)",
+    )
     p.add_argument("--output", required=True, help="classifier file to write (.safetensors)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random in the fit")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
