@@ -128,6 +128,7 @@ def evaluate(
     figures: bool = True,
     test_data: Sequence[str | os.PathLike[str]] = (),
     strict: bool = False,
+    report: bool = True,
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -143,7 +144,8 @@ def evaluate(
 
     Identical image bytes under two labels, in two splits (or a split and a ``test_data`` set),
     or twice in one class are reported with the files named (a warning; an error with
-    ``strict``) and counted in ``run.json`` (``data_checks``).
+    ``strict``) and counted in ``run.json`` (``data_checks``). With ``report`` the run ends by
+    writing ``report.html`` (:func:`focusshot.report.html.write_report`).
     """
     model, _ = _backbone(backbone, pretrained, seed)
     methods = resolve_methods(methods, model)
@@ -188,6 +190,7 @@ def evaluate(
                     model, models, pool, out.examples["query"], target_masks(pool), fig2
                 )
                 out.attention["methods_figure"] = fig2.name
+        _html(out, report)
         return out
     if protocol == "split":
         if not isinstance(source, dict):
@@ -207,6 +210,7 @@ def evaluate(
         if figures:
             _reliability(out, list(methods))
         _record_checks(out, checks)
+        _html(out, report)
         return out
     raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
 
@@ -224,6 +228,13 @@ def check_duplicates(parts: dict[str, LabelledImages], strict: bool = False) -> 
             raise ValueError(f"duplicate images (strict): {report.message()}")
         logging.getLogger("focusshot").warning("duplicate images: %s", report.message())
     return report.to_dict()
+
+
+def _html(out: RunOutcome, report: bool) -> None:
+    if report:
+        from focusshot.report.html import write_report
+
+        write_report(out.directory)
 
 
 def _record_checks(out: RunOutcome, checks: dict[str, Any]) -> None:

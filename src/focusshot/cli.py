@@ -111,6 +111,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         method_options=_method_options(args) or None,
         test_data=args.test_data or (),
         strict=args.strict,
+        report=not args.no_report,
     )
     print((out.directory / "summary.md").read_text(), end="")
     if out.paired:
@@ -127,7 +128,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  each adapted method's attention on episode 0: {out.directory / a['methods_figure']}")
         for name, m in (a.get("methods") or {}).items():
             print(f"  after adapting, {name}: {m['cls_target_mass']:.3f} of [CLS] patch mass on the target")
-    print(f"results in {out.directory}")
+    print(
+        f"results in {out.directory}"
+        + ("" if args.no_report else f"; report: {out.directory / 'report.html'}")
+    )
     return 0
 
 
@@ -234,6 +238,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from focusshot.report.html import write_report
+
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from focusshot.report.explain import explain
 
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse data whose identical image bytes appear under two labels, in two splits or twice",
     )
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument(
         "--test-data",
         action="append",
@@ -435,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--backbone", default="world-clip", help="a CLIP backbone (default world-clip)")
     z.add_argument("--data", default="world:single", help="a FocusWorld suite or any data source")
     z.set_defaults(func=_cmd_world_zeroshot)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page of a run")
+    p.add_argument("run_dir", help="a folder written by `focusshot evaluate` (or holding *.auto.json)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("methods", help="list the methods evaluate and fit accept, with their options")
     p.add_argument("--verbose", action="store_true", help="also list the options every tuning method shares")
