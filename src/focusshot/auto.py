@@ -147,11 +147,16 @@ def choose_method(
         correct = 0
         losses: list[float] = []
         for f, held in enumerate(folds):
-            keep = torch.tensor([i for i in range(len(labels)) if i not in set(held)])
+            out = set(held)
+            keep = torch.tensor([i for i in range(len(labels)) if i not in out])
             ctx = FitContext(backbone, classes, list(support.class_names), text, None, seed=seed)
-            fitted = method.fit(feats[keep], y[keep], ctx)
-            with torch.inference_mode():
-                logits = fitted.logits(feats[torch.tensor(held)]).double()
+            try:
+                fitted = method.fit(feats[keep], y[keep], ctx)
+                with torch.inference_mode():
+                    logits = fitted.logits(feats[torch.tensor(held)]).double()
+            except (ValueError, RuntimeError) as exc:  # e.g. an adapter with nothing to wrap here
+                skipped[name] = "failed: " + (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                break
             correct += int((logits.argmax(-1) == y[held]).sum())
             losses.append(nll(logits, y[held], from_logits=True) * len(held))
             if method.trains and f == 0:  # would the other folds fit in the budget?
