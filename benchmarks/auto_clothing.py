@@ -98,7 +98,8 @@ def main() -> int:
             cv = f"CV {r['cv_accuracy']:.3f} ± {r['cv_ci95']:.3f}"
             best = f"{r['best_on_test']} {r['best_test_accuracy']:.3f}"
             print(
-                f"K={k} seed={seed}: auto chose {r['chosen']} ({cv}), test {r['test_accuracy']:.3f}; best {best}"
+                f"K={k} seed={seed}: auto chose {r['chosen']} ({cv}), "
+                f"test {r['test_accuracy']:.3f}; best {best}"
             )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
