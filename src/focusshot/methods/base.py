@@ -20,6 +20,7 @@ Methods see backbones but never import :mod:`focusshot.evaluation` (the runner s
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -195,17 +196,15 @@ def register_method(name: str) -> Callable[[M], M]:
     return deco
 
 
+#: recipe modules in registration order: frozen-feature heads first, then the tuning baselines,
+#: FORT, the training-free attention methods, and the CLIP adaptation methods
+_RECIPES = ("feature_heads", "tuning", "fort", "falip", "sav", "coop", "clip_lora", "safe", "apt")
+
+
 def _load_all() -> None:
     """Import every recipe module so their registrations run."""
-    import focusshot.methods.apt
-    import focusshot.methods.clip_lora
-    import focusshot.methods.coop
-    import focusshot.methods.falip
-    import focusshot.methods.feature_heads
-    import focusshot.methods.fort
-    import focusshot.methods.safe
-    import focusshot.methods.sav
-    import focusshot.methods.tuning  # noqa: F401
+    for name in _RECIPES:
+        importlib.import_module(f"focusshot.methods.{name}")
 
 
 def list_methods() -> list[str]:
