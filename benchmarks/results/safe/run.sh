@@ -18,6 +18,6 @@ for suite in "${@:-single clutter}"; do
       --set safe@b0.beta=0 --set safe@b1.beta=1 \
       --output "runs/safe/$s"
     mkdir -p "$OUT/$s"
-    cp "runs/safe/$s"/{summary.md,summary.csv,paired.md,paired.csv,run.json,timing.json} "$OUT/$s/"
+    cp "runs/safe/$s"/{results.jsonl,summary.md,summary.csv,paired.md,paired.csv,run.json,timing.json} "$OUT/$s/"
   done
 done
