@@ -45,6 +45,7 @@ from focusshot.backbones.prefix import Prefix
 from focusshot.heads.base import l2_normalize
 from focusshot.heads.zeroshot import text_classifier
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
+from focusshot.methods.text import logit_scale, require_text_tower
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["AptFitted", "AptMethod", "AptOptions", "PromptRefiner", "mc_uncertainty"]
@@ -219,16 +220,11 @@ class AptMethod(Method):
     summary = "APT: class prompts refined per image by cross-attention, MC-dropout uncertainty"
 
     def prefix(self, backbone: Backbone) -> Prefix:
-        if not backbone.capabilities.text:
-            raise ValueError(
-                f"method {self.name!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
-            )
+        require_text_tower(self.name, backbone)
         return Prefix.head_in()
 
     def _scale(self, backbone: Backbone) -> float:
-        if self.options.scale:
-            return float(self.options.scale)
-        return float(backbone.logit_scale.detach().exp().clamp(max=100))
+        return logit_scale(backbone, self.options.scale)
 
     def _model(self, backbone: Backbone, text: Tensor, seed: int) -> _AptModel:
         refiner = PromptRefiner(

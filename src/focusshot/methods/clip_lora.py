@@ -32,8 +32,8 @@ from focusshot.backbones.prefix import Prefix
 from focusshot.heads.base import l2_normalize
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
-from focusshot.methods.finetune import AdaptedFitted, Tail, frozen_copy, train_modules
-from focusshot.methods.text import fill, readable
+from focusshot.methods.finetune import AdaptedFitted, Tail, frozen_copy, train_modules, with_views
+from focusshot.methods.text import fill, logit_scale, readable, require_text_tower
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["CLIPLoRAMethod", "CLIPLoRAOptions"]
@@ -97,10 +97,7 @@ class CLIPLoRAMethod(Method):
     summary = "CLIP-LoRA: LoRA r=2 on q, k, v of both CLIP towers, one fixed recipe (Zanella & Ben Ayed)"
 
     def prefix(self, backbone: Backbone) -> Prefix:
-        if not backbone.capabilities.text:
-            raise ValueError(
-                f"method {self.name!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
-            )
+        require_text_tower(self.name, backbone)
         return Prefix.images()
 
     def augment_views(self) -> int:
@@ -120,9 +117,7 @@ class CLIPLoRAMethod(Method):
         return backbone.tokenize([fill(self.options.template, readable(c)) for c in class_names])
 
     def _scale(self, backbone: Backbone) -> float:
-        if self.options.scale:
-            return float(self.options.scale)
-        return float(backbone.logit_scale.detach().exp().clamp(max=100))
+        return logit_scale(backbone, self.options.scale)
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         o = self.options
@@ -135,14 +130,7 @@ class CLIPLoRAMethod(Method):
         model.to(device)
         classifier = _TextClassifier(model.text, self._ids(model, list(ctx.class_names))).to(device)
         scale = self._scale(ctx.backbone)
-        inputs, targets = support, labels
-        if o.views:
-            if ctx.views is None or ctx.views.shape[:2] != (o.views, len(support)):
-                raise ValueError(
-                    f"method {self.name!r} asked for {o.views} augmented views of each support image"
-                )
-            inputs = torch.cat([support, ctx.views.flatten(0, 1)])
-            targets = labels.repeat(o.views + 1)
+        inputs, targets = with_views(self.name, support, labels, ctx.views, o.views)
         shots = max(1, math.ceil(len(support) / max(ctx.num_classes, 1)))
         steps = o.steps or o.iters_per_shot * shots
         cfg = TrainConfig(

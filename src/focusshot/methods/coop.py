@@ -31,7 +31,7 @@ from focusshot.backbones.prefix import Prefix
 from focusshot.heads.base import l2_normalize
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
 from focusshot.methods.finetune import frozen_copy
-from focusshot.methods.text import readable
+from focusshot.methods.text import logit_scale, readable, require_text_tower
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["CoOpFitted", "CoOpMethod", "CoOpOptions", "PromptLearner"]
@@ -170,10 +170,7 @@ class CoOpMethod(Method):
     summary = "CoOp: learned context vectors before the class name (Zhou et al., IJCV 2022)"
 
     def prefix(self, backbone: Backbone) -> Prefix:
-        if not backbone.capabilities.text:
-            raise ValueError(
-                f"method {self.name!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
-            )
+        require_text_tower(self.name, backbone)
         return Prefix.pooled()
 
     def _epochs(self, n: int, classes: int) -> int:
@@ -193,7 +190,7 @@ class CoOpMethod(Method):
         init = initial_context(clip, o, ctx.num_classes, gen)
         learner = PromptLearner(clip.text, prompt_ids(clip, list(ctx.class_names), init.shape[-2]), init)
         learner.to(device)
-        scale = float(o.scale) if o.scale else float(clip.logit_scale.detach().exp().clamp(max=100))
+        scale = logit_scale(clip, o.scale)
         epochs = self._epochs(len(support), ctx.num_classes)
         batch = min(o.batch_size, len(support))
         val = ctx.val if (ctx.val is not None and o.validate) else None

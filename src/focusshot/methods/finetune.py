@@ -161,6 +161,22 @@ def train_modules(module: nn.Module) -> list[nn.Module]:
     ]
 
 
+def with_views(
+    method: str, support: Tensor, labels: Tensor, views: Tensor | None, count: int
+) -> tuple[Tensor, Tensor]:
+    """Training inputs ``(N (1 + V), ...)`` and labels: the support prefix then its ``count``
+    augmented views ``(V, N, ...)`` (``ctx.views``); the support alone when ``count`` is 0."""
+    if not count:
+        return support, labels
+    if views is None or views.shape[:2] != (count, len(support)):
+        got = None if views is None else tuple(views.shape)
+        raise ValueError(
+            f"method {method!r} asked for {count} augmented views of each of the {len(support)} support "
+            f"images, got {got}"
+        )
+    return torch.cat([support, views.flatten(0, 1)]), labels.repeat(count + 1)
+
+
 def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 64) -> Tensor:
     return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else fn(x)
 
@@ -305,16 +321,7 @@ class FinetuneMethod(Method):
             feats = _batched(lambda x: tail(x.to(device)).float(), support)
         head = self._init_head(feats.cpu(), labels, ctx).to(device)
         head.train()
-        inputs, targets = support, labels
-        if self.augment_views():
-            if ctx.views is None or ctx.views.shape[:2] != (self.augment_views(), len(support)):
-                got = None if ctx.views is None else tuple(ctx.views.shape)
-                raise ValueError(
-                    f"method {self.name!r} asked for {self.augment_views()} augmented views of each of the "
-                    f"{len(support)} support images, got {got}"
-                )
-            inputs = torch.cat([support, ctx.views.flatten(0, 1)])
-            targets = labels.repeat(self.augment_views() + 1)
+        inputs, targets = with_views(self.name, support, labels, ctx.views, self.augment_views())
         cfg = self.train_config(len(inputs), ctx)
         with self.objective(tail, head, inputs, targets, ctx) as extra:
             result: TrainResult = train(

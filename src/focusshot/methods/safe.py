@@ -54,7 +54,9 @@ from focusshot.methods.finetune import (
     image_tower,
     own_storage,
     train_modules,
+    with_views,
 )
+from focusshot.methods.text import logit_scale, require_text_tower
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["SafeAMethod", "SafeMethod", "SafeOptions", "SafeTail"]
@@ -150,10 +152,7 @@ class SafeMethod(Method):
     summary = "SAFE: tune CLIP's attention pool / last block, blend beta*frozen + tuned (Zhu et al.)"
 
     def prefix(self, backbone: Backbone) -> Prefix:
-        if not backbone.capabilities.text:
-            raise ValueError(
-                f"method {self.name!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
-            )
+        require_text_tower(self.name, backbone)
         depth = backbone.token_blocks()
         return Prefix.tokens(depth - 1) if depth else Prefix.head_in()
 
@@ -172,11 +171,7 @@ class SafeMethod(Method):
         return SafeTail(frozen_copy(backbone), tuned, start, self.options.beta), params
 
     def _scale(self, backbone: Backbone) -> float:
-        if self.options.scale:
-            return float(self.options.scale)
-        return float(
-            getattr(backbone, "logit_scale", torch.tensor(100.0).log()).detach().exp().clamp(max=100)
-        )
+        return logit_scale(backbone, self.options.scale)
 
     def _head(self, ctx: FitContext) -> LinearHead:
         if ctx.text is None:
@@ -235,14 +230,7 @@ class SafeMethod(Method):
     ) -> tuple[SafeTail, LinearHead, dict[str, Any]]:
         """Train (searching lr x weight decay on validation when there is one); return the best."""
         o = self.options
-        inputs, targets = support, labels
-        if o.views:
-            if ctx.views is None or ctx.views.shape[:2] != (o.views, len(support)):
-                raise ValueError(
-                    f"method {self.name!r} asked for {o.views} augmented views of each support image"
-                )
-            inputs = torch.cat([support, ctx.views.flatten(0, 1)])
-            targets = labels.repeat(o.views + 1)
+        inputs, targets = with_views(self.name, support, labels, ctx.views, o.views)
         grid = [(o.lr, o.weight_decay)]
         if ctx.val is not None and o.eval_every and o.steps and o.lr_grid and o.wd_grid:
             grid = [(lr, wd) for lr in o.lr_grid for wd in o.wd_grid]

@@ -50,3 +50,19 @@ def class_text_embeddings(clip, class_names: Sequence[str], templates: Sequence[
     emb = clip.encode_text(texts).float()
     emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return emb.reshape(len(class_names), len(templates), -1)
+
+
+def require_text_tower(method: str, backbone) -> None:
+    """Raise ``ValueError`` naming ``method`` when ``backbone`` has no CLIP text tower."""
+    if not backbone.capabilities.text:
+        raise ValueError(
+            f"method {method!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
+        )
+
+
+def logit_scale(backbone, override: float = 0.0) -> float:
+    """CLIP's logit scale: ``override`` when positive, else the model's ``exp(logit_scale)`` (at
+    most 100, as CLIP clamps it in training; 100 for OpenAI's models)."""
+    if override:
+        return float(override)
+    return float(backbone.logit_scale.detach().exp().clamp(max=100))
