@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from focusshot.numerics import golden_section
+
 __all__ = [
     "PairedDifference",
     "ReliabilityBins",
@@ -246,20 +248,7 @@ def fit_temperature(logits: Any, labels: Any, lo: float = 1e-3, hi: float = 1e4,
     def loss(log_t: float) -> float:
         return nll(z / math.exp(log_t), y, from_logits=True)
 
-    a, b = math.log(lo), math.log(hi)
-    g = (math.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = loss(c), loss(d)
-    for _ in range(iters):
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = loss(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = loss(d)
-    return float(math.exp((a + b) / 2))
+    return float(math.exp(golden_section(loss, math.log(lo), math.log(hi), iters)))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from focusshot.heads.base import (
     solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
+from focusshot.numerics import golden_section
 
 #: Default search grid for C: CLIP's range 10^-6 ... 10^6 in half-decade steps (25 values). The
 #: useful C scales with 1 / ||x||^2, so a wide grid serves raw features of any backbone as well as
@@ -147,19 +148,7 @@ def fit_logit_scale(logits: Tensor, labels: Tensor, *, iterations: int = 100) ->
     if not math.isfinite(spread) or spread == 0.0:
         return 1.0, loss(0.0)
     lo, hi = math.log(_SCALE_SPAN[0] / spread), math.log(_SCALE_SPAN[1] / spread)
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fc, fd = loss(c), loss(d)
-    for _ in range(iterations):
-        if fc <= fd:
-            hi, d, fd = d, c, fc
-            c = hi - ratio * (hi - lo)
-            fc = loss(c)
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + ratio * (hi - lo)
-            fd = loss(d)
-    u = (lo + hi) / 2.0
+    u = golden_section(loss, lo, hi, iterations)
     return math.exp(u), loss(u)
 
 
