@@ -18,6 +18,11 @@ for s in ${@:-fine clutter}; do
     --method zeroshot,${coop}tip_adapter_f,apt,apt@nomc,apt@static,apt@lr01 \
     --set apt@nomc.mc_samples=0 --set apt@static.cross_attention=false --set apt@lr01.lr=0.1 \
     --output "runs/apt/$s"
+  if [ "$s" = clutter ]; then  # CoOp alone, same splits and seeds, for its calibration numbers
+    focusshot evaluate --backbone world-clip --data "world:$s?split=1&per_class=60" --protocol split \
+      --shots "$SHOTS" --seeds "$SEEDS" --quiet --no-report --method zeroshot,coop --output "runs/apt/${s}_coop"
+    mkdir -p "$OUT/${s}_coop" && cp "runs/apt/${s}_coop"/{results.jsonl,summary.md,run.json} "$OUT/${s}_coop/"
+  fi
   mkdir -p "$OUT/$s"
   cp "runs/apt/$s"/{results.jsonl,summary.md,summary.csv,paired.md,paired.csv,reliability.md,reliability.png,run.json,timing.json} "$OUT/$s/"
 done

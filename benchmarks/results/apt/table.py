@@ -31,10 +31,14 @@ LABEL = {
 
 
 def _rows(suite: str) -> list[dict]:
-    path = HERE / suite / "results.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The suite's rows, plus CoOp's from ``<suite>_coop`` (run separately on clutter)."""
+    rows = []
+    for folder in (HERE / suite, HERE / f"{suite}_coop"):
+        path = folder / "results.jsonl"
+        if path.is_file():
+            new = [json.loads(line) for line in path.read_text().splitlines() if line]
+            rows += [r for r in new if folder.name == suite or r["method"] == "coop"]
+    return rows
 
 
 def _cell(rows: list[dict], m: str, k: int, key: str) -> str:
