@@ -90,3 +90,16 @@ def test_static_ablation_and_bad_options(clip) -> None:
         create_method("apt", {"dropout": 1.0})
     with pytest.raises(ValueError, match="CLIP"):
         create_method("apt").prefix(focusshot.create_backbone("tiny-vit", seed=0))
+
+
+def test_lr_grid_searches_on_validation(clip) -> None:
+    s, y, _ = _setup(clip)
+    v, vy, _ = _setup(clip, 1, seed=7)
+    m = create_method("apt", {"epochs": 2, "lr_grid": [1e-4, 0.5]})
+    info = m.fit(s, y, _ctx(clip, val=(v, vy))).info()
+    assert [t["lr"] for t in info["search"]] == [1e-4, 0.5]
+    best = max(t["val_accuracy"] for t in info["search"])
+    assert info["lr"] == next(t["lr"] for t in info["search"] if t["val_accuracy"] == best)
+    assert m.fit(s, y, _ctx(clip)).info()["search"] is None  # no validation split: no search
+    with pytest.raises(ValueError, match="lr_grid"):
+        create_method("apt", {"lr_grid": [0.0]})

@@ -17,7 +17,8 @@ The paper has no public code. What it leaves open, and what we chose:
   not the network. ``f(x)`` is the projected [CLS] (row 0).
 * **Dropout** ``p`` (0.1) on the attention weights and on the refinement; **training**: SGD
   (momentum 0.9, weight decay 5e-4), lr 2e-3 with cosine decay, batch 32, 50 epochs; with a
-  validation split the best epoch is kept. These are CoOp's optimiser settings (the paper
+  validation split the best epoch is kept, and ``lr_grid`` (off by default) searches the
+  learning rate on it. These are CoOp's optimiser settings (the paper
   trains with SGD and cosine decay but gives no values we could read).
 * **Monte-Carlo dropout** at inference (Gal & Ghahramani, 2016): ``mc_samples`` (20) stochastic
   passes, batched as one tensor of ``samples x images`` rows, seeded (same seed, same numbers);
@@ -64,6 +65,9 @@ class AptOptions:
     cross_attention: bool = _f(True, "False: a static learned residual per class (ablation)")
     mc_samples: int = _f(20, "Monte-Carlo dropout passes at inference (0: one deterministic pass)")
     lr: float = _f(2e-3, "SGD learning rate (cosine decay)")
+    lr_grid: tuple[float, ...] = _f(
+        (), "with a validation split, learning rates to search (best validation accuracy; () : off)"
+    )
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay")
     epochs: int = _f(50, "epochs over the support set")
@@ -74,6 +78,8 @@ class AptOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if any(not v > 0 for v in self.lr_grid):
+            raise ValueError(f"lr_grid values must be > 0, got {self.lr_grid}")
         if self.heads < 1 or self.mc_samples < 0 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("heads, epochs and batch_size must be >= 1 and mc_samples >= 0")
 
@@ -237,13 +243,41 @@ class AptMethod(Method):
         t0 = time.perf_counter()
         if ctx.text is None:
             raise ValueError(f"method {self.name!r} needs class text embeddings: use a CLIP backbone")
+        val = ctx.val if (ctx.val is not None and o.validate) else None
+        search = []
+        best = None
+        for lr in o.lr_grid if val is not None and o.lr_grid else (o.lr,):
+            model, result = self._train(support, labels, ctx, val, lr)
+            acc = result.best_val_accuracy
+            search.append({"lr": lr, "val_accuracy": acc})
+            if best is None or (acc is not None and acc > (best[1].best_val_accuracy or -1.0)):
+                best = (model, result, lr)
+        model, result, lr = best  # type: ignore[misc]
+        record = result.to_dict()
+        record.pop("history", None)
+        record.update(
+            {
+                "lr": lr,
+                "search": search if len(search) > 1 else None,
+                "fit_seconds": round(time.perf_counter() - t0, 3),
+                "trained_params": sum(p.numel() for p in model.refiner.parameters()),
+                "selected_on": "val" if val is not None else "last step (no validation split)",
+            }
+        )
+        config = {"method": self.name, "options": self.options_dict(), "seed": ctx.seed}
+        return AptFitted(self.name, model, o, config, record)
+
+    def _train(
+        self, support: Tensor, labels: Tensor, ctx: FitContext, val: tuple[Tensor, Tensor] | None, lr: float
+    ) -> tuple[_AptModel, Any]:
+        """One training run at learning rate ``lr``: the model and the loop's result."""
+        o = self.options
         device = torch.device(ctx.device)
         model = self._model(ctx.backbone, text_classifier(ctx.text).float(), ctx.seed).to(device)
         batch = min(o.batch_size, len(support))
-        val = ctx.val if (ctx.val is not None and o.validate) else None
         cfg = TrainConfig(
             optimizer="sgd",
-            lr=o.lr,
+            lr=lr,
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             epochs=o.epochs,
@@ -263,17 +297,7 @@ class AptMethod(Method):
             val=val,
             device=device,
         )
-        record = result.to_dict()
-        record.pop("history", None)
-        record.update(
-            {
-                "fit_seconds": round(time.perf_counter() - t0, 3),
-                "trained_params": sum(p.numel() for p in params),
-                "selected_on": "val" if val is not None else "last step (no validation split)",
-            }
-        )
-        config = {"method": self.name, "options": self.options_dict(), "seed": ctx.seed}
-        return AptFitted(self.name, model, o, config, record)
+        return model, result
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
