@@ -50,6 +50,7 @@ from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict
 from focusshot.methods.finetune import (
     AdaptedFitted,
     _batched,
+    _device_of,
     frozen_copy,
     image_tower,
     own_storage,
@@ -305,6 +306,13 @@ class SafeAOptions(SafeOptions):
     tip_lr: float = _f(1e-3, "Tip-Adapter-F learning rate")
 
 
+@torch.inference_mode()
+def blended_features(tail: SafeTail, prefix: Tensor) -> Tensor:
+    """``beta * pool_original + pool_tuned`` of the prefix ``(M, ...)``: ``(M, D)`` on the CPU."""
+    device = _device_of(tail.backbone)
+    return _batched(lambda q: tail.blended(q.to(device)).float().cpu(), prefix)
+
+
 class SafeAFitted(Fitted):
     """SAFE's blended features into a fitted Tip-Adapter-F: ``logits(prefix (M, ...)) -> (M, C)``."""
 
@@ -317,11 +325,9 @@ class SafeAFitted(Fitted):
         self._config = config
         self._record = record
 
-    @torch.inference_mode()
     def features(self, query: Tensor) -> Tensor:
         """Blended features ``(M, D)`` of the prefix ``(M, ...)``."""
-        device = next(self.tail.backbone.parameters()).device
-        return _batched(lambda q: self.tail.blended(q.to(device)).float().cpu(), query)
+        return blended_features(self.tail, query)
 
     def logits(self, query: Tensor) -> Tensor:
         return self.tip.logits(self.features(query))
@@ -355,10 +361,10 @@ class SafeAMethod(SafeMethod):
         t0 = time.perf_counter()
         o = self.options
         tail, head, record = self._train(support, labels, ctx)
-        keys = SafeAFitted(self.name, tail, None, {}, {}).features(support)
+        keys = blended_features(tail, support)
         val_f = val_l = None
         if ctx.val is not None:
-            val_f, val_l = SafeAFitted(self.name, tail, None, {}, {}).features(ctx.val[0]), ctx.val[1]
+            val_f, val_l = blended_features(tail, ctx.val[0]), ctx.val[1]
         tip = create_head(
             "tip_adapter_f",
             text_embeddings=ctx.text,
