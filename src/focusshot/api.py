@@ -129,6 +129,7 @@ def evaluate(
     test_data: Sequence[str | os.PathLike[str]] = (),
     strict: bool = False,
     report: bool = True,
+    device: str = "cpu",
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -146,8 +147,19 @@ def evaluate(
     or twice in one class are reported with the files named (a warning; an error with
     ``strict``) and counted in ``run.json`` (``data_checks``). With ``report`` the run ends by
     writing ``report.html`` (:func:`focusshot.report.html.write_report`).
+
+    Started by ``torchrun`` (or with ``--workers``), every rank calls this: extraction and the
+    episodes (split runs) are shared out, and rank 0 merges the results and writes the summaries,
+    figures and report; the other ranks return an outcome with no rows
+    (:mod:`focusshot.distributed`). ``device``: ``cpu``, ``auto`` (each rank's local GPU where
+    there is one) or a torch device.
     """
+    from focusshot.distributed import ensure
+
+    ctx = ensure(device)
     model, _ = _backbone(backbone, pretrained, seed)
+    if ctx.device.type != "cpu":
+        model = model.to(ctx.device)
     methods = resolve_methods(methods, model)
     source = data if isinstance(data, (LabelledImages, dict)) else open_source(data)
     parts = dict(source) if isinstance(source, dict) else {"data": source}
@@ -170,6 +182,8 @@ def evaluate(
         out = run_episodic(
             model, pool, list(methods), cfg, output, cache, progress=progress, method_options=method_options
         )
+        if not ctx.main:
+            return out
         if figures:
             _reliability(out, list(methods))
         _record_checks(out, checks)
@@ -207,6 +221,8 @@ def evaluate(
             method_options=method_options,
             shifts=shifts,
         )
+        if not ctx.main:
+            return out
         if figures:
             _reliability(out, list(methods))
         _record_checks(out, checks)

@@ -32,10 +32,21 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if not paths:
         print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
         return 2
+    from focusshot.distributed import ensure
+
+    ctx = ensure(args.device)
     backbone = create_backbone(args.backbone, pretrained=not args.random_weights)
+    mine = paths[ctx.rank :: ctx.world] if ctx.active else paths
     emb = embed_images(
-        backbone, paths, batch_size=args.batch_size, progress=not args.quiet, device=args.device
+        backbone, mine, batch_size=args.batch_size, progress=not args.quiet and ctx.main, device=ctx.device
     )
+    if ctx.active:
+        from focusshot.embedding import gather_embeddings
+
+        merged = gather_embeddings(emb, paths, ctx)
+        if merged is None:  # not rank 0: rank 0 writes the file
+            return 0
+        emb = merged
     output = Path(args.output)
     if emb.bad and not args.skip_bad:
         partial = output.with_name(output.stem + ".partial" + output.suffix)
@@ -69,6 +80,45 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict]:
 
     base = read_options_file(args.config) if getattr(args, "config", None) else {}
     return merge_settings(base, getattr(args, "set", None) or [])
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), auto (each process's local GPU where there is one, else the CPU), or a "
+        "torch device such as cuda:0",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes on this machine (torch's elastic launcher, as `torchrun --standalone "
+        "--nproc-per-node N`); extraction and episodes are shared out (default 1)",
+    )
+
+
+def _strip_workers(argv: list[str]) -> list[str]:
+    """``argv`` without ``--workers N`` / ``--workers=N`` (the workers themselves run one each)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 def _add_option_args(p: argparse.ArgumentParser) -> None:
@@ -112,7 +162,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         test_data=args.test_data or (),
         strict=args.strict,
         report=not args.no_report,
+        device=args.device,
     )
+    from focusshot.distributed import current
+
+    if not current().main:  # rank 0 prints and writes the summaries
+        return 0
     print((out.directory / "summary.md").read_text(), end="")
     if out.paired:
         print()
@@ -300,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help="output .safetensors file")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _add_scale_args(p)
     p.add_argument(
         "--strict",
         action="store_true",
@@ -354,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--random-weights", action="store_true", help="random weights instead of pretrained ones")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_scale_args(p)
     _add_option_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -540,7 +596,17 @@ _RECIPE_DEFAULTS.update({f"{k}+fort": v for k, v in list(_RECIPE_DEFAULTS.items(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``focusshot`` command."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 1) > 1:
+        if "WORLD_SIZE" in os.environ:
+            print("error: --workers inside a torchrun job: let torchrun start the processes", file=sys.stderr)
+            return 2
+        from focusshot.distributed import launch_local
+
+        return launch_local(args.workers, _strip_workers(argv))
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:

@@ -113,6 +113,29 @@ def embed_images(
     return Embeddings(features, [paths[i] for i in kept], bad)
 
 
+def gather_embeddings(emb: Embeddings, paths: Sequence[str | Path], ctx) -> Embeddings | None:
+    """Rank 0: every rank's :class:`Embeddings` of its shard (``paths[rank::world]``) merged in
+    the order of ``paths``; other ranks: ``None``. Sent with ``torch.distributed.gather_object``.
+    """
+    import torch.distributed as dist
+
+    mine = (emb.features.cpu(), emb.paths, [(str(e.path), e.reason) for e in emb.bad])
+    parts: list | None = [None] * ctx.world if ctx.main else None
+    dist.gather_object(mine, parts, dst=0)
+    if parts is None:
+        return None
+    rows: dict[str, Tensor] = {}
+    bad_by_path: dict[str, str] = {}
+    for feats, names, bad in parts:
+        rows.update(zip(names, feats, strict=True))
+        bad_by_path.update(bad)
+    order = [str(p) for p in paths]
+    kept = [p for p in order if p in rows]
+    features = torch.stack([rows[p] for p in kept]) if kept else emb.features[:0]
+    errors = [ImageError(p, bad_by_path[p]) for p in order if p in bad_by_path]
+    return Embeddings(features, kept, errors)
+
+
 def save_embeddings(emb: Embeddings, output: str | Path, backbone: Backbone) -> Path:
     """Write ``features`` with safetensors; paths and the backbone identity go in its metadata."""
     from safetensors.torch import save_file

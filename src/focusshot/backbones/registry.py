@@ -142,10 +142,12 @@ def _efficientnet(pretrained: bool, tiny: bool = False) -> Backbone:
     return eff.create_efficientnet_lite0(pretrained=pretrained)
 
 
-def _world_clip(pretrained: bool) -> CLIP:
+def _world_clip(pretrained: bool, arch: str = "world-clip") -> CLIP:
     from focusshot.backbones import world_clip
 
-    return world_clip.load_world_clip() if pretrained else world_clip.build_world_clip()
+    if pretrained:
+        return world_clip.load_world_clip(arch=arch)
+    return world_clip.build_world_clip(arch=arch)
 
 
 _SPECS = [
@@ -214,6 +216,13 @@ _SPECS = [
         "small CLIP pretrained by focusshot on FocusWorld scenes (ships in the package)",
         lambda: _world_clip(False),
         local_pretrained=lambda: _world_clip(True),
+    ),
+    BackboneSpec(
+        "world-clip-deep",
+        "clip",
+        "world-clip at ViT-B's depth: 12 layers x 6 heads, width 144 (ships in the package)",
+        lambda: _world_clip(False, "world-clip-deep"),
+        local_pretrained=lambda: _world_clip(True, "world-clip-deep"),
     ),
     BackboneSpec("tiny-clip-vit", "clip", "tiny random CLIP ViT (tests)", _tiny_clip, tiny=True),
     BackboneSpec(

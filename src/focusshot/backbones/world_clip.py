@@ -1,8 +1,11 @@
-"""``world-clip``: the small CLIP focusshot pretrains on FocusWorld scenes and ships in the package.
+"""``world-clip`` and ``world-clip-deep``: small CLIPs focusshot pretrains on FocusWorld scenes.
 
-Architecture (our own modules): image 64 px, patch 8 (8 x 8 grid + [CLS]), width 192, depth 6,
-3 heads; text tower width 128, depth 4, 2 heads, context 32; joint embedding 128. The tokenizer
-is a byte-level BPE trained (deterministically) on FocusWorld's caption vocabulary.
+``world-clip`` (our own modules): image 64 px, patch 8 (8 x 8 grid + [CLS]), width 192, depth 6,
+3 heads. ``world-clip-deep`` has ViT-B's depth and more heads, so the papers' layer and head
+defaults (FALIP's last 4 of 12 layers, SAV's 20 heads) mean what they mean on ViT-B/16: width
+144, depth 12, 6 heads of 24 channels. Both: text tower width 128, depth 4, 2 heads, context 32;
+joint embedding 128. The tokenizer is a byte-level BPE trained (deterministically) on
+FocusWorld's caption vocabulary. Both ship in the package as float16 safetensors.
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ from focusshot.backbones.base import CLIP_PREPROCESS
 from focusshot.backbones.clip import CLIP, TextConfig, TextTransformer
 from focusshot.backbones.vit import VisionTransformer, ViTConfig
 
-WEIGHTS_NAME = "world_clip.safetensors"
 IMAGE_SIZE = 64
+# name -> (vision width, depth, heads, weights file in the package)
+ARCHS: dict[str, tuple[int, int, int, str]] = {
+    "world-clip": (192, 6, 3, "world_clip.safetensors"),
+    "world-clip-deep": (144, 12, 6, "world_clip_deep.safetensors"),
+}
+WEIGHTS_NAME = ARCHS["world-clip"][3]
+
+
+def _arch(arch: str) -> tuple[int, int, int, str]:
+    if arch not in ARCHS:
+        raise ValueError(f"arch: unknown world-clip architecture {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch]
 
 
 def world_tokenizer():
@@ -28,16 +42,17 @@ def world_tokenizer():
     return ClipTokenizer.train([" ".join(words)] * 4 + words, vocab_size=768)
 
 
-def build_world_clip(tokenizer=None) -> CLIP:
-    """The world-clip architecture with random weights."""
+def build_world_clip(tokenizer=None, arch: str = "world-clip") -> CLIP:
+    """The ``arch`` architecture (a key of ``ARCHS``) with random weights."""
+    width, depth, heads, _ = _arch(arch)
     tok = tokenizer or world_tokenizer()
     vcfg = ViTConfig(
         image_size=IMAGE_SIZE,
         patch_size=8,
-        width=192,
-        depth=6,
-        num_heads=3,
-        mlp_dim=768,
+        width=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=4 * width,
         patch_bias=False,
         pre_norm=True,
         act="gelu",
@@ -62,23 +77,23 @@ def build_world_clip(tokenizer=None) -> CLIP:
     )
 
 
-def shipped_weights() -> Path:
-    """Path of the weights inside the installed package."""
-    return Path(str(resources.files("focusshot") / "assets" / WEIGHTS_NAME))
+def shipped_weights(arch: str = "world-clip") -> Path:
+    """Path of ``arch``'s weights inside the installed package."""
+    return Path(str(resources.files("focusshot") / "assets" / _arch(arch)[3]))
 
 
-def load_world_clip(path: str | Path | None = None) -> CLIP:
-    """world-clip with its pretrained weights (the shipped file unless ``path`` is given)."""
+def load_world_clip(path: str | Path | None = None, arch: str = "world-clip") -> CLIP:
+    """``arch`` with its pretrained weights (the shipped file unless ``path`` is given)."""
     from safetensors.torch import load_file
 
     from focusshot.backbones.convert.common import load_checked
 
-    path = Path(path) if path is not None else shipped_weights()
+    path = Path(path) if path is not None else shipped_weights(arch)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: world-clip weights not found; run `focusshot world pretrain` to make them"
+            f"{path}: {arch} weights not found; run `focusshot world pretrain --arch {arch}` to make them"
         )
-    model = build_world_clip()
+    model = build_world_clip(arch=arch)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
-    load_checked(model, state, f"world-clip weights {path}")
+    load_checked(model, state, f"{arch} weights {path}")
     return model.eval()

@@ -37,6 +37,7 @@ This module knows nothing of models (``data`` never imports backbones).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -1021,8 +1022,31 @@ def build_world(
     found = _read_built(root, settings)
     if found is not None:
         return found
-
     root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(root):  # processes (ranks of one job) asking for one suite: one builds it
+        found = _read_built(root, settings)
+        if found is not None:
+            return found
+        return _build(cfg, root, settings, int(image_size), int(per_class), int(seed))
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``root/.lock`` (POSIX; held until the block ends)."""
+    import fcntl
+
+    with open(root / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(
+    cfg: SuiteConfig, root: Path, settings: dict[str, Any], image_size: int, per_class: int, seed: int
+) -> LabelledImages:
+    """Write the suite into ``root`` (the caller holds the build lock)."""
     images_dir = root / "images"
     marker = root / _MARKER
     if images_dir.exists() and not marker.is_file():

@@ -29,8 +29,9 @@ from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
 from focusshot.data.transforms import box_to_crop
+from focusshot.distributed import Context, current
 from focusshot.evaluation.attention_metrics import attention_report, target_masks
-from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.cache import FeatureCache, Prefix
 from focusshot.evaluation.method_attention import QueryAttention
 from focusshot.evaluation.metrics import (
     accuracy,
@@ -142,9 +143,36 @@ def _prefix_features(
     for m in methods:
         prefix = m.prefix(backbone).resolve(backbone)
         if prefix.key() not in by_key:
-            by_key[prefix.key()] = cache.get(backbone, data.paths, prefix, progress=progress)
+            by_key[prefix.key()] = sharded_get(cache, backbone, data.paths, prefix, progress)
         out[m.name] = by_key[prefix.key()]
     return out
+
+
+def sharded_get(
+    cache: FeatureCache,
+    backbone: Backbone,
+    paths: Sequence[str],
+    prefix: Prefix,
+    progress: bool,
+    ctx: Context | None = None,
+) -> Tensor:
+    """``cache.get`` of every path, the computing split across the job's ranks.
+
+    In a multi-process job rank ``r`` first fills the cache entries of images ``r, r + W, ...``
+    (its progress bar only on rank 0), all ranks meet at a barrier, and then every rank reads the
+    whole set (from disk: the others' entries). Unreadable images are left to that second read,
+    which raises the same :class:`~focusshot.data.images.ImageErrors` on every rank.
+    """
+    ctx = ctx or current()
+    if ctx.active:
+        from focusshot.data.images import ImageErrors
+
+        try:
+            cache.get(backbone, list(paths)[ctx.rank :: ctx.world], prefix, progress=progress and ctx.main)
+        except ImageErrors:
+            pass
+        ctx.barrier()
+    return cache.get(backbone, paths, prefix, progress=progress and ctx.main)
 
 
 def _views(cache: FeatureCache, backbone: Backbone, m: Method, paths: list[str], seed: int) -> Tensor | None:
@@ -319,16 +347,19 @@ def run_episodic(
     )
     info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint()}, ms)
     info["data_classes"] = data.class_names
-    log = ResultLog(output, info, ("method", "episode"))
+    ctx = current()
+    log = ResultLog(output, info, ("method", "episode"), shard=ctx.rank if ctx.active else None)
     feats = _prefix_features(cache, backbone, data, ms, progress)
     text = _text(backbone, ms, data.class_names)
     regions = _regions(backbone, data, ms)
     watched = any(_watched(m) for m in ms)
     looker = QueryAttention.create(backbone, data) if attention and watched else None
-    bar = _bar(progress, len(sampler), "episodes")
+    bar = _bar(progress and ctx.main, len(sampler), "episodes")
     new = 0
     examples: dict[str, Any] = {}
     for ep in sampler:
+        if not ctx.owns(ep.index):
+            continue
         todo = [m for m in ms if not log.has(method=m.name, episode=ep.index)]
         if todo and stop_after is not None and new >= stop_after:
             break
@@ -336,7 +367,7 @@ def run_episodic(
         ys, yq = torch.tensor(ep.support_labels), torch.tensor(ep.query_labels)
         for m in todo:
             t0 = time.perf_counter()
-            ctx = FitContext(
+            fit_ctx = FitContext(
                 backbone,
                 ep.ways,
                 [data.class_names[c] for c in ep.classes],
@@ -346,7 +377,7 @@ def run_episodic(
                 seed=ep.seed,
                 regions=_region_rows(m, regions, sup),
             )
-            fitted = _fit(m, feats[m.name][sup], ys, ctx)
+            fitted = _fit(m, feats[m.name][sup], ys, fit_ctx)
             kept = examples.setdefault("fitted", {})
             if m.trains and m.name not in kept and fitted.attention_model() is not None:
                 kept[m.name] = fitted
@@ -367,16 +398,15 @@ def run_episodic(
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             row.update(_fit_facts(m, fitted, episodic=True))
-            row.update(_missing(m, ctx.regions, q_regions))
+            row.update(_missing(m, fit_ctx.regions, q_regions))
             if looker is not None and _watched(m):
                 row.update(looker.measure(fitted, feats[m.name][qry], ep.query, q_regions))
                 row.update(looker.measure_prompts(fitted, ep.support))
             log.append(row)
         new += bool(todo)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        _tick(bar, log, ctx, len(ms))
+    if not _gather(log, ctx, [(m.name, i) for i in range(len(sampler)) for m in ms], bar, len(ms)):
+        return RunOutcome(log.directory, [], [], [])
     summary = summarise(log.rows, ("method",), _METRICS, ci=True)
     for row in summary:
         row.update(pooled_calibration([r for r in log.rows if r["method"] == row["method"]]))
@@ -550,7 +580,9 @@ def run_split(
     shifts = dict(shifts or {})
     if shifts:
         info["config"]["shift_tests"] = sorted(shifts)
-    log = ResultLog(output, info, ("method", "shots", "split_seed", "test"), {"test": "test"})
+    ctx = current()
+    keys = ("method", "shots", "split_seed", "test")
+    log = ResultLog(output, info, keys, {"test": "test"}, shard=ctx.rank if ctx.active else None)
     f_train = _prefix_features(cache, backbone, train, ms, progress)
     f_test = _prefix_features(cache, backbone, test, ms, progress)
     f_val = _prefix_features(cache, backbone, val, ms, progress) if val is not None else None
@@ -567,6 +599,7 @@ def run_split(
             shift_labels(data, train.class_names, name),
             _regions(backbone, data, ms),
         )
+    unit = -1  # (K, seed, method) runs, dealt to the ranks by index
     for k in config.shots:
         for s in config.seeds:
             idx = torch.tensor(
@@ -585,6 +618,9 @@ def run_split(
                     )
                 )
             for m in ms:
+                unit += 1
+                if not ctx.owns(unit):
+                    continue
                 todo = [t for t in tests if not log.has(method=m.name, shots=k, split_seed=s, test=t)]
                 if not todo:
                     continue
@@ -594,7 +630,7 @@ def run_split(
                     vals = (f_val[m.name][vidx], torch.tensor(val.labels)[vidx])  # type: ignore[union-attr]
                     val_regions = _region_rows(m, r_val, vidx)
                 views = _views(cache, backbone, m, [train.paths[i] for i in idx.tolist()], s)
-                ctx = FitContext(
+                fit_ctx = FitContext(
                     backbone,
                     classes,
                     train.class_names,
@@ -605,7 +641,7 @@ def run_split(
                     regions=_region_rows(m, r_train, idx),
                     val_regions=val_regions,
                 )
-                fitted = _fit(m, f_train[m.name][idx], y_train[idx], ctx)
+                fitted = _fit(m, f_train[m.name][idx], y_train[idx], fit_ctx)
                 fit_seconds = time.perf_counter() - t0
                 temperature = None
                 if vals is not None:  # temperature scaling on the validation images (Guo et al., 2017)
@@ -629,8 +665,11 @@ def run_split(
                         "seconds": round(fit_seconds + time.perf_counter() - t1, 4),
                     }
                     row.update(_fit_facts(m, fitted, episodic=False))
-                    row.update(_missing(m, ctx.regions, t_regions))
+                    row.update(_missing(m, fit_ctx.regions, t_regions))
                     log.append(row)
+    order = [(m.name, k, s, t) for k in config.shots for s in config.seeds for m in ms for t in tests]
+    if not _gather(log, ctx, order):
+        return RunOutcome(log.directory, [], [], [])
     group = ("method", "shots", "test") if shifts else ("method", "shots")
     summary = summarise(log.rows, group, _SPLIT_METRICS, ci=False)
     write_tables(log.directory, summary)
@@ -658,6 +697,29 @@ def _selected(fitted: Fitted) -> dict[str, Any]:
     """Hyper-parameters a fitted method recorded (C, alpha, beta...): its JSON-able scalars."""
     keep = (int, float, str, bool)
     return {k: v for k, v in fitted.info().items() if isinstance(v, keep)}
+
+
+def _tick(bar, log: ResultLog, ctx: Context, per_unit: int) -> None:
+    """Advance rank 0's bar: by one in a one-process run, to every rank's finished units otherwise."""
+    if bar is None:
+        return
+    if ctx.active:
+        bar.n = min(bar.total, log.count_all() // per_unit)
+        bar.refresh()
+    else:
+        bar.update(1)
+
+
+def _gather(log: ResultLog, ctx: Context, order: list[tuple], bar=None, per_unit: int = 1) -> bool:
+    """End of the units: wait for every rank (rank 0's bar counting theirs), merge the shards into
+    ``results.jsonl`` in ``order`` on rank 0; whether this process goes on to write the summaries."""
+    ctx.wait_all(None if bar is None else lambda: _tick(bar, log, ctx, per_unit))
+    if bar is not None:
+        bar.close()
+    if not ctx.main:
+        return False
+    log.merge(order)
+    return True
 
 
 def _bar(progress: bool, total: int, desc: str):

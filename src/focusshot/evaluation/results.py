@@ -4,10 +4,16 @@ One JSONL line per episode (or split run) is appended and flushed as soon as it 
 restarted run reads the log, skips what is there, and ends with the same summary as an
 uninterrupted one. ``run.json`` beside the log holds the run's configuration, seed, versions and
 backbone identity; a restart with a different configuration is refused rather than mixed in.
+
+In a multi-process run (:mod:`focusshot.distributed`) each rank appends to its own shard,
+``shards/rank<r>.jsonl``; every rank's view of what is done is ``results.jsonl`` plus every
+shard, so a rerun with any number of ranks resumes, and :meth:`ResultLog.merge` (rank 0, at the
+end) folds the shards into ``results.jsonl`` in a one-process run's order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -44,6 +50,8 @@ class ResultLog:
             that differ.
         key_fields: the fields that identify one unit (e.g. ``("method", "episode")``).
         key_defaults: values of key fields that rows written before the field existed lack.
+        shard: this process's rank in a multi-process run: rows are appended to
+            ``shards/rank<shard>.jsonl`` (``None``: to ``results.jsonl``).
     """
 
     def __init__(
@@ -52,11 +60,16 @@ class ResultLog:
         run_info: dict[str, Any],
         key_fields: tuple[str, ...],
         key_defaults: dict[str, Any] | None = None,
+        shard: int | None = None,
     ):
         self.key_defaults = dict(key_defaults or {})
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "results.jsonl"
+        self.shard_dir = self.directory / "shards"
+        self.target = self.path if shard is None else self.shard_dir / f"rank{shard}.jsonl"
+        if shard is not None:
+            self.shard_dir.mkdir(exist_ok=True)
         self.key_fields = key_fields
         info_path = self.directory / "run.json"
         if info_path.is_file():
@@ -72,29 +85,83 @@ class ResultLog:
                     "use another --output folder"
                 )
         else:
-            tmp = info_path.with_suffix(".json.tmp")
+            tmp = info_path.with_suffix(f".json.{os.getpid()}.tmp")  # ranks may write it at once
             tmp.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
             tmp.replace(info_path)
-        self.rows: list[dict[str, Any]] = self._read()
-        self.done = {self.key(r) for r in self.rows}
+        self.rows: list[dict[str, Any]] = []
+        self.done: set[tuple] = set()
+        self._load()
+
+    def _load(self) -> None:
+        """Read ``results.jsonl`` and every shard into ``rows`` and ``done`` (first copy of a key wins)."""
+        self.rows, self.done = [], set()
+        for path in self._files():
+            for row in self._read(path, repair=path == self.target):
+                if self.key(row) not in self.done:  # a shard merged just before a kill repeats rows
+                    self.rows.append(row)
+                    self.done.add(self.key(row))
 
     def key(self, row: dict[str, Any]) -> tuple:
         return tuple(row[f] if f in row else self.key_defaults[f] for f in self.key_fields)
 
-    def _read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
+    def _files(self) -> list[Path]:
+        """``results.jsonl`` then every rank's shard, in rank order."""
+        shards = sorted(self.shard_dir.glob("rank*.jsonl"), key=lambda p: int(p.stem[4:] or 0))
+        return [self.path, *shards]
+
+    @staticmethod
+    def _read(path: Path, repair: bool = True) -> list[dict[str, Any]]:
+        """The whole lines of ``path``; with ``repair`` a line cut short by a killed run is removed
+        from the file (only the file this process appends to: another rank may be writing its own)."""
+        if not path.is_file():
             return []
         rows, good_bytes = [], 0
-        with open(self.path, "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
                 try:
                     rows.append(json.loads(line))
                     good_bytes += len(line)
                 except json.JSONDecodeError:
                     break  # a line cut short by a killed run: drop it and everything after
-        if good_bytes != self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
+        if repair and good_bytes != path.stat().st_size:
+            with open(path, "r+b") as f:
                 f.truncate(good_bytes)
+        return rows
+
+    def count_all(self) -> int:
+        """Rows finished by every rank so far (read from the files; for progress bars)."""
+        total = 0
+        for path in self._files():
+            try:
+                with open(path, "rb") as f:
+                    total += sum(1 for line in f if line.endswith(b"\n"))
+            except OSError:
+                continue
+        return total
+
+    def merge(self, order: list[tuple]) -> list[dict[str, Any]]:
+        """Fold every shard into ``results.jsonl``, rows in ``order`` (the keys in the order a
+        one-process run appends them; unknown keys last), then delete the shards; returns the rows.
+
+        Call on one process after every rank finished. ``results.jsonl`` is replaced atomically
+        before any shard is removed, so a kill at any point loses no row.
+        """
+        self._load()
+        rank = {k: i for i, k in enumerate(order)}
+        rows = sorted(self.rows, key=lambda r: rank.get(self.key(r), len(rank)))
+        shards = self._files()[1:]
+        if shards or rows != self.rows:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(_line(r) for r in rows)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+            for p in shards:
+                p.unlink()
+            with contextlib.suppress(OSError):
+                self.shard_dir.rmdir()
+        self.rows = rows
         return rows
 
     def has(self, **key: Any) -> bool:
@@ -105,13 +172,18 @@ class ResultLog:
         k = self.key(row)
         if k in self.done:
             raise ValueError(f"{k} is already in {self.path}")
-        line = json.dumps(row, sort_keys=True, default=float) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
+        line = _line(row)
+        with open(self.target, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(row)
         self.done.add(k)
+
+
+def _line(row: dict[str, Any]) -> str:
+    """One result line: sorted keys, so equal rows are equal bytes."""
+    return json.dumps(row, sort_keys=True, default=float) + "\n"
 
 
 def summarise(rows: Iterable[dict[str, Any]], group: tuple[str, ...], metrics: tuple[str, ...], ci: bool):

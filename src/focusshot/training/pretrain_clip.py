@@ -36,6 +36,7 @@ class PretrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of weights and data"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed for reproducibility)"})
     suite: str = field(default="world:base", metadata={"help": "FocusWorld suite to train on"})
+    arch: str = field(default="world-clip", metadata={"help": "world-clip or world-clip-deep"})
 
 
 def images_to_tensor(images, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -72,7 +73,7 @@ def pretrain(cfg: PretrainConfig, output: str | Path, log=print) -> dict:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_world_clip().train()
+    model = build_world_clip(arch=cfg.arch).train()
     pre = model.preprocess
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 

@@ -1,0 +1,186 @@
+"""Multi-process runs through torchrun (gloo on CPU): sharded extraction and episodes, merged
+results equal to a one-process run, and a job that loses a rank resumes to the same results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from focusshot.cli import _strip_workers, main
+from focusshot.distributed import Context, resolve_device
+from focusshot.evaluation.results import ResultLog
+
+DATA = "world:clutter?per_class=6"
+EPISODIC = [
+    "evaluate", "--backbone", "tiny-vit", "--random-weights", "--data", DATA, "--method", "protonet,lora",
+    "--set", "lora.steps=3", "--episodes", "6", "--ways", "3", "--queries", "2", "--no-report", "--quiet",
+]  # fmt: skip
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, FOCUSSHOT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", **extra)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _torchrun(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return subprocess.Popen([*cmd, "-m", "focusshot", *args], env=env, **kw)
+
+
+def _rows(folder: Path) -> list[str]:
+    """Result lines without their timings (the only field that differs between runs)."""
+    out = []
+    for line in (folder / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row.pop("seconds")
+        out.append(json.dumps(row, sort_keys=True))
+    return out
+
+
+def _one_process(tmp_path: Path, args: list[str], name: str, monkeypatch) -> Path:
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / name
+    assert main([*args, "--output", str(out)]) == 0
+    return out
+
+
+def test_torchrun_episodes_and_extraction_equal_one_process(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "two"
+    proc = _torchrun([*EPISODIC, "--output", str(out)], _env(tmp_path))
+    assert proc.wait(timeout=240) == 0
+    assert not (out / "shards").exists()  # merged and removed
+    one = _one_process(tmp_path, EPISODIC, "one", monkeypatch)
+    assert _rows(out) == _rows(one)  # same rows in the same order: byte-equal but for timings
+    assert (out / "summary.csv").read_text() == (one / "summary.csv").read_text()
+    assert (out / "paired.csv").read_text() == (one / "paired.csv").read_text()
+
+
+def test_workers_flag_runs_the_split_protocol_across_two_processes(tmp_path, monkeypatch) -> None:
+    args = [
+        "evaluate", "--backbone", "tiny-clip-vit", "--random-weights",
+        "--data", "world:single?per_class=6&split=1", "--protocol", "split", "--shots", "1,2",
+        "--seeds", "1,2", "--method", "logistic,tip_adapter_f,zeroshot", "--no-report", "--quiet",
+    ]  # fmt: skip
+    out = tmp_path / "two"
+    env = _env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "focusshot", *args, "--output", str(out), "--workers", "2"],
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0
+    one = _one_process(tmp_path, args, "one", monkeypatch)
+    assert _rows(out) == _rows(one)
+    assert (out / "paired.csv").read_text() == (one / "paired.csv").read_text()
+
+
+def test_torchrun_embed_equals_one_process(tmp_path, monkeypatch) -> None:
+    from focusshot.data.world import build_world
+    from focusshot.embedding import load_embeddings
+
+    images = build_world("world:single", tmp_path / "w", per_class=1).paths[:7]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(images) + "\n")
+    args = ["embed", "--backbone", "tiny-vit", "--random-weights", "--images", str(listing), "--quiet"]
+    assert _torchrun([*args, "--output", str(tmp_path / "two.safetensors")], _env(tmp_path)).wait(240) == 0
+    assert main([*args, "--output", str(tmp_path / "one.safetensors")]) == 0
+    two, two_paths, _ = load_embeddings(tmp_path / "two.safetensors")
+    one, one_paths, _ = load_embeddings(tmp_path / "one.safetensors")
+    assert two_paths == one_paths == images  # input order although each rank embedded every other image
+    assert torch.equal(two, one)
+
+
+def _pid_of_rank(marker: str, rank: int) -> int | None:
+    """The process whose environment holds ``marker`` and ``RANK=rank`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"FOCUSSHOT_TEST_MARK={marker}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the rank's process through /proc")
+def test_a_killed_rank_leaves_its_rows_and_the_rerun_resumes(tmp_path, monkeypatch) -> None:
+    args = [*EPISODIC, "--episodes", "8"]
+    args[args.index("lora.steps=3")] = "lora.steps=40"  # slow enough to be killed mid-run
+    out = tmp_path / "two"
+    marker = uuid.uuid4().hex
+    proc = _torchrun([*args, "--output", str(out)], _env(tmp_path, FOCUSSHOT_TEST_MARK=marker))
+    shard = out / "shards" / "rank1.jsonl"
+    deadline = time.time() + 200
+    while time.time() < deadline and not (shard.is_file() and shard.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    pid = _pid_of_rank(marker, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0  # torchrun stops the job when a rank dies
+    left = shard.read_text().count("\n")
+    assert 1 <= left < 8  # rank 1 owns 4 episodes x 2 methods: it died mid-run and kept what it finished
+    assert not (out / "summary.csv").exists()
+    rerun = _torchrun([*args, "--output", str(out)], _env(tmp_path))
+    assert rerun.wait(timeout=240) == 0
+    one = _one_process(tmp_path, args, "one", monkeypatch)
+    assert _rows(out) == _rows(one)
+    assert (out / "summary.csv").read_text() == (one / "summary.csv").read_text()
+
+
+def test_result_log_shards_merge_in_order_and_survive_a_kill_between_merge_steps(tmp_path) -> None:
+    info = {"config": {"a": 1}}
+    logs = [ResultLog(tmp_path, info, ("method", "episode"), shard=r) for r in (0, 1)]
+    for ep in range(5):
+        for m in ("b", "a"):
+            logs[ep % 2].append({"method": m, "episode": ep})
+    assert not (tmp_path / "results.jsonl").exists()
+    again = ResultLog(tmp_path, info, ("method", "episode"), shard=0)  # a rerun sees both ranks' rows
+    assert again.has(method="a", episode=3) and len(again.rows) == 10
+    assert again.count_all() == 10
+    # a kill after results.jsonl was written but before the shards were removed: no duplicates
+    order = [(m, ep) for ep in range(5) for m in ("b", "a")]
+    merged = ResultLog(tmp_path, info, ("method", "episode")).merge(order)
+    assert [(r["method"], r["episode"]) for r in merged] == order
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "rank1.jsonl").write_text(json.dumps({"method": "a", "episode": 1}) + "\n")
+    log = ResultLog(tmp_path, info, ("method", "episode"))
+    assert len(log.rows) == 10
+    assert len(log.merge(order)) == 10 and not (tmp_path / "shards").exists()
+
+
+def test_context_deals_units_round_robin() -> None:
+    ranks = [Context(rank=r, world=3) for r in range(3)]
+    owners = [[c.owns(i) for c in ranks].index(True) for i in range(7)]
+    assert owners == [0, 1, 2, 0, 1, 2, 0]
+    assert all(sum(c.owns(i) for c in ranks) == 1 for i in range(20))
+    assert Context().owns(5) and not Context().active
+
+
+def test_device_auto_and_errors() -> None:
+    expect = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", 0).type == expect
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device"):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_strip_workers_and_bad_worker_counts(capsys) -> None:
+    assert _strip_workers(["evaluate", "--workers", "2", "--quiet", "--workers=3"]) == ["evaluate", "--quiet"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--backbone", "tiny-vit", "--data", "x", "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
