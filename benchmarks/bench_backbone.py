@@ -10,6 +10,8 @@ Random weights (no pretrained ViT installs here); fp32; CPU. For each model:
   measured in this run on the model's own largest matrix product (tokens x width x 4 width);
 * the GEMM rate, ours and transformers are measured in turn, ``--repeats`` rounds, best of each;
 * ours: ``forward_features`` (fused attention path) under ``torch.inference_mode``;
+* ours compiled: the same under ``torch.compile(dynamic=False)`` (what ``FeatureCache`` runs with
+  ``compile="always"``); the first call's compile time is reported apart;
 * transformers: ``CLIPVisionModelWithProjection`` holding the same weights (its default
   attention implementation), same inputs; features are checked equal first.
 
@@ -134,11 +136,17 @@ def main() -> None:
         with torch.inference_mode():
             diff = float((model.forward_features(x[:2]) - ref(pixel_values=x[:2]).image_embeds).abs().max())
         # interleave the three measurements so that they see the same machine load; keep each one's best
-        ours_s = hf_s = float("inf")
+        compiled = torch.compile(model.forward_features, dynamic=False)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            comp_diff = float((compiled(x) - model.forward_features(x)).abs().max())
+        compile_s = time.perf_counter() - start
+        ours_s = hf_s = comp_s = float("inf")
         rate = 0.0
         for i in range(args.repeats):
             rate = max(rate, gemm_rate(args.batch * tokens, c.width, c.mlp_dim, seconds=1.0))
             ours_s = min(ours_s, timed(model.forward_features, x, 1, warmup=i == 0))
+            comp_s = min(comp_s, timed(compiled, x, 1, warmup=False))
             hf_s = min(hf_s, timed(lambda t, r=ref: r(pixel_values=t).image_embeds, x, 1, warmup=i == 0))
         roof = rate / flops
         row = {
@@ -152,12 +160,19 @@ def main() -> None:
             "ours_fraction_of_roofline": args.batch / ours_s / roof,
             "ours_over_transformers": hf_s / ours_s,
             "max_abs_feature_diff": diff,
+            "compiled_images_per_s": args.batch / comp_s,
+            "compiled_over_transformers": hf_s / comp_s,
+            "compiled_over_eager": ours_s / comp_s,
+            "compile_seconds": compile_s,
+            "max_abs_compiled_diff": comp_diff,
         }
         results.append(row)
         print(
             f"{name}: ours {row['ours_images_per_s']:.2f} img/s = {row['ours_fraction_of_roofline']:.0%} of "
             f"roofline ({roof:.2f} img/s); transformers {row['transformers_images_per_s']:.2f} img/s; "
-            f"ours/transformers {row['ours_over_transformers']:.2f}x; feature diff {diff:.1e}",
+            f"ours/transformers {row['ours_over_transformers']:.2f}x; feature diff {diff:.1e}; compiled "
+            f"{row['compiled_images_per_s']:.2f} img/s ({row['compiled_over_transformers']:.2f}x transformers, "
+            f"compile {compile_s:.0f} s, diff {comp_diff:.1e})",
             flush=True,
         )
     out = Path(args.output)

@@ -130,6 +130,8 @@ def evaluate(
     strict: bool = False,
     report: bool = True,
     device: str = "cpu",
+    compile: str = "auto",
+    autocast: str = "none",
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -152,7 +154,9 @@ def evaluate(
     episodes (split runs) are shared out, and rank 0 merges the results and writes the summaries,
     figures and report; the other ranks return an outcome with no rows
     (:mod:`focusshot.distributed`). ``device``: ``cpu``, ``auto`` (each rank's local GPU where
-    there is one) or a torch device.
+    there is one) or a torch device. ``compile`` (``auto``, ``always``, ``never``) and
+    ``autocast`` (``none``, ``bf16``, ``fp16``) set how features are extracted
+    (:class:`~focusshot.evaluation.cache.FeatureCache`).
     """
     from focusshot.distributed import ensure
 
@@ -171,7 +175,7 @@ def evaluate(
             if shifts[str(spec)] is None:
                 raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
     checks = check_duplicates({**parts, **shifts}, strict)
-    cache = FeatureCache(cache_dir or default_cache_dir())
+    cache = FeatureCache(cache_dir or default_cache_dir(), compile=compile, autocast=autocast)
     if protocol == "episodic":
         if test_data:
             raise ValueError("test_data (distribution-shift test sets) needs the split protocol")

@@ -411,3 +411,38 @@ def test_unwritable_cache_folder_warns_once_and_the_run_goes_on(
     torch.testing.assert_close(again, got)
     assert not cache.disk_writable and caplog.text.count("not writable") == 1
     assert cache.stats.written == 0 and cache.stats.memory_hits == len(images)
+
+
+@pytest.mark.parametrize("prefix", [Prefix.pooled(), Prefix.head_out((0, 1))])
+def test_compiled_extraction_equals_eager_and_compiles_once(images, tmp_path, prefix) -> None:
+    model = create_backbone("tiny-vit")
+    eager = FeatureCache(tmp_path / "eager", compile="never").get(model, images, prefix, batch_size=3)
+    compiled_cache = FeatureCache(tmp_path / "compiled", compile="always")
+    got = compiled_cache.get(model, images[:5], prefix, batch_size=3, progress=False)  # batches of 3 and 2
+    got2 = compiled_cache.get(model, images[5:], prefix, batch_size=3, progress=False)
+    assert (torch.cat([got, got2]) - eager).abs().max() < 1e-4
+    assert len(compiled_cache._compiled[model]) == 1  # one graph for every batch (short ones padded)
+    # same keys: compiled and eager entries are interchangeable
+    assert compiled_cache.keys(model, images, prefix) == FeatureCache(tmp_path / "e").keys(model, images, prefix)
+
+
+def test_auto_compile_leaves_small_models_eager_and_bad_choices_are_named(images, tmp_path) -> None:
+    model = create_backbone("tiny-vit")
+    cache = FeatureCache(tmp_path)
+    cache.get(model, images, Prefix.pooled(), progress=False)
+    assert not cache._compiled.get(model)  # 7 images x a tiny tower: far below the bar
+    with pytest.raises(ValueError, match="compile"):
+        FeatureCache(tmp_path, compile="sometimes")
+    with pytest.raises(ValueError, match="autocast"):
+        FeatureCache(tmp_path, autocast="int8")
+
+
+def test_autocast_features_are_cached_apart_and_close_to_float32(images, tmp_path) -> None:
+    model = create_backbone("tiny-vit")
+    full = FeatureCache(tmp_path).get(model, images, Prefix.pooled(), progress=False)
+    half_cache = FeatureCache(tmp_path, autocast="bf16")
+    half = half_cache.get(model, images, Prefix.pooled(), progress=False)
+    assert half_cache.stats.misses == len(images)  # not served the float32 entries
+    assert not torch.equal(half, full)
+    cos = torch.nn.functional.cosine_similarity(half, full, dim=-1)
+    assert cos.min() > 0.99

@@ -104,6 +104,16 @@ class CacheStats:
         self.memory_hits = self.disk_hits = self.misses = self.corrupt = self.written = 0
 
 
+#: ``compile="auto"`` compiles the frozen forward when (images to compute) x (image-tower
+#: parameters) reaches this: ViT-B/16 (86 M parameters) on a 2-core CPU ran 7.09 img/s compiled
+#: against 6.11 eager after a 31 s compile, so the compile pays from about
+#: 31 / (1/6.11 - 1/7.09) = 1,370 images; 1,500 ViT-B/16 images set the bar. A deterministic rule
+#: (not a timing), so a run computes its features the same way every time.
+COMPILE_MIN_WORK = 1500 * 86_000_000
+COMPILE_CHOICES = ("auto", "always", "never")
+AUTOCAST_CHOICES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class FeatureCache:
     """Frozen-prefix features of image files, computed once and kept on disk (see the module doc).
 
@@ -111,9 +121,32 @@ class FeatureCache:
         root: the cache folder (created on demand; may be shared by processes and runs).
         memory_bytes: budget of the in-memory layer (least recently used entries leave
             first); ``0`` turns it off.
+        compile: ``torch.compile`` the frozen forward: ``"auto"`` when a call's images x the
+            image tower's parameters reach :data:`COMPILE_MIN_WORK` (1,500 ViT-B/16 images; small
+            models never), ``"always"``, or ``"never"``. Compiled forwards
+            are kept per backbone and prefix and see one batch shape (the last batch is padded),
+            so one compile serves a whole run. Outputs equal eager within 1e-4 (tested); the
+            cache key does not change.
+        autocast: ``"bf16"`` or ``"fp16"``: compute under ``torch.autocast`` in that precision
+            (entries get their own keys: they are not the float32 values); ``"none"`` (default).
     """
 
-    def __init__(self, root: str | os.PathLike[str], memory_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        memory_bytes: int = 2 << 30,
+        compile: str = "auto",
+        autocast: str = "none",
+    ) -> None:
+        if compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile: expected one of {COMPILE_CHOICES}, got {compile!r}")
+        if autocast not in AUTOCAST_CHOICES:
+            raise ValueError(f"autocast: expected one of {sorted(AUTOCAST_CHOICES)}, got {autocast!r}")
+        self.compile = compile
+        self.autocast = autocast
+        self._compiled: weakref.WeakKeyDictionary[nn.Module, dict[str, Callable]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.root = Path(os.path.expanduser(os.fspath(root)))
         self.memory_bytes = int(memory_bytes)
         self.stats = CacheStats()
@@ -172,7 +205,37 @@ class FeatureCache:
 
     def _key_base(self, backbone: Backbone, prefix: Prefix) -> tuple[str, dict, str, str]:
         transform = make_view_transform(backbone.preprocess, prefix.view, prefix.augment_seed).to_dict()
-        return self._weights_sha256(backbone), transform, prefix.key(), _architecture(backbone)
+        key = prefix.key() + ("" if self.autocast == "none" else f"@autocast={self.autocast}")
+        return self._weights_sha256(backbone), transform, key, _architecture(backbone)
+
+    def _forward(self, backbone: Backbone, prefix: Prefix, images: int, batch_size: int) -> Callable:
+        """``(B, 3, H, W) -> (B, *shape)`` for ``prefix``: eager, or compiled (see ``compile``)."""
+        dtype = AUTOCAST_CHOICES[self.autocast]
+
+        def eager(x: Tensor) -> Tensor:
+            if dtype is None:
+                return compute_prefix(backbone, prefix, x)
+            with torch.autocast(x.device.type, dtype=dtype):
+                return compute_prefix(backbone, prefix, x)
+
+        if not (
+            self.compile == "always"
+            or (self.compile == "auto" and images * _tower(backbone) >= COMPILE_MIN_WORK)
+        ):
+            return eager
+        per_backbone = self._compiled.setdefault(backbone, {})
+        key = f"{prefix.key()}|{batch_size}|{self.autocast}"
+        if key not in per_backbone:
+            per_backbone[key] = torch.compile(eager, dynamic=False)
+        compiled = per_backbone[key]
+
+        def padded(x: Tensor) -> Tensor:  # one batch shape: a short last batch is padded with zeros
+            n = len(x)
+            if n < batch_size:
+                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
+            return compiled(x)[:n]
+
+        return padded
 
     # ---- memory layer
 
@@ -367,12 +430,13 @@ class FeatureCache:
             bar = tqdm(total=len(items), unit="img", desc=f"cache {prefix.key()}")
         was_training = backbone.training
         backbone.eval()
+        forward = self._forward(backbone, prefix, len(items), batch_size)
         try:
             for chunk, (ok, batch, bad) in zip(chunks, _prefetched(chunks, transform), strict=True):
                 errors.extend(bad)
                 if ok:
                     with torch.inference_mode():
-                        out = compute_prefix(backbone, prefix, batch.to(device)).float().cpu()
+                        out = forward(batch.to(device)).float().cpu()
                     if tuple(out.shape[1:]) != shape:
                         raise RuntimeError(
                             f"{type(backbone).__name__} gave {tuple(out.shape[1:])} per image for "
@@ -391,6 +455,11 @@ class FeatureCache:
             if bar is not None:
                 bar.close()
         return errors
+
+
+def _tower(backbone: Backbone) -> int:
+    """Parameters of the image tower (a CLIP's text tower does not run during extraction)."""
+    return sum(p.numel() for p in getattr(backbone, "visual", backbone).parameters())
 
 
 def _load_chunk(

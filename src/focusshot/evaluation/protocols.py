@@ -283,6 +283,12 @@ def _text(backbone: Backbone, methods: list[Method], class_names: list[str]) -> 
     return class_text_embeddings(backbone, class_names)
 
 
+def _record_precision(info: dict[str, Any], cache: FeatureCache) -> None:
+    """Features computed under autocast are other numbers: part of the config (resumes must match)."""
+    if cache.autocast != "none":
+        info["config"]["autocast"] = cache.autocast
+
+
 def _base_info(backbone: Backbone, protocol: str, config: dict[str, Any], methods: list[Method]) -> dict:
     return {
         "protocol": protocol,
@@ -347,6 +353,7 @@ def run_episodic(
     )
     info = _base_info(backbone, "episodic", {**asdict(config), "data": sampler.fingerprint()}, ms)
     info["data_classes"] = data.class_names
+    _record_precision(info, cache)
     ctx = current()
     log = ResultLog(output, info, ("method", "episode"), shard=ctx.rank if ctx.active else None)
     feats = _prefix_features(cache, backbone, data, ms, progress)
@@ -577,6 +584,7 @@ def run_split(
         ms,
     )
     info["data_classes"] = train.class_names
+    _record_precision(info, cache)
     shifts = dict(shifts or {})
     if shifts:
         info["config"]["shift_tests"] = sorted(shifts)
