@@ -171,7 +171,8 @@ def main() -> None:
             f"{name}: ours {row['ours_images_per_s']:.2f} img/s = {row['ours_fraction_of_roofline']:.0%} of "
             f"roofline ({roof:.2f} img/s); transformers {row['transformers_images_per_s']:.2f} img/s; "
             f"ours/transformers {row['ours_over_transformers']:.2f}x; feature diff {diff:.1e}; compiled "
-            f"{row['compiled_images_per_s']:.2f} img/s ({row['compiled_over_transformers']:.2f}x transformers, "
+            f"{row['compiled_images_per_s']:.2f} img/s "
+            f"({row['compiled_over_transformers']:.2f}x transformers, "
             f"compile {compile_s:.0f} s, diff {comp_diff:.1e})",
             flush=True,
         )
