@@ -1,6 +1,8 @@
 """Where SAV's selected heads sit: how often each (layer, head) of world-clip is chosen.
 
 python benchmarks/results/sav/heads_figure.py   # writes benchmarks/results/sav/heads.png and heads.json
+python benchmarks/results/sav/heads_figure.py --backbone world-clip-deep --heads 20 \
+    --output benchmarks/results/deep           # the deeper model (12 x 6 heads), the paper's 20
 
 The same episodes as run.sh (5-way, 10 queries, 100 episodes, seed 0) on world:clutter and
 world:single at K = 1, 5, 20; SAV keeps 3 of world-clip's 6 x 3 = 18 heads per episode (the
@@ -8,6 +10,7 @@ best-3 setting of the README's table). Counts are over episodes: a cell of 100 m
 was chosen in every episode.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -25,10 +28,15 @@ from focusshot.data.sources import open_source
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.methods.base import FitContext, create_method
 
-HERE = Path(__file__).parent
-model = create_backbone("world-clip")
+parser = argparse.ArgumentParser()
+parser.add_argument("--backbone", default="world-clip")
+parser.add_argument("--heads", type=int, default=3)
+parser.add_argument("--output", default=str(Path(__file__).parent))
+args = parser.parse_args()
+HERE = Path(args.output)
+model = create_backbone(args.backbone)
 cache = FeatureCache(default_cache_dir())
-method = create_method("sav", {"heads": 3, "selection": "best"})
+method = create_method("sav", {"heads": args.heads, "selection": "best"})
 prefix = method.prefix(model)
 layers, heads = len(model.attention_modules()), model.attention_modules()[0].num_heads
 counts: dict[str, list[list[int]]] = {}
@@ -47,8 +55,10 @@ for row, suite in enumerate(("clutter", "single")):
         counts[f"{suite}_K{k}"] = grid.tolist()
         ax = axes[row, col]
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+        if grid.size <= 36:  # numbers fit in the cells of a small model only
+            for (i, j), v in np.ndenumerate(grid):
+                colour = "white" if v < 60 else "black"
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=colour)
         ax.set_title(f"world:{suite}, K={k}", fontsize=9)
         ax.set_xticks(range(heads))
         ax.set_yticks(range(layers))
@@ -57,9 +67,14 @@ for ax in axes[-1]:
 for ax in axes[:, 0]:
     ax.set_ylabel("layer")
 fig.colorbar(im, ax=axes, shrink=0.8, label="episodes (of 100) choosing the head")
-fig.suptitle("SAV on world-clip: which 3 of the 18 heads are selected", fontsize=10)
+fig.suptitle(
+    f"SAV on {args.backbone}: which {args.heads} of the {layers * heads} heads are selected", fontsize=10
+)
 fig.savefig(HERE / "heads.png", dpi=120, bbox_inches="tight")
 (HERE / "heads.json").write_text(
-    json.dumps({"heads_kept": 3, "episodes": 100, "counts": counts}, indent=2) + "\n"
+    json.dumps(
+        {"backbone": args.backbone, "heads_kept": args.heads, "episodes": 100, "counts": counts}, indent=2
+    )
+    + "\n"
 )
 print(f"wrote {HERE / 'heads.png'}")
