@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -42,3 +43,13 @@ def test_contrastive_loss_decreases_on_a_fixed_batch() -> None:
         loss.backward()
         opt.step()
     assert float(clip_loss(model, x, ids)[0].detach()) < first
+
+
+def test_the_deep_architecture_pretrains_and_loads_as_itself(tmp_path) -> None:
+    cfg = PretrainConfig(steps=1, batch_size=2, warmup=1, seed=0, threads=1, arch="world-clip-deep")
+    pretrain(cfg, tmp_path / "deep.safetensors", log=lambda _: None)
+    model = load_world_clip(tmp_path / "deep.safetensors", arch="world-clip-deep")
+    assert len(model.attention_modules()) == 12
+    assert json.loads((tmp_path / "deep.json").read_text())["config"]["arch"] == "world-clip-deep"
+    with pytest.raises(ValueError, match="deep.safetensors"):  # the weights fit only their own architecture
+        load_world_clip(tmp_path / "deep.safetensors")
