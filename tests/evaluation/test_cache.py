@@ -423,7 +423,8 @@ def test_compiled_extraction_equals_eager_and_compiles_once(images, tmp_path, pr
     assert (torch.cat([got, got2]) - eager).abs().max() < 1e-4
     assert len(compiled_cache._compiled[model]) == 1  # one graph for every batch (short ones padded)
     # same keys: compiled and eager entries are interchangeable
-    assert compiled_cache.keys(model, images, prefix) == FeatureCache(tmp_path / "e").keys(model, images, prefix)
+    eager_keys = FeatureCache(tmp_path / "e").keys(model, images, prefix)
+    assert compiled_cache.keys(model, images, prefix) == eager_keys
 
 
 def test_auto_compile_leaves_small_models_eager_and_bad_choices_are_named(images, tmp_path) -> None:
