@@ -69,7 +69,7 @@ def test_workers_flag_runs_the_split_protocol_across_two_processes(tmp_path, mon
     args = [
         "evaluate", "--backbone", "tiny-clip-vit", "--random-weights",
         "--data", "world:single?per_class=6&split=1", "--protocol", "split", "--shots", "1,2",
-        "--seeds", "1,2", "--method", "logistic,tip_adapter_f,zeroshot", "--no-report", "--quiet",
+        "--seeds", "1,2", "--method", "protonet,tip_adapter,zeroshot", "--no-report", "--quiet",
     ]  # fmt: skip
     out = tmp_path / "two"
     env = _env(tmp_path)
