@@ -159,6 +159,9 @@ def launch_local(workers: int, argv: list[str]) -> int:
     try:
         run(args)
     except Exception as exc:  # ChildFailedError: the failing rank's traceback was printed above it
-        print(f"error: a worker failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+        import sys
+
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: a worker failed: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
     return 0
