@@ -184,3 +184,21 @@ def test_strip_workers_and_bad_worker_counts(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["evaluate", "--backbone", "tiny-vit", "--data", "x", "--workers", "0"])
     assert "--workers" in capsys.readouterr().err
+
+
+def test_a_failing_worker_fails_the_command(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-folder"
+    args = [
+        "evaluate",
+        "--backbone",
+        "tiny-vit",
+        "--random-weights",
+        "--data",
+        str(missing),
+        "--workers",
+        "2",
+    ]
+    env = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "focusshot", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "a worker failed" in proc.stderr and str(missing) in proc.stderr  # the rank's own error, then ours
