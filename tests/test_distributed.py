@@ -202,3 +202,31 @@ def test_a_failing_worker_fails_the_command(tmp_path, capsys) -> None:
     proc = subprocess.run([sys.executable, "-m", "focusshot", *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "a worker failed" in proc.stderr and str(missing) in proc.stderr  # the rank's own error, then ours
+
+
+def test_rank_zero_bar_counts_every_ranks_finished_episodes(tmp_path) -> None:
+    from focusshot.evaluation.protocols import _tick
+
+    class Bar:
+        total, n, refreshed = 10, 0, 0
+
+        def refresh(self) -> None:
+            self.refreshed += 1
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    info = {"config": {}}
+    other = ResultLog(tmp_path, info, ("method", "episode"), shard=1)  # rank 1's rows, 2 methods per episode
+    for ep in (1, 3, 5):
+        for m in ("a", "b"):
+            other.append({"method": m, "episode": ep})
+    mine = ResultLog(tmp_path, info, ("method", "episode"), shard=0)
+    mine.append({"method": "a", "episode": 0})
+    mine.append({"method": "b", "episode": 0})
+    bar = Bar()
+    _tick(bar, mine, Context(rank=0, world=2), per_unit=2)
+    assert bar.n == 4 and bar.refreshed == 1  # 3 episodes of rank 1 + 1 of rank 0
+    single = Bar()
+    _tick(single, mine, Context(), per_unit=2)
+    assert single.n == 1  # one process: one step per own episode
