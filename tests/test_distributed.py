@@ -63,6 +63,9 @@ def test_torchrun_episodes_and_extraction_equal_one_process(tmp_path, monkeypatc
     assert _rows(out) == _rows(one)  # same rows in the same order: byte-equal but for timings
     assert (out / "summary.csv").read_text() == (one / "summary.csv").read_text()
     assert (out / "paired.csv").read_text() == (one / "paired.csv").read_text()
+    # the frozen model's [CLS] attention, measured batch by batch across the ranks, sums the same
+    attention = json.loads((out / "attention.json").read_text())
+    assert attention["available"] and attention == json.loads((one / "attention.json").read_text())
 
 
 def test_workers_flag_runs_the_split_protocol_across_two_processes(tmp_path, monkeypatch) -> None:

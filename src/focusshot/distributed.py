@@ -61,6 +61,14 @@ class Context:
         if self.active:
             dist.barrier()
 
+    def broadcast(self, value: bool) -> bool:
+        """Rank 0's ``value`` on every rank (so that all ranks take the same branch)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
     def wait_all(self, tick: Callable[[], None] | None = None, every_s: float = 0.5) -> None:
         """Barrier that calls ``tick`` every ``every_s`` seconds while waiting (rank 0's progress bar)."""
         if not self.active:

@@ -250,14 +250,29 @@ def attention_report(
         holding 95% of the mass), ``images``.
     """
     require_global_cls(backbone)
+    from focusshot.distributed import current
+
+    ctx = current()
     tf = make_transform(backbone.preprocess)
-    sums: dict[str, float] = {}
-    for s in range(0, len(data.paths), batch_size):
+    keys = ("cls_target_mass", "target_area", "patches_95")
+    per_batch: dict[int, list[float]] = {}
+    for i, s in enumerate(range(0, len(data.paths), batch_size)):
+        if not ctx.owns(i):  # in a multi-process job each rank measures every W-th batch
+            continue
         paths = data.paths[s : s + batch_size]
         images = torch.stack([tf(load_rgb(p)) for p in paths])
         m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess)
         res = measure_attention(backbone, images, m)
-        for k in ("cls_target_mass", "target_area", "patches_95"):
-            sums[k] = sums.get(k, 0.0) + float(res[k].double().sum())
+        per_batch[i] = [float(res[k].double().sum()) for k in keys]
+    if ctx.active:
+        import torch.distributed as dist
+
+        parts: list[dict[int, list[float]] | None] = [None] * ctx.world
+        dist.all_gather_object(parts, per_batch)
+        per_batch = {i: v for part in parts for i, v in (part or {}).items()}
+    sums = dict.fromkeys(keys, 0.0)
+    for i in sorted(per_batch):  # batch order, so every job size adds the same floats in the same order
+        for k, v in zip(keys, per_batch[i], strict=True):
+            sums[k] += v
     n = len(data.paths)
     return {**{k: v / n for k, v in sums.items()}, "images": n}

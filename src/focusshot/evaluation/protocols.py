@@ -87,8 +87,9 @@ def attention_section(backbone: Backbone, data: LabelledImages, directory: Path)
     """
     import json
 
+    ctx = current()
     path = directory / "attention.json"
-    if path.is_file():
+    if ctx.broadcast(path.is_file()):  # every rank takes rank 0's branch (the measurement is shared out)
         return json.loads(path.read_text())
     if not (backbone.capabilities.attention and backbone.capabilities.global_cls):
         out: dict[str, Any] = {"available": False, "reason": "the backbone has no global [CLS] attention row"}
@@ -98,7 +99,8 @@ def attention_section(backbone: Backbone, data: LabelledImages, directory: Path)
             out = {"available": False, "reason": "the data carry no target masks or boxes"}
         else:
             out = {"available": True, "layer": "last", **attention_report(backbone, data, masks)}
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    if ctx.main:
+        path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -412,7 +414,9 @@ def run_episodic(
             log.append(row)
         new += bool(todo)
         _tick(bar, log, ctx, len(ms))
-    if not _gather(log, ctx, [(m.name, i) for i in range(len(sampler)) for m in ms], bar, len(ms)):
+    done = _gather(log, ctx, [(m.name, i) for i in range(len(sampler)) for m in ms], bar, len(ms))
+    att = attention_section(backbone, data, log.directory) if attention else {}  # every rank takes part
+    if not done:
         return RunOutcome(log.directory, [], [], [])
     summary = summarise(log.rows, ("method",), _METRICS, ci=True)
     for row in summary:
@@ -422,7 +426,6 @@ def run_episodic(
     _write_timing(log.directory, log.rows, "episode")
     if pairs:
         write_tables(log.directory, pairs, "paired")
-    att = attention_section(backbone, data, log.directory) if attention else {}
     if att.get("available") and _method_attention(summary):
         att = {**att, "methods": _method_attention(summary)}
         (log.directory / "attention.json").write_text(json.dumps(att, indent=2) + "\n")
