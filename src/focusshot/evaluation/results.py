@@ -90,6 +90,7 @@ class ResultLog:
             tmp.replace(info_path)
         self.rows: list[dict[str, Any]] = []
         self.done: set[tuple] = set()
+        self._counted: dict[Path, tuple[int, int]] = {}  # count_all: file -> (bytes read, lines)
         self._load()
 
     def _load(self) -> None:
@@ -129,14 +130,21 @@ class ResultLog:
         return rows
 
     def count_all(self) -> int:
-        """Rows finished by every rank so far (read from the files; for progress bars)."""
+        """Rows finished by every rank so far (for progress bars): whole lines in every file, each
+        file read only past the point the last call reached."""
+        counted = self._counted
         total = 0
         for path in self._files():
+            offset, lines = counted.get(path, (0, 0))
             try:
                 with open(path, "rb") as f:
-                    total += sum(1 for line in f if line.endswith(b"\n"))
+                    f.seek(offset)
+                    new = f.read()
             except OSError:
-                continue
+                new = b""
+            whole = new.rfind(b"\n") + 1  # a line still being written is counted next time
+            counted[path] = (offset + whole, lines + new.count(b"\n", 0, whole))
+            total += counted[path][1]
         return total
 
     def merge(self, order: list[tuple]) -> list[dict[str, Any]]:
