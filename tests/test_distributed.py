@@ -152,15 +152,21 @@ def test_result_log_shards_merge_in_order_and_survive_a_kill_between_merge_steps
     again = ResultLog(tmp_path, info, ("method", "episode"), shard=0)  # a rerun sees both ranks' rows
     assert again.has(method="a", episode=3) and len(again.rows) == 10
     assert again.count_all() == 10
+    with open(tmp_path / "shards" / "rank1.jsonl", "a") as f:  # a line another rank is still writing
+        f.write('{"method": "a", "epis')
+    assert again.count_all() == 10
+    with open(tmp_path / "shards" / "rank1.jsonl", "a") as f:
+        f.write('ode": 7}\n')
+    assert again.count_all() == 11
     # a kill after results.jsonl was written but before the shards were removed: no duplicates
     order = [(m, ep) for ep in range(5) for m in ("b", "a")]
     merged = ResultLog(tmp_path, info, ("method", "episode")).merge(order)
-    assert [(r["method"], r["episode"]) for r in merged] == order
+    assert [(r["method"], r["episode"]) for r in merged] == [*order, ("a", 7)]  # unknown keys last
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "rank1.jsonl").write_text(json.dumps({"method": "a", "episode": 1}) + "\n")
     log = ResultLog(tmp_path, info, ("method", "episode"))
-    assert len(log.rows) == 10
-    assert len(log.merge(order)) == 10 and not (tmp_path / "shards").exists()
+    assert len(log.rows) == 11
+    assert len(log.merge(order)) == 11 and not (tmp_path / "shards").exists()
 
 
 def test_context_deals_units_round_robin() -> None:
