@@ -614,20 +614,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``focusshot`` command."""
     import os
 
+    from focusshot import distributed
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 1) > 1:
+    if getattr(args, "workers", 1) > 1 and distributed.LAUNCHED not in os.environ:
         if "WORLD_SIZE" in os.environ:
             print("error: --workers inside a torchrun job: let torchrun start the processes", file=sys.stderr)
             return 2
-        from focusshot.distributed import launch_local
-
-        return launch_local(args.workers, _strip_workers(argv))
+        return distributed.launch_local(args.workers, _strip_workers(argv))
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    distributed.teardown()  # every rank waits for rank 0's files, then leaves the process group
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+#: set in the environment of processes that :func:`launch_local` started
+LAUNCHED = "FOCUSSHOT_WORKER"
 #: how long a rank waits for the others at a barrier: a rank may train for hours more than another
 BARRIER_TIMEOUT = timedelta(days=7)
 
@@ -127,7 +129,12 @@ def setup(device: str | torch.device = "cpu") -> Context:
         if dist.is_initialized():
             backend = dist.get_backend()
         else:
-            backend = "nccl" if dev.type == "cuda" else "gloo"
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            per_rank = str(device) in ("auto", "cuda")  # each local rank picks cuda:LOCAL_RANK
+            own_gpu = dev.type == "cuda" and per_rank and local <= torch.cuda.device_count()
+            # NCCL when every local rank has a GPU of its own; ranks sharing a GPU (more workers
+            # than GPUs) use Gloo, which NCCL refuses. Our collectives carry no GPU tensors.
+            backend = "nccl" if own_gpu else "gloo"
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)
             dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
@@ -145,10 +152,14 @@ def current() -> Context:
     return _CONTEXT if _CONTEXT is not None else Context()
 
 
-def teardown() -> None:
-    """Leave the process group (when this module joined one)."""
+def teardown(wait: bool = True) -> None:
+    """Leave the process group: with ``wait``, after every rank got here (so no rank exits while
+    rank 0 still writes the run's files), then ``destroy_process_group`` (a gloo group left open
+    at exit can abort the process)."""
     global _CONTEXT
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
     _CONTEXT = None
 
@@ -163,6 +174,7 @@ def launch_local(workers: int, argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    os.environ[LAUNCHED] = "1"  # the workers run their share, whatever --workers their argv holds
     args = parse_args(["--standalone", f"--nproc-per-node={workers}", "-m", "focusshot", *argv])
     try:
         run(args)

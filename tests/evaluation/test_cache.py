@@ -447,3 +447,35 @@ def test_autocast_features_are_cached_apart_and_close_to_float32(images, tmp_pat
     assert not torch.equal(half, full)
     cos = torch.nn.functional.cosine_similarity(half, full, dim=-1)
     assert cos.min() > 0.99
+
+
+def test_a_failing_compile_falls_back_to_eager_and_auto_decides_on_the_whole_request(
+    images, tmp_path, monkeypatch, caplog
+) -> None:
+    import focusshot.evaluation.cache as cache_mod
+
+    def broken(fn, **kw):
+        def run(x):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(cache_mod.torch, "compile", broken)
+    model = create_backbone("tiny-vit")
+    eager = FeatureCache(tmp_path / "eager", compile="never").get(
+        model, images, Prefix.pooled(), progress=False
+    )
+    with caplog.at_level("WARNING", logger="focusshot"):
+        got = FeatureCache(tmp_path / "c", compile="always").get(
+            model, images, Prefix.pooled(), progress=False
+        )
+    assert torch.equal(got, eager) and "extracting eagerly" in caplog.text
+    # auto: a rank's share of 3 images decides as the whole request of 7 would
+    tower = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(cache_mod, "COMPILE_MIN_WORK", 7 * tower)
+    share = FeatureCache(tmp_path / "s")
+    share.get(model, images[:3], Prefix.pooled(), progress=False, request_images=7)
+    assert share._compiled.get(model)
+    alone = FeatureCache(tmp_path / "a")
+    alone.get(model, images[:3], Prefix.pooled(), progress=False)
+    assert not alone._compiled.get(model)

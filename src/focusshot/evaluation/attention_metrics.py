@@ -253,6 +253,7 @@ def attention_report(
     from focusshot.distributed import current
 
     ctx = current()
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     tf = make_transform(backbone.preprocess)
     keys = ("cls_target_mass", "target_area", "patches_95")
     per_batch: dict[int, list[float]] = {}
@@ -260,8 +261,8 @@ def attention_report(
         if not ctx.owns(i):  # in a multi-process job each rank measures every W-th batch
             continue
         paths = data.paths[s : s + batch_size]
-        images = torch.stack([tf(load_rgb(p)) for p in paths])
-        m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess)
+        images = torch.stack([tf(load_rgb(p)) for p in paths]).to(device)
+        m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess).to(device)
         res = measure_attention(backbone, images, m)
         per_batch[i] = [float(res[k].double().sum()) for k in keys]
     if ctx.active:

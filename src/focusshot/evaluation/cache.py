@@ -227,13 +227,24 @@ class FeatureCache:
         key = f"{prefix.key()}|{batch_size}|{self.autocast}"
         if key not in per_backbone:
             per_backbone[key] = torch.compile(eager, dynamic=False)
-        compiled = per_backbone[key]
 
         def padded(x: Tensor) -> Tensor:  # one batch shape: a short last batch is padded with zeros
             n = len(x)
             if n < batch_size:
                 x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-            return compiled(x)[:n]
+            try:
+                return per_backbone[key](x)[:n]
+            except Exception as exc:  # no C++ compiler, an unsupported op...: eager from here on
+                if per_backbone[key] is eager:
+                    raise
+                logging.getLogger("focusshot").warning(
+                    "torch.compile of the %s forward failed (%s: %s); extracting eagerly",
+                    prefix.key(),
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+                per_backbone[key] = eager
+                return eager(x)[:n]
 
         return padded
 
@@ -329,8 +340,13 @@ class FeatureCache:
         prefix: Prefix,
         batch_size: int = 32,
         progress: bool = True,
+        request_images: int | None = None,
     ) -> Tensor:
         """``prefix`` of every image in ``paths``: float32 ``(N, *expected_shape(backbone, prefix))``.
+
+        ``request_images``: the size of the whole request this call is a share of (a rank's shard
+        of a multi-process job); ``compile="auto"`` decides on it (default ``len(paths)``), so
+        every share and every resume computes the same way as one process would.
 
         Entries found in memory or (verified) on disk are reused; the rest are computed in
         batches of ``batch_size`` under ``torch.inference_mode`` on the backbone's device (in
@@ -385,7 +401,8 @@ class FeatureCache:
         errors: list[ImageError] = []
         if todo:
             extra = {"prefix": prefix_key, "backbone": str(backbone.identity.name), "weights_sha256": weights}
-            errors = self._fill(backbone, prefix, shape, todo, found, batch_size, progress, extra)
+            size = len(keys) if request_images is None else request_images
+            errors = self._fill(backbone, prefix, shape, todo, found, batch_size, progress, extra, size)
         for key in keys:
             kind = source[key]
             if kind == "memory":
@@ -413,6 +430,7 @@ class FeatureCache:
         batch_size: int,
         progress: bool,
         extra: dict[str, str],
+        request_images: int,
     ) -> list[ImageError]:
         """Compute, store and remember every entry of ``todo``; returns the images that failed."""
         transform = make_view_transform(backbone.preprocess, prefix.view, prefix.augment_seed)
@@ -430,7 +448,7 @@ class FeatureCache:
             bar = tqdm(total=len(items), unit="img", desc=f"cache {prefix.key()}")
         was_training = backbone.training
         backbone.eval()
-        forward = self._forward(backbone, prefix, len(items), batch_size)
+        forward = self._forward(backbone, prefix, request_images, batch_size)
         try:
             for chunk, (ok, batch, bad) in zip(chunks, _prefetched(chunks, transform), strict=True):
                 errors.extend(bad)

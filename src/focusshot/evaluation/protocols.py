@@ -90,7 +90,7 @@ def attention_section(backbone: Backbone, data: LabelledImages, directory: Path)
     ctx = current()
     path = directory / "attention.json"
     if ctx.broadcast(path.is_file()):  # every rank takes rank 0's branch (the measurement is shared out)
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()) if ctx.main else {}
     if not (backbone.capabilities.attention and backbone.capabilities.global_cls):
         out: dict[str, Any] = {"available": False, "reason": "the backbone has no global [CLS] attention row"}
     else:
@@ -170,7 +170,8 @@ def sharded_get(
         from focusshot.data.images import ImageErrors
 
         try:
-            cache.get(backbone, list(paths)[ctx.rank :: ctx.world], prefix, progress=progress and ctx.main)
+            mine = list(paths)[ctx.rank :: ctx.world]
+            cache.get(backbone, mine, prefix, progress=progress and ctx.main, request_images=len(paths))
         except ImageErrors:
             pass
         ctx.barrier()
@@ -282,7 +283,7 @@ def _text(backbone: Backbone, methods: list[Method], class_names: list[str]) -> 
         )
     from focusshot.methods.text import class_text_embeddings
 
-    return class_text_embeddings(backbone, class_names)
+    return class_text_embeddings(backbone, class_names).cpu()  # beside the cached features
 
 
 def _record_precision(info: dict[str, Any], cache: FeatureCache) -> None:
@@ -385,6 +386,7 @@ def run_episodic(
                 views=_views(cache, backbone, m, [data.paths[i] for i in ep.support], config.seed),
                 seed=ep.seed,
                 regions=_region_rows(m, regions, sup),
+                device=str(ctx.device),
             )
             fitted = _fit(m, feats[m.name][sup], ys, fit_ctx)
             kept = examples.setdefault("fitted", {})
@@ -610,9 +612,11 @@ def run_split(
             shift_labels(data, train.class_names, name),
             _regions(backbone, data, ms),
         )
-    unit = -1  # (K, seed, method) runs, dealt to the ranks by index
+    pair = -1  # (K, seed) pairs; run (pair, method i) goes to rank (pair + i) mod W, so every
+    # method visits every rank (a plain index would give one rank all of a method when W divides M)
     for k in config.shots:
         for s in config.seeds:
+            pair += 1
             idx = torch.tensor(
                 few_shot_indices(train.labels, k, s, num_classes=classes, class_names=train.class_names)
             )
@@ -628,9 +632,8 @@ def run_split(
                         allow_fewer=True,
                     )
                 )
-            for m in ms:
-                unit += 1
-                if not ctx.owns(unit):
+            for i, m in enumerate(ms):
+                if not ctx.owns(pair + i):
                     continue
                 todo = [t for t in tests if not log.has(method=m.name, shots=k, split_seed=s, test=t)]
                 if not todo:
@@ -651,6 +654,7 @@ def run_split(
                     seed=s,
                     regions=_region_rows(m, r_train, idx),
                     val_regions=val_regions,
+                    device=str(ctx.device),
                 )
                 fitted = _fit(m, f_train[m.name][idx], y_train[idx], fit_ctx)
                 fit_seconds = time.perf_counter() - t0

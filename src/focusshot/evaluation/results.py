@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,11 @@ class ResultLog:
                     "use another --output folder"
                 )
         else:
-            tmp = info_path.with_suffix(f".json.{os.getpid()}.tmp")  # ranks may write it at once
-            tmp.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-            tmp.replace(info_path)
+            # ranks (maybe on other hosts, with equal pids) may write it at once: own temporary files
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".run.", suffix=".json.tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(run_info, indent=2, default=str) + "\n")
+            os.replace(tmp, info_path)
         self.rows: list[dict[str, Any]] = []
         self.done: set[tuple] = set()
         self._counted: dict[Path, tuple[int, int]] = {}  # count_all: file -> (bytes read, lines)

@@ -61,8 +61,8 @@ def save_attention_figure(
     tf = make_transform(pre)
     images = torch.stack([tf(load_rgb(data.paths[i])) for i in picked])
     with record(backbone, "probs", layers=[-1]) as rec:
-        backbone.forward_features(images)
-    probs = rec.get("probs")  # (B, H, N, N)
+        backbone.forward_features(images.to(_device(backbone)))
+    probs = rec.get("probs").cpu()  # (B, H, N, N)
     rows, cols = backbone.grid_size((images.shape[2], images.shape[3]))
     cls = probs[:, :, 0, backbone.num_prefix_tokens :].mean(1).reshape(len(picked), rows, cols)
     lo = cls.amin(dim=(1, 2), keepdim=True)
@@ -124,9 +124,9 @@ def save_method_attention_figure(
         was = model.training
         model.eval()
         with record(model, "probs", layers=[-1]) as rec:
-            model.forward_features(images)
+            model.forward_features(images.to(_device(model)))
         model.train(was)
-        cls = rec.get("probs")[:, :, 0, p0 : p0 + rows * cols].mean(1).reshape(len(picked), rows, cols)
+        cls = rec.get("probs").cpu()[:, :, 0, p0 : p0 + rows * cols].mean(1).reshape(len(picked), rows, cols)
         lo = cls.amin(dim=(1, 2), keepdim=True)
         maps.append((name, (cls - lo) / (cls.amax(dim=(1, 2), keepdim=True) - lo).clamp_min(1e-12)))
     side, head = pre.crop * scale, 14
@@ -155,3 +155,8 @@ def save_method_attention_figure(
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     return output
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` runs (its first parameter's device; the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
