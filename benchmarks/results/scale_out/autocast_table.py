@@ -1,8 +1,8 @@
-"""bf16 autocast extraction against float32: features and accuracy on the same episodes.
+"""bf16 and fp16 autocast extraction against float32: features and accuracy on the same episodes.
 
 Runs (world-clip, world:clutter, 5-way 1-shot, 200 episodes, seed 0; CPU autocast)::
 
-    for p in none bf16; do focusshot evaluate --backbone world-clip --data world:clutter \\
+    for p in none bf16 fp16; do focusshot evaluate --backbone world-clip --data world:clutter \\
       --method protonet,logistic,zeroshot --ways 5 --shots 1 --episodes 200 --seed 0 --autocast $p \\
       --quiet --no-report --output benchmarks/results/scale_out/autocast_$p; done
     python benchmarks/results/scale_out/autocast_table.py > benchmarks/results/scale_out/autocast.md
@@ -32,25 +32,28 @@ def rows(run: str) -> dict[str, dict[int, float]]:
 
 model, data = create_backbone("world-clip"), open_source("world:clutter")
 full = FeatureCache(default_cache_dir()).get(model, data.paths, Prefix.pooled(), progress=False)
-half = FeatureCache(default_cache_dir(), autocast="bf16").get(
-    model, data.paths, Prefix.pooled(), progress=False
-)
-cos = torch.nn.functional.cosine_similarity(full, half, dim=-1)
-rel = (full - half).norm(dim=-1) / full.norm(dim=-1)
-print(
-    f"pooled features of {len(data.paths)} images: max |bf16 - fp32| {float((full - half).abs().max()):.4f} "
-    f"(features up to {float(full.abs().max()):.2f}); relative L2 error mean {float(rel.mean()):.2e}, "
-    f"max {float(rel.max()):.2e}; cosine min {float(cos.min()):.6f}\n"
-)
-a, b = rows("autocast_none"), rows("autocast_bf16")
-print("| method | float32 | bf16 autocast | bf16 - float32 (paired) | episodes that differ |")
-print("|---|---|---|---|---|")
-for m in a:
-    eps = sorted(a[m])
-    res = paired_difference([b[m][e] for e in eps], [a[m][e] for e in eps])
-    fa, fb = mean_ci95([a[m][e] for e in eps]), mean_ci95([b[m][e] for e in eps])
-    differ = sum(a[m][e] != b[m][e] for e in eps)
+a = rows("autocast_none")
+for precision in ("bf16", "fp16"):
+    cache = FeatureCache(default_cache_dir(), autocast=precision)
+    half = cache.get(model, data.paths, Prefix.pooled(), progress=False)
+    cos = torch.nn.functional.cosine_similarity(full, half, dim=-1)
+    rel = (full - half).norm(dim=-1) / full.norm(dim=-1)
     print(
-        f"| {m} | {fa[0]:.4f} ± {fa[1]:.3f} | {fb[0]:.4f} ± {fb[1]:.3f} | "
-        f"{res.mean:+.4f} ± {res.half_width:.4f} | {differ} of {len(eps)} |"
+        f"{precision} (CPU autocast), pooled features of {len(data.paths)} images: max |{precision} - fp32| "
+        f"{float((full - half).abs().max()):.4f} (features up to {float(full.abs().max()):.2f}); relative L2 "
+        f"error mean {float(rel.mean()):.2e}, max {float(rel.max()):.2e}; cosine min {float(cos.min()):.6f}\n"
     )
+    b = rows(f"autocast_{precision}")
+    head = f"| method | float32 | {precision} autocast | {precision} - float32 (paired) | episodes that differ |"
+    print(head)
+    print("|---|---|---|---|---|")
+    for m in a:
+        eps = sorted(a[m])
+        res = paired_difference([b[m][e] for e in eps], [a[m][e] for e in eps])
+        fa, fb = mean_ci95([a[m][e] for e in eps]), mean_ci95([b[m][e] for e in eps])
+        differ = sum(a[m][e] != b[m][e] for e in eps)
+        print(
+            f"| {m} | {fa[0]:.4f} ± {fa[1]:.3f} | {fb[0]:.4f} ± {fb[1]:.3f} | "
+            f"{res.mean:+.4f} ± {res.half_width:.4f} | {differ} of {len(eps)} |"
+        )
+    print()
