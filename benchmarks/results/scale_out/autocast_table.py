@@ -44,8 +44,8 @@ for precision in ("bf16", "fp16"):
         f"error mean {float(rel.mean()):.2e}, max {float(rel.max()):.2e}; cosine min {float(cos.min()):.6f}\n"
     )
     b = rows(f"autocast_{precision}")
-    head = f"| method | float32 | {precision} autocast | {precision} - float32 (paired) | episodes that differ |"
-    print(head)
+    p = precision
+    print(f"| method | float32 | {p} autocast | {p} - float32 (paired) | episodes that differ |")
     print("|---|---|---|---|---|")
     for m in a:
         eps = sorted(a[m])
