@@ -27,15 +27,7 @@ from pathlib import Path
 import torch
 
 import focusshot
-
-
-def _rows(folder: Path) -> list[str]:
-    out = []
-    for line in (folder / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        row.pop("seconds")
-        out.append(json.dumps(row, sort_keys=True))
-    return out
+from focusshot.evaluation.results import comparable_rows
 
 
 def _run(cmd: list[str], threads: int, cache: str) -> float:
@@ -89,7 +81,7 @@ def main() -> None:
             "mean_episode_s": timing["seconds_per_episode"],
             "summary": (out / "summary.md").read_text(),
         }
-    same = _rows(work / "one_process") == _rows(work / "torchrun_2")
+    same = comparable_rows(work / "one_process") == comparable_rows(work / "torchrun_2")
     result = {
         "command": " ".join(["bench_scale_out.py", *sys.argv[1:]]),
         "method": args.method,

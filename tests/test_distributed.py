@@ -17,7 +17,7 @@ import torch
 
 from focusshot.cli import _strip_workers, main
 from focusshot.distributed import Context, resolve_device
-from focusshot.evaluation.results import ResultLog
+from focusshot.evaluation.results import ResultLog, comparable_rows
 
 DATA = "world:clutter?per_class=6"
 EPISODIC = [
@@ -37,16 +37,6 @@ def _torchrun(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
     return subprocess.Popen([*cmd, "-m", "focusshot", *args], env=env, **kw)
 
 
-def _rows(folder: Path) -> list[str]:
-    """Result lines without their timings (the only field that differs between runs)."""
-    out = []
-    for line in (folder / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        row.pop("seconds")
-        out.append(json.dumps(row, sort_keys=True))
-    return out
-
-
 def _one_process(tmp_path: Path, args: list[str], name: str, monkeypatch) -> Path:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / name
@@ -60,7 +50,8 @@ def test_torchrun_episodes_and_extraction_equal_one_process(tmp_path, monkeypatc
     assert proc.wait(timeout=240) == 0
     assert not (out / "shards").exists()  # merged and removed
     one = _one_process(tmp_path, EPISODIC, "one", monkeypatch)
-    assert _rows(out) == _rows(one)  # same rows in the same order: byte-equal but for timings
+    # same rows in the same order: byte-equal but for timings
+    assert comparable_rows(out) == comparable_rows(one)
     assert (out / "summary.csv").read_text() == (one / "summary.csv").read_text()
     assert (out / "paired.csv").read_text() == (one / "paired.csv").read_text()
     # the frozen model's [CLS] attention, measured batch by batch across the ranks, sums the same
@@ -83,7 +74,7 @@ def test_workers_flag_runs_the_split_protocol_across_two_processes(tmp_path, mon
     )
     assert proc.returncode == 0
     one = _one_process(tmp_path, args, "one", monkeypatch)
-    assert _rows(out) == _rows(one)
+    assert comparable_rows(out) == comparable_rows(one)
     assert (out / "paired.csv").read_text() == (one / "paired.csv").read_text()
 
 
@@ -138,7 +129,7 @@ def test_a_killed_rank_leaves_its_rows_and_the_rerun_resumes(tmp_path, monkeypat
     rerun = _torchrun([*args, "--output", str(out)], _env(tmp_path))
     assert rerun.wait(timeout=240) == 0
     one = _one_process(tmp_path, args, "one", monkeypatch)
-    assert _rows(out) == _rows(one)
+    assert comparable_rows(out) == comparable_rows(one)
     assert (out / "summary.csv").read_text() == (one / "summary.csv").read_text()
 
 

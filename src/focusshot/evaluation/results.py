@@ -192,6 +192,18 @@ class ResultLog:
         self.done.add(k)
 
 
+def comparable_rows(directory: str | os.PathLike[str]) -> list[str]:
+    """The lines of ``directory``'s ``results.jsonl`` without their ``seconds`` (the only field two
+    runs of one config may write differently): equal lists mean equal results, in the same order
+    (a one-process run against a merged multi-process run, a resumed run against an uninterrupted one)."""
+    out = []
+    for line in (Path(directory) / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row.pop("seconds", None)
+        out.append(_line(row))
+    return out
+
+
 def _line(row: dict[str, Any]) -> str:
     """One result line: sorted keys, so equal rows are equal bytes."""
     return json.dumps(row, sort_keys=True, default=float) + "\n"
