@@ -11,10 +11,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import inspect
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +110,29 @@ def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
     return out
 
 
+def _one_writer(run: Callable[..., RunOutcome]) -> Callable[..., RunOutcome]:
+    """``run`` holding its output folder's lock (:mod:`focusshot.locking`) from start to end; in a
+    multi-process job rank 0 holds it for every rank, and no rank starts before it does."""
+
+    @functools.wraps(run)
+    def held(*args: Any, **kwargs: Any) -> RunOutcome:
+        from focusshot.distributed import ensure
+        from focusshot.locking import LOCK_NAME, hold
+
+        bound = inspect.signature(run).bind(*args, **kwargs)
+        bound.apply_defaults()
+        ctx = ensure(bound.arguments["device"])
+        output = Path(bound.arguments["output"])
+        with contextlib.ExitStack() as stack:
+            if ctx.main:
+                stack.enter_context(hold(output / LOCK_NAME, f"run folder {output}"))
+            ctx.barrier()
+            return run(*args, **kwargs)
+
+    return held
+
+
+@_one_writer
 def evaluate(
     backbone: str | Backbone,
     data: str | os.PathLike[str] | LabelledImages | dict[str, LabelledImages],
@@ -153,7 +179,9 @@ def evaluate(
     Started by ``torchrun`` (or with ``--workers``), every rank calls this: extraction and the
     episodes (split runs) are shared out, and rank 0 merges the results and writes the summaries,
     figures and report; the other ranks return an outcome with no rows
-    (:mod:`focusshot.distributed`). ``device``: ``cpu``, ``auto`` (each rank's local GPU where
+    (:mod:`focusshot.distributed`). The run holds ``output``'s lock throughout: a second run into
+    the same folder raises :class:`~focusshot.locking.OutputBusy` naming this one
+    (:mod:`focusshot.locking`). ``device``: ``cpu``, ``auto`` (each rank's local GPU where
     there is one) or a torch device. ``compile`` (``auto``, ``always``, ``never``) and
     ``autocast`` (``none``, ``bf16``, ``fp16``) set how features are extracted
     (:class:`~focusshot.evaluation.cache.FeatureCache`).

@@ -221,13 +221,20 @@ def _budget(text: str) -> float:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from focusshot.api import fit
+    from focusshot.locking import hold
 
     opts = _method_options(args)
     unknown = sorted(set(opts) - {args.method})
     if unknown:
         print(f"error: options given for {unknown}, but the method is {args.method!r}", file=sys.stderr)
         return 2
+    with hold(f"{args.output}.lock", f"classifier {args.output}"):  # one writer of the file
+        return _fit_and_save(args, opts)
+
+
+def _fit_and_save(args: argparse.Namespace, opts: dict[str, dict]) -> int:
+    from focusshot.api import fit
+
     clf = fit(
         args.support,
         backbone=args.backbone,
@@ -623,9 +630,11 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --workers inside a torchrun job: let torchrun start the processes", file=sys.stderr)
             return 2
         return distributed.launch_local(args.workers, _strip_workers(argv))
+    from focusshot.locking import OutputBusy
+
     try:
         code = int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, OutputBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     distributed.teardown()  # every rank waits for rank 0's files, then leaves the process group

@@ -21,6 +21,7 @@ __all__ = [
     "ReliabilityBins",
     "accuracy",
     "brier",
+    "confidence_bins",
     "ece",
     "fit_temperature",
     "mean_ci95",
@@ -114,34 +115,107 @@ def mean_ci95(values: Any) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class ReliabilityBins:
-    """Per-bin statistics of a reliability diagram over equal-width confidence bins.
+    """Per-bin sums of a reliability diagram over equal-width bins of top-label confidence.
 
-    Bin ``b`` holds confidences in ``(edges[b], edges[b+1]]`` (the first bin also holds 0).
-    ``accuracy`` and ``confidence`` are NaN for an empty bin.
+    Bin ``b`` holds confidences in ``(edges[b], edges[b+1]]`` (the first bin also holds 0). Sums,
+    not means, so bins of several sets pool exactly (``a + b``). :attr:`ece` is the one definition
+    of expected calibration error in focusshot: every ECE it reports comes from here.
+
+    Attributes:
+        edges: ``(bins + 1,)`` bin edges on [0, 1].
+        counts: ``(bins,)`` predictions per bin.
+        correct: ``(bins,)`` correct predictions per bin.
+        confidence_sum: ``(bins,)`` sum of the top-label confidences per bin.
     """
 
     edges: np.ndarray
     counts: np.ndarray
-    accuracy: np.ndarray
-    confidence: np.ndarray
+    correct: np.ndarray
+    confidence_sum: np.ndarray
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``(bins,)`` accuracy per bin; NaN for an empty bin."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.correct / self.counts
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """``(bins,)`` mean confidence per bin; NaN for an empty bin."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.confidence_sum / self.counts
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
 
     @property
     def ece(self) -> float:
-        """Expected calibration error: ``sum_b counts_b / n * |accuracy_b - confidence_b|``."""
-        n = int(self.counts.sum())
-        full = self.counts > 0
-        gaps = np.abs(self.accuracy[full] - self.confidence[full])
-        return float(np.sum(self.counts[full] / n * gaps))
+        """Expected calibration error (Guo et al., 2017): ``sum_b counts_b / n * |accuracy_b -
+        confidence_b|``, computed as ``sum_b |correct_b - confidence_sum_b| / n``."""
+        return float(np.abs(self.correct - self.confidence_sum).sum() / self.n)
+
+    def __add__(self, other: ReliabilityBins) -> ReliabilityBins:
+        if len(self.counts) != len(other.counts):
+            raise ValueError(f"cannot pool {len(self.counts)} bins with {len(other.counts)}")
+        return ReliabilityBins(
+            self.edges,
+            self.counts + other.counts,
+            self.correct + other.correct,
+            self.confidence_sum + other.confidence_sum,
+        )
+
+    def sums(self) -> dict[str, list[float]]:
+        """``count``, ``correct`` and ``confidence`` sums per bin, as stored in result lines."""
+        return {
+            "count": [int(c) for c in self.counts],
+            "correct": [float(c) for c in self.correct],
+            "confidence": [float(c) for c in self.confidence_sum],
+        }
+
+    @classmethod
+    def from_sums(cls, sums: dict[str, Any]) -> ReliabilityBins:
+        """The inverse of :meth:`sums`."""
+        counts = np.asarray(sums["count"], dtype=np.int64)
+        return cls(
+            np.linspace(0.0, 1.0, len(counts) + 1),
+            counts,
+            np.asarray(sums["correct"], dtype=np.float64),
+            np.asarray(sums["confidence"], dtype=np.float64),
+        )
+
+    @classmethod
+    def empty(cls, bins: int = 15) -> ReliabilityBins:
+        z = np.zeros(bins)
+        return cls(np.linspace(0.0, 1.0, bins + 1), np.zeros(bins, dtype=np.int64), z, z.copy())
+
+
+def confidence_bins(confidence: Any, correct: Any, bins: int = 15) -> ReliabilityBins:
+    """Bin predictions by top-label ``confidence`` ``(n,)`` in [0, 1], with ``correct`` ``(n,)``
+    (bool or 0/1) saying whether each was right, into ``bins`` equal-width bins on [0, 1]."""
+    if isinstance(bins, bool) or int(bins) != bins or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    conf = _to_numpy(confidence).astype(np.float64).reshape(-1)
+    ok = _to_numpy(correct).astype(np.float64).reshape(-1)
+    if conf.shape != ok.shape:
+        raise ValueError(f"confidence has {conf.size} values but correct has {ok.size}")
+    if conf.size and (conf.min() < 0 or conf.max() > 1 + 1e-9 or not np.all(np.isfinite(conf))):
+        raise ValueError("confidence must lie in [0, 1]")
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    # side="left" on the inner edges puts conf in (edges[b], edges[b+1]]; conf == 0 lands in bin 0.
+    which = np.searchsorted(edges[1:-1], conf, side="left")
+    return ReliabilityBins(
+        edges=edges,
+        counts=np.bincount(which, minlength=bins),
+        correct=np.bincount(which, weights=ok, minlength=bins).astype(np.float64),
+        confidence_sum=np.bincount(which, weights=conf, minlength=bins).astype(np.float64),
+    )
 
 
 def reliability_bins(probs: Any, labels: Any, bins: int = 15) -> ReliabilityBins:
-    """Bin samples by confidence (the maximum probability) into ``bins`` equal-width bins on [0, 1].
-
-    ``probs`` are ``(n, classes)`` probabilities (each row sums to 1 within 1e-2; apply a softmax to
-    logits first). The prediction is the arg-max class.
-    """
-    if isinstance(bins, bool) or int(bins) != bins or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    """:func:`confidence_bins` of ``(n, classes)`` probabilities (rows summing to 1 within 1e-2;
+    apply a softmax to logits first): confidence is the maximum probability, the prediction its
+    arg-max class."""
     p = _scores(probs, "probs")
     if not _looks_like_probs(p):
         raise ValueError(
@@ -149,16 +223,7 @@ def reliability_bins(probs: Any, labels: Any, bins: int = 15) -> ReliabilityBins
         )
     y = _labels(labels, p.shape[0])
     _check_targets(y, p.shape[1])
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, int(bins) + 1)
-    # side="left" on the inner edges puts conf in (edges[b], edges[b+1]]; conf == 0 lands in bin 0.
-    which = np.searchsorted(edges[1:-1], conf, side="left")
-    counts = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(which, weights=correct, minlength=bins) / counts
-        mean_conf = np.bincount(which, weights=conf, minlength=bins) / counts
-    return ReliabilityBins(edges=edges, counts=counts, accuracy=acc, confidence=mean_conf)
+    return confidence_bins(p.max(axis=1), p.argmax(axis=1) == y, bins)
 
 
 def ece(probs: Any, labels: Any, bins: int = 15) -> float:
@@ -166,8 +231,8 @@ def ece(probs: Any, labels: Any, bins: int = 15) -> float:
 
     Samples are binned by confidence (maximum probability) into ``bins`` equal-width bins over
     [0, 1], bin ``b`` holding ``(b/bins, (b+1)/bins]``; ECE is the sample-weighted mean over bins of
-    ``|accuracy - mean confidence|``. Pool all queries of all episodes, or compute per episode and
-    average with :func:`mean_ci95`; say which.
+    ``|accuracy - mean confidence|`` (:attr:`ReliabilityBins.ece`). Pool all queries of all
+    episodes, or compute per episode and average with :func:`mean_ci95`; say which.
     """
     return reliability_bins(probs, labels, bins).ece
 

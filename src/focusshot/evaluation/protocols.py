@@ -32,6 +32,7 @@ from focusshot.data.transforms import box_to_crop
 from focusshot.distributed import Context, current
 from focusshot.evaluation.attention_metrics import attention_report, target_masks
 from focusshot.evaluation.cache import FeatureCache, Prefix
+from focusshot.evaluation.calibration import COVERAGES, pooled_calibration
 from focusshot.evaluation.method_attention import QueryAttention
 from focusshot.evaluation.metrics import (
     accuracy,
@@ -450,8 +451,6 @@ _SPLIT_METRICS = (
     "nll_ts",
     "brier_ts",
 )
-#: coverages of the selective accuracies
-COVERAGES = (0.5, 0.8, 0.9)
 
 
 def _query_record(logits: Tensor, labels: Tensor) -> dict[str, Any]:
@@ -465,22 +464,6 @@ def _query_record(logits: Tensor, labels: Tensor) -> dict[str, Any]:
     }
 
 
-def pooled_calibration(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """ECE (15 bins) and selective accuracy over every query of ``rows`` pooled (episodic runs)."""
-    conf = [c for r in rows for c in r.get("confidence", [])]
-    ok = [int(c) for r in rows if "confidence" in r for c in r["correct"]]
-    if not conf or len(conf) != len(ok):
-        return {}
-    import numpy as np
-
-    c, y = np.asarray(conf), np.asarray(ok)
-    probs = np.stack([c, 1 - c], axis=1)  # ECE needs only the confidence and whether it was right
-    out = {"ece_pooled": ece(probs, 1 - y), "queries_pooled": len(conf)}
-    for cov in COVERAGES:
-        out[f"sel{round(cov * 100)}"] = selective_accuracy(c, y, cov)
-    return out
-
-
 def _split_record(logits: Tensor, labels: Tensor, temperature: float | None) -> dict[str, Any]:
     """Accuracy, ECE, NLL, Brier, selective accuracies, and the same after temperature scaling."""
     probs = logits.double().softmax(-1)
@@ -488,22 +471,11 @@ def _split_record(logits: Tensor, labels: Tensor, temperature: float | None) -> 
     conf = torch.tensor(rec.pop("confidence"))
     ok = torch.tensor([c == "1" for c in rec["correct"]])
     rb = reliability_bins(probs, labels)
-    full = rb.counts > 0
-    sums = {  # per-bin sums, so bins of several runs pool exactly (reliability diagrams)
-        "count": rb.counts.tolist(),
-        "correct": [
-            round(float(a * n), 6) if f else 0.0 for a, n, f in zip(rb.accuracy, rb.counts, full, strict=True)
-        ],
-        "confidence": [
-            round(float(c * n), 6) if f else 0.0
-            for c, n, f in zip(rb.confidence, rb.counts, full, strict=True)
-        ],
-    }
     out = {
         "accuracy": accuracy(logits, labels),
-        "ece": ece(probs, labels),
+        "ece": rb.ece,
         "nll": nll(probs, labels),
-        "bins": sums,
+        "bins": rb.sums(),  # per-bin sums, so bins of several runs pool exactly (reliability.md)
         **rec,
         **{f"sel{round(c * 100)}": selective_accuracy(conf, ok, c) for c in COVERAGES},
     }
