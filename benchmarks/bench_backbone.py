@@ -4,7 +4,8 @@ Run by hand (not part of the tests)::
 
     python benchmarks/bench_backbone.py --models clip-vit-b32 clip-vit-b16 --batch 32 --repeats 3
 
-Random weights (no pretrained ViT installs here); fp32; CPU. For each model:
+Random weights (no pretrained ViT installs here); fp32 on ``--device`` (default CPU; on a GPU
+``--device cuda`` also measures bf16 autocast). For each model:
 
 * roofline images/s = measured GEMM FLOP/s / model FLOPs per image, where the GEMM rate is
   measured in this run on the model's own largest matrix product (tokens x width x 4 width);
@@ -39,15 +40,22 @@ def vit_flops(width: int, depth: int, tokens: int, patches: int, patch: int, mlp
     return float(depth * per_block + embed + 2 * width * proj)
 
 
-def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
-    """Sustained FLOP/s of ``(m, k) @ (k, n)`` in fp32 on this machine."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_rate(m: int, k: int, n: int, seconds: float = 2.0, device: str = "cpu") -> float:
+    """Sustained FLOP/s of ``(m, k) @ (k, n)`` in fp32 on ``device``."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     for _ in range(3):
         a @ b
+    _sync(a.device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    _sync(a.device)
     return 2.0 * m * k * n * count / (time.perf_counter() - start)
 
 
@@ -58,8 +66,10 @@ def timed(fn, x: torch.Tensor, repeats: int, warmup: bool = True) -> float:
             fn(x)
         best = float("inf")
         for _ in range(repeats):
+            _sync(x.device)
             t = time.perf_counter()
             fn(x)
+            _sync(x.device)
             best = min(best, time.perf_counter() - t)
     return best
 
@@ -121,18 +131,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["clip-vit-b32", "clip-vit-b16"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]; cuda adds a bf16 autocast row")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "backbone.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
     results = []
     for name in args.models:
-        model = create_backbone(name, pretrained=False)
+        device = torch.device(args.device)
+        model = create_backbone(name, pretrained=False).to(device)
         c = model.visual.cfg
         grid = c.image_size // c.patch_size
         tokens = grid * grid + 1
         flops = vit_flops(c.width, c.depth, tokens, grid * grid, c.patch_size, c.mlp_dim, c.proj_dim)
-        x = torch.randn(args.batch, 3, c.image_size, c.image_size)
-        ref = hf_twin(model)
+        x = torch.randn(args.batch, 3, c.image_size, c.image_size, device=device)
+        ref = hf_twin(model).to(device)
         with torch.inference_mode():
             diff = float((model.forward_features(x[:2]) - ref(pixel_values=x[:2]).image_embeds).abs().max())
         # interleave the three measurements so that they see the same machine load; keep each one's best
@@ -144,7 +156,9 @@ def main() -> None:
         ours_s = hf_s = comp_s = float("inf")
         rate = 0.0
         for i in range(args.repeats):
-            rate = max(rate, gemm_rate(args.batch * tokens, c.width, c.mlp_dim, seconds=1.0))
+            rate = max(
+                rate, gemm_rate(args.batch * tokens, c.width, c.mlp_dim, seconds=1.0, device=args.device)
+            )
             ours_s = min(ours_s, timed(model.forward_features, x, 1, warmup=i == 0))
             comp_s = min(comp_s, timed(compiled, x, 1, warmup=False))
             hf_s = min(hf_s, timed(lambda t, r=ref: r(pixel_values=t).image_embeds, x, 1, warmup=i == 0))
@@ -166,6 +180,22 @@ def main() -> None:
             "compile_seconds": compile_s,
             "max_abs_compiled_diff": comp_diff,
         }
+        if device.type == "cuda":
+
+            def bf16(t, m=model):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return m.forward_features(t)
+
+            with torch.inference_mode():
+                full = model.forward_features(x)
+                rel = float((bf16(x).float() - full).norm() / full.norm())
+            bf_s = timed(bf16, x, args.repeats)
+            row.update(
+                device=torch.cuda.get_device_name(device),
+                bf16_images_per_s=args.batch / bf_s,
+                bf16_over_eager=ours_s / bf_s,
+                bf16_relative_l2_error=rel,
+            )
         results.append(row)
         print(
             f"{name}: ours {row['ours_images_per_s']:.2f} img/s = {row['ours_fraction_of_roofline']:.0%} of "

@@ -139,3 +139,12 @@ def test_world_zeroshot_command(tmp_path, monkeypatch, capsys) -> None:
     assert main(["world", "zeroshot", "--backbone", "tiny-clip-vit", "--data", "world:fine?per_class=2"]) == 0
     out = capsys.readouterr().out
     assert "over 16 classes (32 images; chance 0.062)" in out
+
+
+def test_split_protocol_on_a_world_suite_without_splits_says_how(tmp_path, monkeypatch, capsys) -> None:
+    from focusshot.cli import main
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    args = ["evaluate", "--backbone", "tiny-vit", "--random-weights", "--protocol", "split", "--quiet"]
+    assert main([*args, "--data", "world:clutter?per_class=2", "--output", str(tmp_path / "r")]) == 2
+    assert "--data 'world:clutter?per_class=2&split=1'" in capsys.readouterr().err

@@ -240,7 +240,13 @@ def evaluate(
         return out
     if protocol == "split":
         if not isinstance(source, dict):
-            raise ValueError("the split protocol needs data with train and test splits")
+            hint = ""
+            if isinstance(data, str) and data.startswith("world:"):
+                sep = "&" if "?" in data else "?"
+                hint = f"; a FocusWorld suite has them with split=1: --data '{data}{sep}split=1'"
+            raise ValueError(
+                f"the split protocol needs data with train and test splits (validation optional){hint}"
+            )
         ks = (shots,) if isinstance(shots, int) else tuple(shots)
         out = run_split(
             model,

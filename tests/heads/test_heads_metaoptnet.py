@@ -114,6 +114,7 @@ def test_project_simplex_is_the_euclidean_projection() -> None:
         assert bool((r[i][~on] <= theta[0] + 1e-12).all())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(clustered) -> None:
     xs, ys, xq, _ = clustered(5, 3, 32, seed=6, n_query=4, episodes=8)
