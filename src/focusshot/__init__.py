@@ -1,14 +1,13 @@
 """focusshot: few-shot image classification with pretrained vision transformers and CLIP."""
 
-__version__ = "0.1.0"
-
 from focusshot.attention import record
 from focusshot.backbones import create_backbone, list_backbones
+from focusshot.versions import VERSION as __version__
 
 _LAZY = {
     "evaluate": ("focusshot.api", "evaluate"),
     "fit": ("focusshot.api", "fit"),
-    "Classifier": ("focusshot.api", "Classifier"),
+    "Classifier": ("focusshot.classifier", "Classifier"),
     "create_method": ("focusshot.methods.base", "create_method"),
     "list_methods": ("focusshot.methods.base", "list_methods"),
 }

@@ -18,7 +18,6 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,22 @@ import torch
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
-from focusshot.data.images import ImageError, ImageErrors, list_images
+from focusshot.classifier import Classifier, Prediction
+from focusshot.data.images import ImageError, ImageErrors
 from focusshot.data.sources import LabelledImages, open_source
-from focusshot.embedding import Embeddings, embed_images
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
-from focusshot.evaluation.results import versions
-from focusshot.methods.base import FitContext, Fitted, create_method, fitted_from_state, list_methods
+from focusshot.methods.base import FitContext, create_method, list_methods
 
-CLASSIFIER_FORMAT = "focusshot.classifier/2"
-#: classifiers written before the method contract (a frozen-feature head only) still load
-_OLD_FORMATS = ("focusshot.classifier/1",)
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "check_duplicates",
+    "default_cache_dir",
+    "evaluate",
+    "fit",
+    "resolve_methods",
+]
 
 
 def default_cache_dir() -> Path:
@@ -323,179 +327,6 @@ def _reliability(out: RunOutcome, methods: list[str]) -> None:
         return
     save_reliability_figure(pooled, out.directory / "reliability.png", methods)
     write_tables(out.directory, table, "reliability")
-
-
-@dataclass
-class Prediction:
-    """One image's prediction: the label, its probability, and the top-k (label, probability) pairs."""
-
-    path: str
-    label: str
-    confidence: float
-    top: list[tuple[str, float]] = field(default_factory=list)
-
-
-class Classifier:
-    """A backbone plus a fitted method plus class names; saved as one safetensors file."""
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        fitted: Fitted,
-        class_names: list[str],
-        method: str,
-        backbone_spec: dict[str, Any],
-        info: dict[str, Any] | None = None,
-    ) -> None:
-        if fitted.num_classes != len(class_names):
-            raise ValueError(
-                f"the method scores {fitted.num_classes} classes but {len(class_names)} are named"
-            )
-        self.backbone = backbone
-        self.fitted = fitted
-        self.class_names = list(class_names)
-        self.method = method
-        self.backbone_spec = backbone_spec
-        self.info = info or {}
-        self.prefix = create_method(method, fitted.config().get("options")).prefix(backbone)
-
-    def embed(
-        self,
-        images: Sequence[str | os.PathLike[str]],
-        batch_size: int = 32,
-        progress: bool = False,
-        prefix: Prefix | None = None,
-    ) -> Embeddings:
-        """What the method reads for each image file (its prefix, ``(N, *prefix)``), or another
-        ``prefix`` of the same images (``Prefix.images()``: the preprocessed ``(N, 3, crop, crop)``)."""
-        return embed_images(
-            self.backbone,
-            [str(p) for p in images],
-            batch_size=batch_size,
-            progress=progress,
-            prefix=self.prefix if prefix is None else prefix,
-        )
-
-    @property
-    def temperature(self) -> float:
-        """Temperature the logits are divided by before the softmax (1: uncalibrated; ``fit(...,
-        calibrate=True)`` fits it on the validation images, Guo et al., 2017)."""
-        return float(self.info.get("calibration", {}).get("temperature", 1.0))
-
-    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied)."""
-        with torch.inference_mode():
-            return (self.fitted.logits(features).double() / self.temperature).softmax(-1).float()
-
-    def uncertainty(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image uncertainty ``(N,)`` the method offers beyond its probabilities (APT's MC
-        dropout: ``entropy`` and ``mutual_information``); ``{}`` for the others."""
-        fn = getattr(self.fitted, "uncertainty", None)
-        return dict(fn(features)) if callable(fn) else {}
-
-    def predict_proba(
-        self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
-    ) -> tuple[torch.Tensor, list[str], list]:
-        """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
-        emb = self.embed(images, batch_size, progress)
-        return self.probabilities(emb.features), emb.paths, emb.bad
-
-    def predict(
-        self,
-        images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-        top_k: int = 5,
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> list[Prediction]:
-        """Predictions for image files or folders (undecodable files raise :class:`ImageError`)."""
-        paths = list_images(images)
-        if not paths:
-            raise ValueError(f"no image files in {images}")
-        probs, kept, bad = self.predict_proba(paths, batch_size, progress)
-        if bad:
-            raise bad[0]
-        k = min(top_k, len(self.class_names))
-        values, idx = probs.topk(k, dim=-1)
-        return [
-            Prediction(
-                p,
-                self.class_names[int(i[0])],
-                float(v[0]),
-                [(self.class_names[int(c)], float(pv)) for c, pv in zip(i, v, strict=True)],
-            )
-            for p, v, i in zip(kept, values, idx, strict=True)
-        ]
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted tensors (adapter weights, head) and, as JSON metadata, everything needed
-        to rebuild the classifier: method and its config, class names, the backbone's source and
-        weights hash, preprocessing and versions."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": CLASSIFIER_FORMAT,
-            "method": self.method,
-            "class_names": self.class_names,
-            "backbone_spec": self.backbone_spec,
-            "backbone": self.backbone.identity.to_dict(),
-            "preprocess": self.backbone.preprocess.to_dict(),
-            "prefix": self.prefix.key(),
-            "fitted": self.fitted.config(),
-            "fit_info": self.fitted.info(),
-            "versions": versions(),
-            **self.info,
-        }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.fitted.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata={"focusshot": json.dumps(meta)})
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], backbone: Backbone | None = None) -> Classifier:
-        """Read a classifier; the backbone is rebuilt from its recorded source and its weights checked."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such classifier file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("focusshot", "{}"))
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable classifier file ({exc})") from exc
-        fmt = meta.get("format")
-        if fmt != CLASSIFIER_FORMAT and fmt not in _OLD_FORMATS:
-            raise ValueError(f"{path}: not a focusshot classifier (format {fmt!r})")
-        spec = meta["backbone_spec"]
-        if backbone is None:
-            if spec.get("pretrained") is None:
-                raise ValueError(f"{path}: fitted with an in-memory backbone; pass backbone= to load it")
-            backbone = create_backbone(spec["source"], pretrained=spec["pretrained"], seed=spec["seed"])
-        want = meta["backbone"]["weights_sha256"]
-        if backbone.identity.weights_sha256 != want:
-            raise ValueError(
-                f"{path}: the backbone's weights ({backbone.identity.weights_sha256[:12]}) differ from those "
-                f"the classifier was fitted with ({want[:12]}, source {spec['source']!r})"
-            )
-        config = (
-            meta["fitted"] if fmt == CLASSIFIER_FORMAT else {"method": meta["method"], "head": meta["head"]}
-        )
-        try:
-            fitted = fitted_from_state(state, config, backbone)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{path}: the fitted {meta['method']!r} does not load: {exc}") from exc
-        return cls(
-            backbone,
-            fitted,
-            meta["class_names"],
-            meta["method"],
-            spec,
-            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto")},
-        )
 
 
 def _drop_unreadable(

@@ -268,7 +268,7 @@ def _fit_and_save(args: argparse.Namespace, opts: dict[str, dict]) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
-    from focusshot.api import Classifier
+    from focusshot.classifier import Classifier
     from focusshot.data.images import list_images
 
     clf = Classifier.load(args.classifier)
@@ -325,7 +325,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_export_adapter(args: argparse.Namespace) -> int:
     from focusshot.adapters.export_peft import export_peft, hf_base_model_name
-    from focusshot.api import Classifier
+    from focusshot.classifier import Classifier
 
     clf = Classifier.load(args.classifier)
     if clf.method != "lora":

@@ -43,8 +43,9 @@ from focusshot.evaluation.metrics import (
     reliability_bins,
     selective_accuracy,
 )
-from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, versions, write_tables
+from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, write_tables
 from focusshot.methods.base import FitContext, Fitted, Method, create_method
+from focusshot.versions import versions
 
 
 @dataclass

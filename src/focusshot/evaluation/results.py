@@ -18,27 +18,14 @@ import csv
 import io
 import json
 import os
-import platform
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-import focusshot
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
-
-
-def versions() -> dict[str, str]:
-    """Versions recorded beside every result."""
-    return {
-        "focusshot": focusshot.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 class ResultLog:

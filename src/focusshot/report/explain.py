@@ -24,16 +24,16 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from focusshot.api import Classifier
 from focusshot.attention import grad_rollout as gr
 from focusshot.attention.record import record
 from focusshot.backbones.prefix import Prefix
+from focusshot.classifier import Classifier
 from focusshot.data.images import list_images, load_rgb
 from focusshot.data.transforms import center_crop, resize_shorter
 from focusshot.evaluation.attention_metrics import require_global_cls
-from focusshot.evaluation.results import versions
 from focusshot.heads.trainable import LinearHead
 from focusshot.report.attention_maps import _heat
+from focusshot.versions import versions
 
 __all__ = ["coverage_patches", "explain"]
 
@@ -117,7 +117,7 @@ def explain(
 ) -> dict[str, Any]:
     """Write one PNG per image (prompts, before, after: see the module docstring) and ``explain.json``
     (returned) to the folder ``output``. ``classifier`` is a file (or a loaded
-    :class:`~focusshot.api.Classifier`) of a method that adapts the backbone; ``images`` are files or
+    :class:`~focusshot.classifier.Classifier`) of a method that adapts the backbone; ``images`` are files or
     folders (an undecodable file raises :class:`ImageError`)."""
     name = "the classifier" if isinstance(classifier, Classifier) else str(classifier)
     clf = classifier if isinstance(classifier, Classifier) else Classifier.load(classifier)

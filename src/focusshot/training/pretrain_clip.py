@@ -69,7 +69,7 @@ def pretrain(cfg: PretrainConfig, output: str | Path, log=print) -> dict:
     """Train world-clip and write ``output`` (float16 safetensors) plus ``output``.json (provenance)."""
     from focusshot.backbones.world_clip import IMAGE_SIZE, build_world_clip
     from focusshot.data.world import iter_batches
-    from focusshot.evaluation.results import versions
+    from focusshot.versions import versions
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
