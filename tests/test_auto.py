@@ -7,7 +7,7 @@ import random
 import pytest
 
 from focusshot.api import Classifier, fit
-from focusshot.auto import DEFAULT_OTHER, choose_method, cv_folds
+from focusshot.auto import choose_method, cv_folds
 from focusshot.backbones.registry import create_backbone
 from focusshot.cli import main
 from focusshot.data.sources import from_folder
@@ -50,10 +50,10 @@ def test_one_image_per_class_refuses_to_estimate(tmp_path, monkeypatch) -> None:
     root = _write_dataset(tmp_path / "data", classes=3, per_class=1)
     clf = fit(root, backbone="tiny-vit", method="auto")
     rep = clf.info["auto"]
-    assert not rep["estimated"] and rep["method"] == DEFAULT_OTHER == clf.method
+    assert not rep["estimated"] and rep["method"] == "protonet" == clf.method  # tiny-vit has no text
     assert "no honest estimate" in rep["reason"]
     again = Classifier.load(clf.save(tmp_path / "c.safetensors"))
-    assert again.info["auto"]["method"] == DEFAULT_OTHER
+    assert again.info["auto"]["method"] == "protonet"
 
 
 def test_budget_limits_methods_that_train_and_cli_writes_the_report(tmp_path, monkeypatch, capsys) -> None:

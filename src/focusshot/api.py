@@ -31,7 +31,7 @@ from focusshot.data.images import ImageError, ImageErrors
 from focusshot.data.sources import LabelledImages, open_source
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
-from focusshot.methods.base import FitContext, create_method, list_methods
+from focusshot.methods.base import FitContext, create_method
 
 __all__ = [
     "Classifier",
@@ -71,42 +71,17 @@ def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | N
     return data[name]
 
 
-#: method groups ``evaluate`` expands: ``all`` (every method that trains nothing and that the
-#: backbone supports; text ones need CLIP; region methods such as FALIP, which need boxes, are
-#: named explicitly), ``tuning`` (the fine-tuning baselines) and ``fort`` (FORT on each of them)
-METHOD_GROUPS = ("all", "tuning", "fort")
-TUNING_METHODS = ("ft", "last_block", "lora", "ssf", "vpt")
-FORT_METHODS = ("ft+fort", "lora+fort", "ssf+fort", "vpt+fort")
-
-
-def _runs_on(name: str, backbone: Backbone) -> bool:
-    """Whether method ``name`` (default options) runs on ``backbone`` without more input: text
-    methods need a CLIP, region methods need boxes (asked for by name), and the prefix must exist."""
-    from focusshot.methods.base import method_class
-
-    cls = method_class(name)
-    if (cls.needs_text and not backbone.capabilities.text) or getattr(cls, "needs_regions", False):
-        return False
-    try:
-        cls().prefix(backbone).resolve(backbone)
-    except ValueError:
-        return False
-    return True
-
-
 def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
-    """Expand the groups ``"all"`` (training-free methods), ``"tuning"`` (fine-tuning baselines) and
-    ``"fort"`` (FORT over FT, LoRA, SSF and VPT)."""
-    from focusshot.methods.base import method_class
+    """Expand method groups (:func:`~focusshot.methods.base.method_groups`: ``all``, the
+    training-free methods ``backbone`` runs without boxes, and the groups methods declare, such as
+    ``tuning`` and ``fort``) into method names, each once, in the order given."""
+    from focusshot.methods.base import method_class, method_groups, methods_in_group
 
+    groups = method_groups()
     out: list[str] = []
     for name in methods:
-        if name == "all":
-            names = [m for m in list_methods() if not method_class(m).trains and _runs_on(m, backbone)]
-        elif name == "tuning":
-            names = list(TUNING_METHODS)
-        elif name == "fort":
-            names = list(FORT_METHODS)
+        if name in groups:
+            names = methods_in_group(name, backbone)
         else:
             method_class(name)  # fails early, listing the valid names
             names = [name]

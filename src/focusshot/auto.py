@@ -7,8 +7,10 @@ accuracy on the support set alone -- never on validation or test images -- and p
 * **Folds**: leave-one-out when the support set is small (at most ``loo_max`` images), else
   stratified k-fold with ``k = min(5, smallest class)``; folds are drawn per class from ``seed``.
   Every training fold holds every class. With one image in some class no honest estimate
-  exists: the choice falls back to :data:`DEFAULT_CLIP` / :data:`DEFAULT_OTHER` and says so.
-* **Candidates**: the frozen-feature methods the backbone supports (cheap: the shared cache pays
+  exists: the choice falls back to the method registered with ``auto_fallback`` (``text``: a
+  CLIP backbone's Tip-Adapter; ``any``: ProtoNet) and says so.
+* **Candidates** (:func:`~focusshot.methods.base.auto_candidates`: every method registered with
+  an ``auto_order``): the frozen-feature methods the backbone supports (cheap: the shared cache pays
   for each image once), then methods that train, each only while the time ``budget_s`` they may
   use together lasts (one fold is timed first; the method is dropped if all its folds would
   overrun).
@@ -31,29 +33,9 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.sources import LabelledImages
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
-from focusshot.methods.base import FitContext, create_method
+from focusshot.methods.base import FitContext, auto_candidates, auto_fallback, create_method
 
-__all__ = ["DEFAULT_CLIP", "DEFAULT_OTHER", "FROZEN", "TRAINED", "choose_method", "cv_folds"]
-
-#: frozen-feature candidates, cheapest first
-FROZEN = (
-    "protonet",
-    "nearest_neighbour",
-    "ridge",
-    "logistic",
-    "metaoptnet",
-    "zeroshot",
-    "tip_adapter",
-    "lp_pp",
-    "tip_adapter_f",
-)
-#: candidates that train, tried while the budget lasts
-TRAINED = ("coop", "safe", "apt", "lora", "clip_lora")
-#: the fallback without an estimate: a CLIP backbone's Tip-Adapter (its text prior plus the
-#: one image per class), any other backbone's ProtoNet
-DEFAULT_CLIP = "tip_adapter"
-DEFAULT_OTHER = "protonet"
-
+__all__ = ["choose_method", "cv_folds"]
 
 def cv_folds(labels: Sequence[int], seed: int, loo_max: int = 40) -> list[list[int]]:
     """Held-out index lists: leave-one-out for ``len(labels) <= loo_max``, else stratified k-fold
@@ -115,9 +97,9 @@ def choose_method(
     method: accuracy, ci95, nll, seconds, correct, held_out), ``skipped`` (method -> why).
     """
     labels = list(support.labels)
-    names = list(candidates) if candidates is not None else [*FROZEN, *TRAINED]
+    names = list(candidates) if candidates is not None else auto_candidates()
     runnable, skipped = _candidates(backbone, names)
-    default = DEFAULT_CLIP if backbone.capabilities.text else DEFAULT_OTHER
+    default = auto_fallback(backbone)
     try:
         folds = cv_folds(labels, seed, loo_max)
     except ValueError as exc:

@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="protonet",
-        help="comma-separated methods or groups: all (training-free), tuning, fort (see `focusshot methods`)",
+        help="comma-separated methods or groups, e.g. all, tuning (`focusshot methods` lists both)",
     )
     p.add_argument("--ways", type=int, default=d.ways, help="N, classes per episode")
     p.add_argument(
@@ -564,14 +564,15 @@ def _cmd_world_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from focusshot.methods.base import list_methods, method_class, option_help
+    from focusshot.methods.base import list_methods, method_class, method_groups, option_help
 
     names = list_methods()  # registers every recipe, frozen-feature heads first
     from focusshot.backbones.registry import create_backbone
 
     probe = create_backbone("world-clip", pretrained=False)  # 6 blocks: prefixes named relative to L
-    from focusshot.methods.finetune import FinetuneMethod
-    from focusshot.methods.tuning import SHARED_OPTIONS
+    from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions
+
+    shared_defaults = {opt: default for opt, default, _ in option_help(FinetuneOptions)}
 
     for name in names:
         cls = method_class(name)
@@ -584,11 +585,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         opts = option_help(cls.Options)
         shared = issubclass(cls, FinetuneMethod) and not args.verbose
         for opt, default, text in opts:
-            if shared and opt in SHARED_OPTIONS and opt not in _RECIPE_DEFAULTS.get(name, ()):
+            # shared tuning options are shown where the recipe changes their default
+            if shared and opt in shared_defaults and default == shared_defaults[opt]:
                 continue
             print(f"{'':<20} {name}.{opt} = {default!r}: {text}")
     if not args.verbose:
-        print("\nevery tuning method also takes: " + ", ".join(SHARED_OPTIONS) + " (--verbose shows them)")
+        print("\nevery tuning method also takes: " + ", ".join(shared_defaults) + " (--verbose shows them)")
+    print("\ngroups (--method GROUP):")
+    for group, members in method_groups().items():
+        print(f"  {group:<8} {members}")
     return 0
 
 
@@ -604,17 +609,6 @@ def _describe_prefix(cls, probe) -> str:
     if p.kind == "head_out":
         return "head_out of every layer" if len(p.layer) == depth else f"head_out of {len(p.layer)} layers"
     return p.kind
-
-
-#: shared tuning options whose defaults a recipe changes (shown without --verbose)
-_RECIPE_DEFAULTS = {
-    "ft": ("lr", "epochs"),
-    "last_block": ("blocks", "lr"),
-    "lora": ("lr", "temperature"),
-    "ssf": ("lr", "temperature"),
-    "vpt": ("optimizer", "lr", "weight_decay", "temperature"),
-}
-_RECIPE_DEFAULTS.update({f"{k}+fort": v for k, v in list(_RECIPE_DEFAULTS.items()) if k != "last_block"})
 
 
 def main(argv: list[str] | None = None) -> int:

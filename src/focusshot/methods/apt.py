@@ -216,7 +216,7 @@ class AptFitted(Fitted):
         return dict(self._record)
 
 
-@register_method("apt")
+@register_method("apt", auto_order=3)  # auto: tried while the budget lasts
 class AptMethod(Method):
     """APT: cross-attention from class prompts to image tokens, MC dropout (arXiv 2412.14640)."""
 

@@ -36,12 +36,17 @@ __all__ = [
     "FitContext",
     "Fitted",
     "Method",
+    "auto_candidates",
+    "auto_fallback",
     "create_method",
     "fitted_from_state",
     "list_methods",
     "method_class",
+    "method_groups",
+    "methods_in_group",
     "options_from_dict",
     "register_method",
+    "unregister_method",
 ]
 
 
@@ -139,6 +144,11 @@ class Method(ABC):
     needs_regions: ClassVar[bool] = False
     #: one line for ``focusshot methods``
     summary: ClassVar[str] = ""
+    #: set by :func:`register_method` (each registered class its own, never inherited): the
+    #: groups ``--method`` expands that hold it, its place among auto's candidates, auto's fallback
+    groups: ClassVar[tuple[str, ...]] = ()
+    auto_order: ClassVar[float | None] = None
+    auto_fallback: ClassVar[str] = ""
 
     def __init__(self, options: Any = None) -> None:
         if options is None:
@@ -181,8 +191,24 @@ class Method(ABC):
         return json.loads(json.dumps(dataclasses.asdict(self.options)))
 
 
-def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator: register a :class:`Method` subclass under ``name``."""
+def register_method(
+    name: str, *, groups: tuple[str, ...] = (), auto_order: float | None = None, auto_fallback: str = ""
+) -> Callable[[M], M]:
+    """Class decorator: register a :class:`Method` subclass under ``name``.
+
+    Args:
+        name: the registry name (``--method NAME``).
+        groups: the ``--method`` groups that hold it (``("tuning",)``); ``all`` is computed
+            (:data:`COMPUTED_GROUPS`), never declared.
+        auto_order: its place among ``fit --method auto``'s candidates, cheapest first (frozen-
+            feature methods always before those that train); ``None``: not a candidate.
+        auto_fallback: ``"text"`` or ``"any"``: auto's choice, on a backbone with or without a
+            text tower, when no honest estimate exists (a class with one image).
+    """
+    if auto_fallback not in ("", "text", "any"):
+        raise ValueError(f"auto_fallback must be '', 'text' or 'any', got {auto_fallback!r}")
+    if "all" in groups or any(not g or "," in g for g in groups):
+        raise ValueError(f"method {name!r}: bad groups {groups!r} ('all' is computed, not declared)")
 
     def deco(cls: M) -> M:
         if name in _METHODS and _METHODS[name] is not cls:
@@ -190,10 +216,18 @@ def register_method(name: str) -> Callable[[M], M]:
         if not dataclasses.is_dataclass(cls.Options):
             raise TypeError(f"method {name!r}: Options must be a dataclass")
         cls.name = name
+        cls.groups = tuple(groups)
+        cls.auto_order = auto_order
+        cls.auto_fallback = auto_fallback
         _METHODS[name] = cls
         return cls
 
     return deco
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (tests and plug-ins that register a method for a while)."""
+    _METHODS.pop(name, None)
 
 
 #: recipe modules in registration order: frozen-feature heads first, then the tuning baselines,
@@ -211,6 +245,65 @@ def list_methods() -> list[str]:
     """Registered method names, in registration order."""
     _load_all()
     return list(_METHODS)
+
+
+#: ``--method`` groups that are queries, not declarations: name -> what it holds
+COMPUTED_GROUPS = {"all": "every training-free method the backbone runs without boxes"}
+
+
+def method_groups() -> dict[str, str]:
+    """Every group ``--method`` accepts -> what it holds: ``all`` and each group a method declares."""
+    _load_all()
+    out = dict(COMPUTED_GROUPS)
+    for cls in _METHODS.values():
+        for g in cls.groups:
+            out.setdefault(g, "")
+    for g in out:
+        if not out[g]:
+            out[g] = ", ".join(n for n, c in _METHODS.items() if g in c.groups)
+    return out
+
+
+def runs_on(name: str, backbone: Backbone) -> bool:
+    """Whether method ``name`` (default options) runs on ``backbone`` with no more input: text
+    methods need a text tower, region methods need boxes (asked for by name), and the prefix must
+    exist on the backbone."""
+    method = create_method(name)
+    if (method.needs_text and not backbone.capabilities.text) or method.needs_regions:
+        return False
+    try:
+        method.prefix(backbone).resolve(backbone)
+    except ValueError:
+        return False
+    return True
+
+
+def methods_in_group(group: str, backbone: Backbone) -> list[str]:
+    """The methods of ``group`` in registration order (``all``: :data:`COMPUTED_GROUPS`)."""
+    _load_all()
+    if group == "all":
+        return [n for n, c in _METHODS.items() if not c.trains and runs_on(n, backbone)]
+    if group not in method_groups():
+        raise ValueError(f"unknown method group {group!r}; groups: {', '.join(method_groups())}")
+    return [n for n, c in _METHODS.items() if group in c.groups]
+
+
+def auto_candidates() -> list[str]:
+    """``fit --method auto``'s candidates, cheapest first: every method with an ``auto_order``,
+    frozen-feature methods before those that train."""
+    _load_all()
+    ranked = [(c.trains, c.auto_order, n) for n, c in _METHODS.items() if c.auto_order is not None]
+    return [n for _, _, n in sorted(ranked)]
+
+
+def auto_fallback(backbone: Backbone) -> str:
+    """The method ``auto`` falls back to without an estimate (see :attr:`Method.auto_fallback`)."""
+    _load_all()
+    kind = "text" if backbone.capabilities.text else "any"
+    for n, c in _METHODS.items():
+        if c.auto_fallback == kind:
+            return n
+    raise ValueError(f"no method declares auto_fallback={kind!r}")
 
 
 def split_alias(name: str) -> tuple[str, str]:

@@ -87,7 +87,7 @@ class _TextClassifier(nn.Module):
         return l2_normalize(self.text(self.ids))
 
 
-@register_method("clip_lora")
+@register_method("clip_lora", auto_order=5)  # auto: tried while the budget lasts
 class CLIPLoRAMethod(Method):
     """CLIP-LoRA: LoRA on q, k, v of both towers, CLIP's text classifier (Zanella & Ben Ayed, 2024)."""
 

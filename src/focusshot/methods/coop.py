@@ -160,7 +160,7 @@ class CoOpFitted(Fitted):
         return dict(self._record)
 
 
-@register_method("coop")
+@register_method("coop", auto_order=1)  # auto: tried while the budget lasts
 class CoOpMethod(Method):
     """CoOp: learn the prompt's context vectors on the support set (Zhou et al., IJCV 2022)."""
 

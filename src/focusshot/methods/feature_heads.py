@@ -20,19 +20,44 @@ from focusshot.heads import FittedHead, create_head, fitted_from_state, list_hea
 from focusshot.heads.base import _lookup
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
 
-#: method name -> (head name, needs class-name text embeddings, one line of help)
-_TABLE: dict[str, tuple[str, bool, str]] = {
-    "nearest_neighbour": ("nearest_neighbour", False, "cosine nearest neighbour over support features"),
-    "protonet": ("protonet", False, "ProtoNet: nearest class mean (Snell et al., 2017)"),
-    "ridge": ("ridge", False, "ridge regression onto one-hot labels"),
-    "r2d2": ("r2d2", False, "R2D2 closed-form ridge head (Bertinetto et al., 2019)"),
-    "svm": ("svm", False, "multi-class linear SVM"),
-    "metaoptnet": ("metaoptnet", False, "MetaOptNet SVM head (Lee et al., 2019)"),
-    "logistic": ("logistic", False, "linear probe: L2-regularised logistic regression, C chosen on val"),
-    "zeroshot": ("zeroshot", True, "zero-shot CLIP: class names x prompt templates"),
-    "tip_adapter": ("tip_adapter", True, "Tip-Adapter: training-free cache model (Zhang et al., 2022)"),
-    "tip_adapter_f": ("tip_adapter_f", True, "Tip-Adapter-F: the cache keys fine-tuned"),
-    "lp_pp": ("lp_pp", True, "LP++: linear probe blended with the text classifier (Huang et al., 2024)"),
+#: method name -> (head name, needs class-name text embeddings, one line of help, place among
+#: ``fit --method auto``'s candidates (cheapest first; None: not one), auto's fallback kind)
+_TABLE: dict[str, tuple[str, bool, str, float | None, str]] = {
+    "nearest_neighbour": (
+        "nearest_neighbour",
+        False,
+        "cosine nearest neighbour over support features",
+        2,
+        "",
+    ),
+    "protonet": ("protonet", False, "ProtoNet: nearest class mean (Snell et al., 2017)", 1, "any"),
+    "ridge": ("ridge", False, "ridge regression onto one-hot labels", 3, ""),
+    "r2d2": ("r2d2", False, "R2D2 closed-form ridge head (Bertinetto et al., 2019)", None, ""),
+    "svm": ("svm", False, "multi-class linear SVM", None, ""),
+    "metaoptnet": ("metaoptnet", False, "MetaOptNet SVM head (Lee et al., 2019)", 5, ""),
+    "logistic": (
+        "logistic",
+        False,
+        "linear probe: L2-regularised logistic regression, C chosen on val",
+        4,
+        "",
+    ),
+    "zeroshot": ("zeroshot", True, "zero-shot CLIP: class names x prompt templates", 6, ""),
+    "tip_adapter": (
+        "tip_adapter",
+        True,
+        "Tip-Adapter: training-free cache model (Zhang et al., 2022)",
+        7,
+        "text",
+    ),
+    "tip_adapter_f": ("tip_adapter_f", True, "Tip-Adapter-F: the cache keys fine-tuned", 9, ""),
+    "lp_pp": (
+        "lp_pp",
+        True,
+        "LP++: linear probe blended with the text classifier (Huang et al., 2024)",
+        8,
+        "",
+    ),
 }
 
 _TEXT_FIELD = "text_embeddings"
@@ -108,7 +133,7 @@ class FeatureHeadMethod(Method):
 
 def _register_all() -> None:
     heads = set(list_heads())
-    for name, (head, text, summary) in _TABLE.items():
+    for name, (head, text, summary, auto_order, fallback) in _TABLE.items():
         if head not in heads:
             continue
         cls = type(
@@ -123,7 +148,7 @@ def _register_all() -> None:
                 "__module__": __name__,
             },
         )
-        register_method(name)(cls)
+        register_method(name, auto_order=auto_order, auto_fallback=fallback)(cls)
 
 
 _register_all()

@@ -166,7 +166,7 @@ class FORTMixin:
         return {"prompts": getattr(self, "_prompts", None)}
 
 
-@register_method("ft+fort")
+@register_method("ft+fort", groups=("fort",))
 class FullFORT(FORTMixin, t.FullFinetune):
     """Full fine-tuning with FORT's attention loss (alpha 3e-2, tau 1: the official FT command)."""
 
@@ -174,7 +174,7 @@ class FullFORT(FORTMixin, t.FullFinetune):
     summary = "FORT: full fine-tuning + attention loss toward Grad-Rollout position prompts"
 
 
-@register_method("lora+fort")
+@register_method("lora+fort", groups=("fort",))
 class LoRAFORT(FORTMixin, t.LoRAFinetune):
     """LoRA with FORT's attention loss (alpha 0.5, tau 1: the official LoRA command)."""
 
@@ -182,7 +182,7 @@ class LoRAFORT(FORTMixin, t.LoRAFinetune):
     summary = "FORT: LoRA + attention loss toward Grad-Rollout position prompts"
 
 
-@register_method("ssf+fort")
+@register_method("ssf+fort", groups=("fort",))
 class SSFFORT(FORTMixin, t.SSFFinetune):
     """SSF with FORT's attention loss (alpha 0.1, tau 1: the official SSF command)."""
 
@@ -190,7 +190,7 @@ class SSFFORT(FORTMixin, t.SSFFinetune):
     summary = "FORT: SSF + attention loss toward Grad-Rollout position prompts"
 
 
-@register_method("vpt+fort")
+@register_method("vpt+fort", groups=("fort",))
 class VPTFORT(FORTMixin, t.VPTFinetune):
     """Deep VPT with FORT's attention loss (alpha 0.1: ours; the official code has no VPT setting)."""
 

@@ -293,7 +293,7 @@ class SafeMethod(Method):
         return AdaptedFitted(cls.name, tail, head.requires_grad_(False), config, {})
 
 
-register_method("safe")(SafeMethod)
+register_method("safe", auto_order=2)(SafeMethod)  # auto: tried while the budget lasts
 
 
 @dataclass(frozen=True)

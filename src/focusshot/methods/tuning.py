@@ -22,7 +22,7 @@ Tuning*, ECCV 2022.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ class FullOptions(FinetuneOptions):
     epochs: int = _f(5, "epochs over the support set (0: use steps)")
 
 
-@register_method("ft")
+@register_method("ft", groups=("tuning",))
 class FullFinetune(FinetuneMethod):
     """Full fine-tuning of the image tower (and a solver-initialised head)."""
 
@@ -97,7 +97,7 @@ class LastBlockOptions(FinetuneOptions):
     lr: float = _f(1e-4, "learning rate")
 
 
-@register_method("last_block")
+@register_method("last_block", groups=("tuning",))
 class LastBlockFinetune(FullFinetune):
     """Tune the last block(s) only, reading the cached tokens entering them."""
 
@@ -117,7 +117,7 @@ class LoRAOptions(FinetuneOptions):
     )
 
 
-@register_method("lora")
+@register_method("lora", groups=("tuning",), auto_order=4)  # auto: tried while the budget lasts
 class LoRAFinetune(FinetuneMethod):
     """LoRA on the attention projections (Hu et al., ICLR 2022)."""
 
@@ -141,7 +141,7 @@ class SSFOptions(FinetuneOptions):
     targets: tuple[str, ...] = _f(SSFConfig().targets, "module-name patterns SSF follows")
 
 
-@register_method("ssf")
+@register_method("ssf", groups=("tuning",))
 class SSFFinetune(FinetuneMethod):
     """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022)."""
 
@@ -167,7 +167,7 @@ class VPTOptions(FinetuneOptions):
     prompt_dropout: float = _f(0.0, "dropout on the prompts")
 
 
-@register_method("vpt")
+@register_method("vpt", groups=("tuning",))
 class VPTFinetune(FinetuneMethod):
     """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022)."""
 
@@ -182,6 +182,3 @@ class VPTFinetune(FinetuneMethod):
         inject_vpt(tower, cfg, start=start or 0, generator=generator)
         return [p for p in tower.parameters() if p.requires_grad]
 
-
-#: the option fields every tuning recipe shares (the CLI documents them once)
-SHARED_OPTIONS = tuple(f.name for f in fields(FinetuneOptions))
