@@ -311,7 +311,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from focusshot.report.explain import explain
+    from focusshot.explain import explain
 
     info = explain(args.classifier, args.images, args.output, coverage=args.coverage, progress=not args.quiet)
     for row in info["images"]:

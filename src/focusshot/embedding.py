@@ -19,6 +19,7 @@ from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix, compute_prefix, expected_shape
 from focusshot.data.images import ImageError, load_rgb
 from focusshot.data.transforms import make_transform
+from focusshot.versions import VERSION
 
 
 @dataclass
@@ -140,14 +141,12 @@ def save_embeddings(emb: Embeddings, output: str | Path, backbone: Backbone) -> 
     """Write ``features`` with safetensors; paths and the backbone identity go in its metadata."""
     from safetensors.torch import save_file
 
-    import focusshot
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "paths": json.dumps(emb.paths),
         "backbone": json.dumps(backbone.identity.to_dict()),
-        "focusshot_version": focusshot.__version__,
+        "focusshot_version": VERSION,
         "torch_version": torch.__version__,
     }
     tmp = output.with_name(output.name + ".tmp")

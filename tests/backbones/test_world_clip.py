@@ -1,12 +1,20 @@
 """The shipped world-clip and world-clip-deep weights: they load, keep the backbone contract, and
-classify novel FocusWorld classes zero-shot far above chance (the README records the figures)."""
+classify novel FocusWorld classes zero-shot far above chance (the README records the figures). The
+shipped tokenizer vocabulary is FocusWorld's caption vocabulary, and the tokenizer trained on it is
+the one the weights were pretrained with."""
 
 import pytest
 import torch
 
 import focusshot
-from focusshot.backbones.world_clip import build_world_clip, shipped_weights
-from focusshot.data.world import build_world, novel_classes
+from focusshot.backbones.tokenizer import ClipTokenizer
+from focusshot.backbones.world_clip import (
+    build_world_clip,
+    shipped_vocabulary,
+    shipped_weights,
+    world_tokenizer,
+)
+from focusshot.data.world import build_world, caption_vocabulary, iter_batches, novel_classes
 from focusshot.evaluation.zeroshot import zero_shot_accuracy
 
 ARCHS = [
@@ -43,3 +51,23 @@ def test_zero_shot_on_novel_single_object_classes_is_far_above_chance(tmp_path, 
     # 64 novel classes never seen in pretraining: chance is 1/64
     assert res["classes"] == 64
     assert res["top1"] >= 8 * res["chance"], res
+
+
+def test_shipped_vocabulary_is_focusworlds_caption_vocabulary() -> None:
+    """The asset was written once from ``caption_vocabulary()``; a change to either shows here."""
+    assert shipped_vocabulary() == caption_vocabulary()
+
+
+def test_the_shipped_tokenizer_is_the_one_trained_on_focusworld_captions() -> None:
+    words = sorted(caption_vocabulary())
+    before = ClipTokenizer.train([" ".join(words)] * 4 + words, vocab_size=768)  # the recipe of the weights
+    for tok in (world_tokenizer(shipped_vocabulary()), build_world_clip().tokenizer):
+        assert tok.encoder == before.encoder and tok.merges == before.merges
+    _, captions, _ = next(iter_batches("world:clutter", 4, 32, seed=0))
+    captions = [*captions, "a red striped star and an orange plain circle"]
+    assert torch.equal(build_world_clip().tokenize(captions), before(captions, context_length=32))
+    tok = build_world_clip().tokenizer
+    assert tok.vocab_size == 594
+    assert tok.encode("a red striped star and an orange plain circle") == [
+        320, 584, 589, 588, 531, 516, 574, 577, 548
+    ]  # fmt: skip

@@ -6,16 +6,23 @@ defaults (FALIP's last 4 of 12 layers, SAV's 20 heads) mean what they mean on Vi
 144, depth 12, 6 heads of 24 channels. Both: text tower width 128, depth 4, 2 heads, context 32;
 joint embedding 128. The tokenizer is a byte-level BPE trained (deterministically) on
 FocusWorld's caption vocabulary. Both ship in the package as float16 safetensors.
+
+Pretraining data reaches this module as arguments, never as an import of :mod:`focusshot.data`: the
+words the tokenizer is trained on ship beside the weights (``assets/world_clip_vocabulary.txt``,
+written once from :func:`focusshot.data.world.caption_vocabulary`; a test holds the two equal), and
+pretraining (:mod:`focusshot.training.pretrain_clip`) passes FocusWorld's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from focusshot.backbones.base import CLIP_PREPROCESS
 from focusshot.backbones.clip import CLIP, TextConfig, TextTransformer
+from focusshot.backbones.tokenizer import ClipTokenizer
 from focusshot.backbones.vit import VisionTransformer, ViTConfig
 
 IMAGE_SIZE = 64
@@ -25,6 +32,8 @@ ARCHS: dict[str, tuple[int, int, int, str]] = {
     "world-clip-deep": (144, 12, 6, "world_clip_deep.safetensors"),
 }
 WEIGHTS_NAME = ARCHS["world-clip"][3]
+#: The words the shipped models' tokenizer is trained on, one a line, in the package's assets.
+VOCABULARY_NAME = "world_clip_vocabulary.txt"
 
 
 def _arch(arch: str) -> tuple[int, int, int, str]:
@@ -33,19 +42,25 @@ def _arch(arch: str) -> tuple[int, int, int, str]:
     return ARCHS[arch]
 
 
-def world_tokenizer():
-    """The caption tokenizer (BPE trained on every word FocusWorld captions can contain)."""
-    from focusshot.backbones.tokenizer import ClipTokenizer
-    from focusshot.data.world import caption_vocabulary
+def shipped_vocabulary() -> list[str]:
+    """The words the shipped world-clip tokenizer is trained on (every word a FocusWorld caption can
+    contain), sorted, from the package's assets."""
+    text = (resources.files("focusshot") / "assets" / VOCABULARY_NAME).read_text(encoding="utf-8")
+    return sorted(text.split())
 
-    words = sorted(caption_vocabulary())
+
+def world_tokenizer(vocabulary: Iterable[str]) -> ClipTokenizer:
+    """The caption tokenizer: a byte-level BPE trained (deterministically) on the words of
+    ``vocabulary``, e.g. :func:`shipped_vocabulary` or FocusWorld's ``caption_vocabulary()``."""
+    words = sorted(vocabulary)
     return ClipTokenizer.train([" ".join(words)] * 4 + words, vocab_size=768)
 
 
-def build_world_clip(tokenizer=None, arch: str = "world-clip") -> CLIP:
-    """The ``arch`` architecture (a key of ``ARCHS``) with random weights."""
+def build_world_clip(tokenizer: ClipTokenizer | None = None, arch: str = "world-clip") -> CLIP:
+    """The ``arch`` architecture (a key of ``ARCHS``) with random weights; ``tokenizer`` defaults to
+    the shipped one (:func:`world_tokenizer` over :func:`shipped_vocabulary`)."""
     width, depth, heads, _ = _arch(arch)
-    tok = tokenizer or world_tokenizer()
+    tok = tokenizer if tokenizer is not None else world_tokenizer(shipped_vocabulary())
     vcfg = ViTConfig(
         image_size=IMAGE_SIZE,
         patch_size=8,

@@ -16,15 +16,15 @@ test (:func:`split_per_class`).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
+
+from focusshot.data.labelled import Box, LabelledImages, check_box
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -46,10 +46,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico"}
 )
 
-#: A bounding box ``(x0, y0, x1, y1)`` in pixel coordinates of the original image, ``x0 < x1``,
-#: ``y0 < y1``.
-Box = tuple[float, float, float, float]
-
 _SPLIT_ALIASES: dict[str, str] = {"validation": "val", "valid": "val"}
 _FOLDER_SPLITS: frozenset[str] = frozenset({"train", "val", "validation", "valid", "test"})
 _BOX_COLUMNS: tuple[str, str, str, str] = ("x0", "y0", "x1", "y1")
@@ -60,109 +56,8 @@ def _canonical_split(name: str) -> str:
     return _SPLIT_ALIASES.get(name.lower(), name)
 
 
-@dataclass
-class LabelledImages:
-    """A labelled set of image files: the output of every reader in this module.
-
-    Attributes:
-        paths: image file paths, one per sample.
-        labels: integer class ids in ``0 .. len(class_names) - 1``, one per sample.
-        class_names: the class list; ``class_names[label]`` names a sample's class. All splits
-            returned by one reader share the same list.
-        boxes: ``None`` when the source has no boxes, else one entry per sample: a box
-            ``(x0, y0, x1, y1)`` in pixels, or ``None`` for a sample without one.
-        split: the split this set belongs to (``"train"``, ``"val"``, ``"test"``, ...) or ``None``.
-    """
-
-    paths: list[str]
-    labels: list[int]
-    class_names: list[str]
-    boxes: list[Box | None] | None = None
-    split: str | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        self.paths = [str(p) for p in self.paths]
-        self.labels = [int(v) for v in self.labels]
-        self.class_names = [str(c) for c in self.class_names]
-        if len(self.paths) != len(self.labels):
-            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
-        if len(set(self.class_names)) != len(self.class_names):
-            dupes = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
-            raise ValueError(f"class_names has duplicates: {dupes}")
-        bad = [v for v in self.labels if not 0 <= v < len(self.class_names)]
-        if bad:
-            raise ValueError(
-                f"labels must lie in 0..{len(self.class_names) - 1} "
-                f"({len(self.class_names)} classes); found {sorted(set(bad))[:10]}"
-            )
-        if self.boxes is not None:
-            if len(self.boxes) != len(self.paths):
-                raise ValueError(f"{len(self.paths)} paths but {len(self.boxes)} boxes")
-            self.boxes = [
-                None if b is None else _check_box(b, f"sample {i}") for i, b in enumerate(self.boxes)
-            ]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes in :attr:`class_names` (some may have no samples in this split)."""
-        return len(self.class_names)
-
-    def indices_by_class(self) -> list[list[int]]:
-        """Sample indices of each class, in sample order; ``result[c]`` lists class ``c``."""
-        out: list[list[int]] = [[] for _ in self.class_names]
-        for i, label in enumerate(self.labels):
-            out[label].append(i)
-        return out
-
-    def class_counts(self) -> dict[str, int]:
-        """Number of samples per class name (classes with none included, as 0)."""
-        return {name: len(idx) for name, idx in zip(self.class_names, self.indices_by_class(), strict=True)}
-
-    def subset(self, indices: Iterable[int]) -> LabelledImages:
-        """The samples at ``indices`` (in that order), keeping the class list and the split name."""
-        idx = [int(i) for i in indices]
-        for i in idx:
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"index {i} out of range for {len(self)} samples")
-        return LabelledImages(
-            paths=[self.paths[i] for i in idx],
-            labels=[self.labels[i] for i in idx],
-            class_names=list(self.class_names),
-            boxes=None if self.boxes is None else [self.boxes[i] for i in idx],
-            split=self.split,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of this set."""
-        return {
-            "paths": list(self.paths),
-            "labels": list(self.labels),
-            "class_names": list(self.class_names),
-            "boxes": None if self.boxes is None else [None if b is None else list(b) for b in self.boxes],
-            "split": self.split,
-        }
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_box(box: Sequence[Any], where: str) -> Box:
-    """Validate and normalise one box, raising ``ValueError`` naming ``where``."""
-    if isinstance(box, (str, bytes)) or len(box) != 4:
-        raise ValueError(f"{where}: a box needs 4 numbers (x0, y0, x1, y1), got {box!r}")
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: box values must be numbers, got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"{where}: box values must be finite, got {box!r}")
-    if not (x0 < x1 and y0 < y1):
-        raise ValueError(f"{where}: a box needs x0 < x1 and y0 < y1, got {box!r}")
-    return (x0, y0, x1, y1)
 
 
 def _is_image(name: str) -> bool:
@@ -312,7 +207,7 @@ def _read_csv_rows(path: Path) -> list[_Row]:
                 if any(raw):
                     if not all(raw):
                         raise ValueError(f"{where}: fill all of x0, y0, x1, y1 or none of them, got {raw}")
-                    box = _check_box(raw, where)
+                    box = check_box(raw, where)
             split = values["split"] if has_split else None
             if has_split and not split:
                 raise ValueError(f"{where}: empty 'split'")
@@ -343,7 +238,7 @@ def _read_jsonl_rows(path: Path) -> list[_Row]:
             if isinstance(label, bool) or not isinstance(label, (str, int)):
                 raise ValueError(f"{where}: 'label' must be a class name or an integer, got {label!r}")
             raw_box = record.get("box")
-            box = None if raw_box is None else _check_box(raw_box, where)
+            box = None if raw_box is None else check_box(raw_box, where)
             split = record.get("split")
             if split_seen is None:
                 split_seen = split is not None
@@ -681,30 +576,15 @@ def _parse_split_option(value: str, spec: str) -> tuple[float, float, float] | N
     return _check_fractions(numbers, f"{spec}: option 'split'")
 
 
-def _distractor_boxes(data: LabelledImages) -> LabelledImages:
-    """The same images with each one's first distractor's box instead of the target's (``None``
-    where a scene has no distractor); the target masks stay the target's. For controls such as
-    FALIP with the wrong region."""
-    from focusshot.data.world import _MANIFEST
-
-    if not data.paths:
-        return data
-    root = Path(data.paths[0]).parents[2]
-    by_path: dict[str, tuple[float, float, float, float] | None] = {}
-    for line in (root / _MANIFEST).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            first = (row.get("distractors") or [None])[0]
-            by_path[str(root / row["path"])] = (
-                None if first is None else tuple(float(v) for v in first["box"])
-            )
-    return dataclasses.replace(data, boxes=[by_path[p] for p in data.paths])
-
-
 def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
     """Open a ``world:`` spec: the suite itself, or with ``split`` its train/val/test splits."""
-    from focusshot.data.world import _OPTIONS as WORLD_OPTIONS
-    from focusshot.data.world import open_world, parse_world_spec, suite_classes
+    from focusshot.data.world import (
+        SPEC_OPTIONS,
+        open_world,
+        parse_world_spec,
+        suite_classes,
+        with_distractor_boxes,
+    )
 
     name, _, query = spec.partition("?")
     try:
@@ -713,7 +593,7 @@ def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
         raise ValueError(
             f"{spec}: malformed options {query!r}; write world:<suite>?key=value&key=value"
         ) from None
-    valid = (*WORLD_OPTIONS, "split", "box")
+    valid = (*SPEC_OPTIONS, "split", "box")
     unknown = [key for key, _ in pairs if key not in valid]
     if unknown:
         raise ValueError(f"{spec}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
@@ -733,7 +613,7 @@ def _open_world_source(spec: str) -> LabelledImages | dict[str, LabelledImages]:
             raise ValueError(_too_few_message(spec, suite_classes(suite)[0].name, per_class, fractions))
     data = open_world(base)
     if box_values and box_values[0] == "distractor":
-        data = _distractor_boxes(data)
+        data = with_distractor_boxes(data)
     if fractions is None:
         return data
     return split_per_class(data, fractions, where=spec)

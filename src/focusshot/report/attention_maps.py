@@ -29,8 +29,9 @@ from focusshot.evaluation.attention_metrics import (  # noqa: F401 (re-exported)
 )
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] ``(H, W)`` -> RGB uint8 ``(H, W, 3)`` (black -> red -> yellow -> white)."""
+def heat_rgb(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] ``(H, W)`` -> RGB uint8 ``(H, W, 3)`` heat colours (black -> red -> yellow ->
+    white), for drawing attention over an image (here and in :mod:`focusshot.explain`)."""
     v = np.clip(values, 0.0, 1.0)
     r = np.clip(3 * v, 0, 1)
     g = np.clip(3 * v - 1, 0, 1)
@@ -72,7 +73,7 @@ def save_attention_figure(
     for r, i in enumerate(picked):
         rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
         rgb = rgb.resize((side, side), Image.NEAREST)
-        heat = Image.fromarray(_heat(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+        heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.BILINEAR)
         blend = Image.blend(rgb, heat, 0.55)
         if masks is not None:
             m = transform_masks([masks[i]], pre)[0].numpy()
@@ -146,7 +147,7 @@ def save_method_attention_figure(
             edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
             outline = Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
         for c, (_, cls) in enumerate(maps, start=1):
-            heat = Image.fromarray(_heat(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+            heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.BILINEAR)
             blend = Image.blend(rgb, heat, 0.55)
             if outline is not None:
                 ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))

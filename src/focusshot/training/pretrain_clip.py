@@ -67,13 +67,13 @@ def _param_groups(model: CLIP, weight_decay: float) -> list[dict]:
 
 def pretrain(cfg: PretrainConfig, output: str | Path, log=print) -> dict:
     """Train world-clip and write ``output`` (float16 safetensors) plus ``output``.json (provenance)."""
-    from focusshot.backbones.world_clip import IMAGE_SIZE, build_world_clip
-    from focusshot.data.world import iter_batches
+    from focusshot.backbones.world_clip import IMAGE_SIZE, build_world_clip, world_tokenizer
+    from focusshot.data.world import caption_vocabulary, iter_batches
     from focusshot.versions import versions
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_world_clip(arch=cfg.arch).train()
+    model = build_world_clip(world_tokenizer(caption_vocabulary()), arch=cfg.arch).train()
     pre = model.preprocess
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 

@@ -32,7 +32,7 @@ from focusshot.data.images import list_images, load_rgb
 from focusshot.data.transforms import center_crop, resize_shorter
 from focusshot.evaluation.attention_metrics import require_global_cls
 from focusshot.heads.trainable import LinearHead
-from focusshot.report.attention_maps import _heat
+from focusshot.report.attention_maps import heat_rgb
 from focusshot.versions import versions
 
 __all__ = ["coverage_patches", "explain"]
@@ -100,7 +100,7 @@ def _sheet(clf: Classifier, path: str, title: str, panels: list[tuple[str, Tenso
     draw.text((2, 1), title, fill=(0, 0, 0))
     for c, (name, values, keep) in enumerate(panels):
         v = torch.where(keep, values.float(), torch.zeros(()))
-        heat = _heat(pixels(v / v.max().clamp_min(1e-12))).astype(np.float32)
+        heat = heat_rgb(pixels(v / v.max().clamp_min(1e-12))).astype(np.float32)
         out = np.where(pixels(keep)[..., None] > 0, 0.45 * img + 0.55 * heat, 0.25 * img).astype(np.uint8)
         draw.text((c * (side + 4) + 2, 15), name, fill=(0, 0, 0))
         sheet.paste(Image.fromarray(out).resize((side, side), Image.NEAREST), (c * (side + 4), top))

@@ -9,16 +9,16 @@ import torch
 from PIL import Image
 
 import focusshot
-from focusshot.api import Classifier
 from focusshot.attention import grad_rollout as gr
 from focusshot.attention.record import record
 from focusshot.backbones.prefix import Prefix
+from focusshot.classifier import Classifier
 from focusshot.cli import main
 from focusshot.evaluation.attention_metrics import cls_attention_metrics
+from focusshot.explain import coverage_patches, explain
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import create_method
 from focusshot.methods.finetune import AdaptedFitted
-from focusshot.report.explain import coverage_patches, explain
 from tests.methods.helpers import class_folders
 
 
