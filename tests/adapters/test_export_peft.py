@@ -136,13 +136,16 @@ def _write_support(folder: Path, classes: int = 2, per_class: int = 3) -> Path:
     return folder
 
 
-def test_cli_export_adapter_round_trip(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("method", ["lora", "lora+fort"])
+def test_cli_export_adapter_round_trip(tmp_path, capsys, method) -> None:
     hf_dir = _tiny_clip_dir(tmp_path)
     support = _write_support(tmp_path / "support")
     clf_path, adapter = tmp_path / "clf.safetensors", tmp_path / "adapter"
     common = ["--backbone", str(hf_dir), "--quiet", "--cache-dir", str(tmp_path / "features")]
-    fit = ["fit", str(support), *common, "--method", "lora", "--output", str(clf_path)]
+    fit = ["fit", str(support), *common, "--method", method, "--output", str(clf_path)]
+    # lora's options reach lora+fort (its base recipe)
     assert main([*fit, "--set", "lora.epochs=1", "--set", "lora.lr=0.05", "--set", "lora.alpha=4"]) == 0
+    assert Classifier.load(clf_path).fitted.config()["options"]["alpha"] == 4
     assert main(["export-adapter", str(clf_path), "--format", "peft", "--output", str(adapter)]) == 0
     assert str(adapter) in capsys.readouterr().out
 
@@ -164,5 +167,5 @@ def test_cli_export_adapter_round_trip(tmp_path, capsys) -> None:
     other = tmp_path / "protonet.safetensors"
     assert main(["fit", str(support), *common, "--method", "protonet", "--output", str(other)]) == 0
     assert main(["export-adapter", str(other), "--output", str(tmp_path / "none")]) == 2
-    assert "only 'lora' classifiers" in capsys.readouterr().err
+    assert "holds no LoRA layers" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()

@@ -220,3 +220,27 @@ def test_cli_runs_every_fort_recipe_on_a_tiny_clip(tmp_path, monkeypatch) -> Non
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in rows) == sorted(FORTS)
     assert all(r["train_steps"] == 1 and 0.0 <= r["prompt_target_mass"] <= 1.0 for r in rows)
+
+
+def test_fort_is_its_base_recipe_plus_the_loss_and_keeps_no_state_on_the_method(clip) -> None:
+    from focusshot.methods.base import method_class, options_for
+    from focusshot.methods.tuning import LoRAFinetune
+
+    cls = method_class("lora+fort")
+    assert issubclass(cls, LoRAFinetune) and cls.extends == "lora" and cls.groups == ("fort",)
+    # the base recipe's options reach it; its own win
+    settings = {"lora": {"rank": 8, "lr": 0.1}, "lora+fort": {"lr": 0.2}}
+    assert options_for("lora+fort", settings) == {"rank": 8, "lr": 0.2}
+    assert options_for("lora", settings) == {"rank": 8, "lr": 0.1}
+    assert create_method("lora+fort", options_for("lora+fort", settings)).options.rank == 8
+    # per-fit state lives in the fitted result: two fits with one method object keep their own prompts
+    m = create_method("lora+fort", {"epochs": 1})
+    x, y = _support(clip)
+    p = compute_prefix(clip, m.prefix(clip).resolve(clip), x)
+    a = m.fit(p, y, FitContext(clip, int(y.max()) + 1, seed=0))
+    b = m.fit(p[:4].flip(0), y[:4].flip(0), FitContext(clip, int(y.max()) + 1, seed=0))
+    assert a.prompts is not None and b.prompts is not None and len(a.prompts) != len(b.prompts)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(m).values())
+    # whether it reads boxes is a property of the instance's options
+    assert not create_method("lora+fort").needs_regions
+    assert create_method("lora+fort", {"prompts": "box"}).needs_regions

@@ -19,7 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -33,18 +33,18 @@ from focusshot.adapters.base import (
     new_parameter,
     replace_module,
 )
+from focusshot.options import option
 
 
 @dataclass
 class LoRAConfig:
     """Options of :func:`inject_lora`."""
 
-    rank: int = field(default=4, metadata={"help": "rank r of the update B A (r >= 1)"})
-    alpha: float = field(default=4.0, metadata={"help": "the update is scaled by alpha / rank"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the input of the low-rank path"})
-    targets: tuple[str, ...] = field(
-        default=("*.attn.q", "*.attn.v"),
-        metadata={"help": "fnmatch patterns of the nn.Linear layers to adapt (qualified module names)"},
+    rank: int = option(4, "rank r of the update B A (r >= 1)")
+    alpha: float = option(4.0, "the update is scaled by alpha / rank")
+    dropout: float = option(0.0, "dropout on the input of the low-rank path")
+    targets: tuple[str, ...] = option(
+        ("*.attn.q", "*.attn.v"), "fnmatch patterns of the nn.Linear layers to adapt (qualified module names)"
     )
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ also scales the patch-embedding output; that convolution is not a default target
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from focusshot.adapters.base import (
     new_parameter,
     replace_module,
 )
+from focusshot.options import option
 
 #: Every linear layer and layer norm in focusshot's ViT blocks, plus the final norm.
 SSF_DEFAULT_TARGETS: tuple[str, ...] = (
@@ -51,14 +52,10 @@ SSF_DEFAULT_TARGETS: tuple[str, ...] = (
 class SSFConfig:
     """Options of :func:`inject_ssf`."""
 
-    targets: tuple[str, ...] = field(
-        default=SSF_DEFAULT_TARGETS,
-        metadata={"help": "fnmatch patterns of the nn.Linear / nn.LayerNorm layers to scale and shift"},
+    targets: tuple[str, ...] = option(
+        SSF_DEFAULT_TARGETS, "fnmatch patterns of the nn.Linear / nn.LayerNorm layers to scale and shift"
     )
-    init_std: float = field(
-        default=0.02,
-        metadata={"help": "scale ~ N(1, std), shift ~ N(0, std) at init; 0 starts from the identity"},
-    )
+    init_std: float = option(0.02, "scale ~ N(1, std), shift ~ N(0, std) at init; 0 starts from the identity")
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):

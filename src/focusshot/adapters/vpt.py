@@ -27,7 +27,7 @@ The prompts live in the space of the tokens entering a block: for CLIP, after ``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from focusshot.adapters.base import AdapterError, describe_model, new_parameter
 from focusshot.attention.core import Attention
 from focusshot.backbones.vit import Block
+from focusshot.options import option
 
 VPT_INITS = ("uniform", "zeros")
 
@@ -43,14 +44,11 @@ VPT_INITS = ("uniform", "zeros")
 class VPTConfig:
     """Options of :func:`inject_vpt`."""
 
-    num_tokens: int = field(default=10, metadata={"help": "number P of prompt tokens (per block when deep)"})
-    deep: bool = field(
-        default=False, metadata={"help": "new prompts at every block (VPT-deep) instead of once (shallow)"}
-    )
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the prompt embeddings"})
-    init: str = field(
-        default="uniform",
-        metadata={"help": "'uniform' (Xavier-uniform over patch fan-in + width, as the paper) or 'zeros'"},
+    num_tokens: int = option(10, "number P of prompt tokens (per block when deep)")
+    deep: bool = option(False, "new prompts at every block (VPT-deep) instead of once (shallow)")
+    dropout: float = option(0.0, "dropout on the prompt embeddings")
+    init: str = option(
+        "uniform", "'uniform' (Xavier-uniform over patch fan-in + width, as the paper) or 'zeros'"
     )
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -47,33 +47,30 @@ from focusshot.heads.base import l2_normalize
 from focusshot.heads.zeroshot import text_classifier
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
 from focusshot.methods.text import logit_scale, require_text_tower
+from focusshot.options import option
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["AptFitted", "AptMethod", "AptOptions", "PromptRefiner", "mc_uncertainty"]
-
-
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class AptOptions:
     """APT's settings (module docstring)."""
 
-    heads: int = _f(1, "cross-attention heads")
-    dropout: float = _f(0.1, "dropout on the attention weights and the refinement (MC dropout)")
-    cross_attention: bool = _f(True, "False: a static learned residual per class (ablation)")
-    mc_samples: int = _f(20, "Monte-Carlo dropout passes at inference (0: one deterministic pass)")
-    lr: float = _f(2e-3, "SGD learning rate (cosine decay)")
-    lr_grid: tuple[float, ...] = _f(
+    heads: int = option(1, "cross-attention heads")
+    dropout: float = option(0.1, "dropout on the attention weights and the refinement (MC dropout)")
+    cross_attention: bool = option(True, "False: a static learned residual per class (ablation)")
+    mc_samples: int = option(20, "Monte-Carlo dropout passes at inference (0: one deterministic pass)")
+    lr: float = option(2e-3, "SGD learning rate (cosine decay)")
+    lr_grid: tuple[float, ...] = option(
         (), "with a validation split, learning rates to search (best validation accuracy; () : off)"
     )
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "weight decay")
-    epochs: int = _f(50, "epochs over the support set")
-    batch_size: int = _f(32, "images per step")
-    validate: bool = _f(True, "with a validation split, keep the best epoch")
-    scale: float = _f(0.0, "logit scale (0: the model's exp(logit_scale))")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    epochs: int = option(50, "epochs over the support set")
+    batch_size: int = option(32, "images per step")
+    validate: bool = option(True, "with a validation split, keep the best epoch")
+    scale: float = option(0.0, "logit scale (0: the model's exp(logit_scale))")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
@@ -191,7 +188,7 @@ class AptFitted(Fitted):
                     )
         return {k: torch.cat([o[k] for o in outs]).float() for k in outs[0]}
 
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.predict(query)["probs"].double().clamp_min(1e-12).log().float()
 
     def uncertainty(self, query: Tensor) -> dict[str, Tensor]:

@@ -24,13 +24,14 @@ import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.options import option, option_help
 
 __all__ = [
     "FitContext",
@@ -44,6 +45,8 @@ __all__ = [
     "method_class",
     "method_groups",
     "methods_in_group",
+    "option_help",
+    "options_for",
     "options_from_dict",
     "register_method",
     "unregister_method",
@@ -89,16 +92,18 @@ class FitContext:
 class Fitted(ABC):
     """A method fitted to one support set: ``logits(query prefix (M, ...)) -> (M, C)``.
 
-    Fits of methods that read regions (:attr:`Method.needs_regions`) take them as
-    ``logits(query, regions=(M, 4))``; the runner passes them only to those.
+    Every fit takes ``logits(query, regions=None)``; fits of methods that read regions
+    (:attr:`Method.needs_regions`) use them, ``(M, 4)`` boxes in ``[0, 1]`` crop coordinates (a
+    NaN row: the image has none); the others ignore them.
     """
 
     #: registry name of the method that made it (set by the method)
     method: str = ""
 
     @abstractmethod
-    def logits(self, query: Tensor) -> Tensor:
-        """Class scores ``(M, C)`` for the query prefix ``(M, *prefix)``."""
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Class scores ``(M, C)`` for the query prefix ``(M, *prefix)`` (``regions`` ``(M, 4)``:
+        read by region methods only)."""
 
     @property
     @abstractmethod
@@ -133,7 +138,7 @@ class Method(ABC):
     """
 
     name: ClassVar[str] = ""
-    #: the options dataclass (every field with ``metadata={"help": ...}``)
+    #: the options dataclass (every field an :func:`~focusshot.options.option`, with its help)
     Options: ClassVar[type] = type(None)
     #: trains something per support set (adapters, a head by gradient descent, prompts)
     trains: ClassVar[bool] = False
@@ -149,6 +154,9 @@ class Method(ABC):
     groups: ClassVar[tuple[str, ...]] = ()
     auto_order: ClassVar[float | None] = None
     auto_fallback: ClassVar[str] = ""
+    #: the registry name of the recipe this one composes (``lora+fort`` extends ``lora``): options
+    #: given for that recipe reach this one too (:func:`options_for`)
+    extends: ClassVar[str] = ""
 
     def __init__(self, options: Any = None) -> None:
         if options is None:
@@ -348,6 +356,17 @@ def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
     return method
 
 
+def options_for(name: str, settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Method ``name``'s options out of ``settings`` (``{method: {option: value}}``, as ``--set``
+    and options files give them): those of the recipe it extends (:attr:`Method.extends`; e.g.
+    ``lora``'s for ``lora+fort``) first, then its own, which win."""
+    settings = settings or {}
+    cls = method_class(name)
+    out: dict[str, Any] = dict(settings.get(cls.extends, {})) if cls.extends else {}
+    out.update(settings.get(name, {}))
+    return out
+
+
 def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str = "") -> Any:
     """Build ``options_cls`` from ``values``, checking names and coercing JSON lists to tuples."""
     fields = {f.name: f for f in dataclasses.fields(options_cls) if f.init}
@@ -376,17 +395,6 @@ def fitted_from_state(state: dict[str, Tensor], config: dict[str, Any], backbone
     return method_class(name).from_state(state, config, backbone)
 
 
-def option_help(options_cls: type) -> list[tuple[str, Any, str]]:
-    """``(name, default, help)`` of every option field (for listings and the CLI)."""
-    out = []
-    for f in dataclasses.fields(options_cls):
-        if not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out
-
-
 def no_options() -> Any:
     """``field()`` for option dataclasses that hold nothing."""
-    return field(default=None, metadata={"help": "no options"})
+    return option(None, "no options")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -34,34 +34,37 @@ from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
 from focusshot.methods.finetune import AdaptedFitted, Tail, frozen_copy, train_modules, with_views
 from focusshot.methods.text import fill, logit_scale, readable, require_text_tower
+from focusshot.options import Take, option, takes
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["CLIPLoRAMethod", "CLIPLoRAOptions"]
 
 
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
+@takes(
+    LoRAConfig,
+    rank=2,
+    alpha=1.0,
+    dropout=0.25,
+    targets=Take(("*.attn.q", "*.attn.k", "*.attn.v"), help="module patterns, in both towers"),
+)
 class CLIPLoRAOptions:
-    """CLIP-LoRA's fixed recipe (module docstring)."""
+    """CLIP-LoRA's fixed recipe (module docstring): the adapter's fields
+    (:class:`~focusshot.adapters.lora.LoRAConfig`) with the paper's defaults, and its training."""
 
-    rank: int = _f(2, "LoRA rank r")
-    alpha: float = _f(1.0, "LoRA alpha (scaling alpha / r)")
-    dropout: float = _f(0.25, "dropout on the LoRA input")
-    targets: tuple[str, ...] = _f(("*.attn.q", "*.attn.k", "*.attn.v"), "module patterns, in both towers")
-    encoders: str = _f("both", "which towers get LoRA: both, vision or text")
-    lr: float = _f(2e-4, "AdamW learning rate")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    batch_size: int = _f(32, "images per step")
-    iters_per_shot: int = _f(500, "steps = iters_per_shot x K (shots per class)")
-    steps: int = _f(0, "a fixed number of steps instead (0: iters_per_shot x K)")
-    min_lr: float = _f(1e-6, "learning rate the cosine decay ends at")
-    template: str = _f("a photo of a {}.", "the one prompt template")
-    scale: float = _f(0.0, "logit scale (0: the model's exp(logit_scale))")
-    views: int = _f(0, "augmented views per support image (random resized crop + flip), cached")
-    wise: float = _f(1.0, "WiSE-FT: weights = zero-shot + wise x (trained - zero-shot), via lora_B; 1: off")
+    encoders: str = option("both", "which towers get LoRA: both, vision or text")
+    lr: float = option(2e-4, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    batch_size: int = option(32, "images per step")
+    iters_per_shot: int = option(500, "steps = iters_per_shot x K (shots per class)")
+    steps: int = option(0, "a fixed number of steps instead (0: iters_per_shot x K)")
+    min_lr: float = option(1e-6, "learning rate the cosine decay ends at")
+    template: str = option("a photo of a {}.", "the one prompt template")
+    scale: float = option(0.0, "logit scale (0: the model's exp(logit_scale))")
+    views: int = option(0, "augmented views per support image (random resized crop + flip), cached")
+    wise: float = option(
+        1.0, "WiSE-FT: weights = zero-shot + wise x (trained - zero-shot), via lora_B; 1: off"
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.wise <= 1.0:

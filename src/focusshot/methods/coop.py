@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -32,31 +32,30 @@ from focusshot.heads.base import l2_normalize
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
 from focusshot.methods.finetune import frozen_copy
 from focusshot.methods.text import logit_scale, readable, require_text_tower
+from focusshot.options import option
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["CoOpFitted", "CoOpMethod", "CoOpOptions", "PromptLearner"]
-
-
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class CoOpOptions:
     """CoOp's settings (module docstring)."""
 
-    n_ctx: int = _f(16, "context vectors M (ignored when ctx_init is given: M = its token count)")
-    ctx_init: str = _f("", "initialise the context from this phrase, e.g. 'a photo of a' ('' : random)")
-    class_specific: bool = _f(False, "one context per class (CSC) instead of one shared context")
-    init_std: float = _f(0.02, "std of the random context initialisation")
-    lr: float = _f(2e-3, "SGD learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "weight decay")
-    batch_size: int = _f(32, "images per step")
-    epochs: int = _f(0, "epochs (0: CoOp's schedule: 50 for K <= 2 shots, 100 for K <= 8, 200 above)")
-    warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
-    scale: float = _f(0.0, "logit scale (0: the model's exp(logit_scale))")
-    validate: bool = _f(False, "with a validation split, evaluate every epoch and keep the best (CoOp: no)")
+    n_ctx: int = option(16, "context vectors M (ignored when ctx_init is given: M = its token count)")
+    ctx_init: str = option("", "initialise the context from this phrase, e.g. 'a photo of a' ('' : random)")
+    class_specific: bool = option(False, "one context per class (CSC) instead of one shared context")
+    init_std: float = option(0.02, "std of the random context initialisation")
+    lr: float = option(2e-3, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    batch_size: int = option(32, "images per step")
+    epochs: int = option(0, "epochs (0: CoOp's schedule: 50 for K <= 2 shots, 100 for K <= 8, 200 above)")
+    warmup_steps: int = option(0, "linear warm-up steps before the cosine decay")
+    scale: float = option(0.0, "logit scale (0: the model's exp(logit_scale))")
+    validate: bool = option(
+        False, "with a validation split, evaluate every epoch and keep the best (CoOp: no)"
+    )
 
     def __post_init__(self) -> None:
         if self.n_ctx < 1 and not self.ctx_init:
@@ -143,7 +142,7 @@ class CoOpFitted(Fitted):
         self._config = config
         self._record = record
 
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.scale * l2_normalize(query.float()) @ self.weights.T
 
     @property

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -88,6 +88,7 @@ from focusshot.data.prompts import blur_outside, red_ellipse
 from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
+from focusshot.options import option
 
 __all__ = [
     "BlurBoxOptions",
@@ -105,10 +106,6 @@ REGIONS = ("box", "whole", "auto")
 MISSING = ("error", "whole")
 
 
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 def _check_common(region: str, missing_box: str, scale: float, batch_size: int) -> None:
     if region not in REGIONS:
         raise ValueError(f"region must be one of {list(REGIONS)}, got {region!r}")
@@ -124,18 +121,20 @@ def _check_common(region: str, missing_box: str, scale: float, batch_size: int) 
 class FalipOptions:
     """Options of ``falip`` (defaults: the official code's, see the module docstring)."""
 
-    alpha: float = _f(0.2, "peak of the foveal bias added to the [CLS] row's logits (official 0.2)")
-    sigma: float = _f(100.0, "std of the Gaussian over the region's patches, in patches (official 100)")
-    layers: int = _f(4, "bias the last k blocks (official: 4 of ViT-B/16's 12); clamped to the depth")
-    layers_fraction: float = _f(0.0, "> 0: bias the last max(1, round(f * depth)) blocks instead of layers")
-    region: str = _f("box", "box (the data's boxes), whole (no bias: plain CLIP) or auto (rollout box)")
-    keep: float = _f(0.5, "region=auto: the share of rolled-out [CLS] mass the box's patches hold")
-    unleash: bool = _f(
+    alpha: float = option(0.2, "peak of the foveal bias added to the [CLS] row's logits (official 0.2)")
+    sigma: float = option(100.0, "std of the Gaussian over the region's patches, in patches (official 100)")
+    layers: int = option(4, "bias the last k blocks (official: 4 of ViT-B/16's 12); clamped to the depth")
+    layers_fraction: float = option(
+        0.0, "> 0: bias the last max(1, round(f * depth)) blocks instead of layers"
+    )
+    region: str = option("box", "box (the data's boxes), whole (no bias: plain CLIP) or auto (rollout box)")
+    keep: float = option(0.5, "region=auto: the share of rolled-out [CLS] mass the box's patches hold")
+    unleash: bool = option(
         False, "amplify each head's response: [CLS] head outputs G' + (G' - G) in biased blocks"
     )
-    missing_box: str = _f("error", "an image without a box: error, or whole (no bias; counted)")
-    scale: float = _f(100.0, "CLIP's logit scale on cosine similarities (100 for released models)")
-    batch_size: int = _f(64, "images per forward pass")
+    missing_box: str = option("error", "an image without a box: error, or whole (no bias; counted)")
+    scale: float = option(100.0, "CLIP's logit scale on cosine similarities (100 for released models)")
+    batch_size: int = option(64, "images per forward pass")
 
     def __post_init__(self) -> None:
         if not (self.alpha == self.alpha and abs(self.alpha) != float("inf")):
@@ -155,18 +154,20 @@ class FalipOptions:
 class FalipTipOptions(FalipOptions):
     """Options of ``falip_tip``: FALIP's, plus Tip-Adapter's residual ratio and sharpness."""
 
-    tip_alpha: float = _f(1.0, "Tip-Adapter's residual ratio of the cache logits (used without validation)")
-    tip_beta: float = _f(5.5, "Tip-Adapter's affinity sharpness (used without validation)")
+    tip_alpha: float = option(
+        1.0, "Tip-Adapter's residual ratio of the cache logits (used without validation)"
+    )
+    tip_beta: float = option(5.5, "Tip-Adapter's affinity sharpness (used without validation)")
 
 
 @dataclass(frozen=True)
 class RedCircleOptions:
     """Options of ``red_circle``."""
 
-    width: float = _f(2.0, "outline width in pixels of the evaluation crop")
-    missing_box: str = _f("error", "an image without a box: error, or whole (drawn unprompted; counted)")
-    scale: float = _f(100.0, "CLIP's logit scale on cosine similarities")
-    batch_size: int = _f(64, "images per forward pass")
+    width: float = option(2.0, "outline width in pixels of the evaluation crop")
+    missing_box: str = option("error", "an image without a box: error, or whole (drawn unprompted; counted)")
+    scale: float = option(100.0, "CLIP's logit scale on cosine similarities")
+    batch_size: int = option(64, "images per forward pass")
 
     def __post_init__(self) -> None:
         if not self.width > 0:
@@ -178,12 +179,12 @@ class RedCircleOptions:
 class BlurBoxOptions:
     """Options of ``blur_box``."""
 
-    blur: float = _f(
+    blur: float = option(
         0.15, "Gaussian std outside the box, as a fraction of the crop side (ReCLIP's 100 px ~ 0.15)"
     )
-    missing_box: str = _f("error", "an image without a box: error, or whole (left sharp; counted)")
-    scale: float = _f(100.0, "CLIP's logit scale on cosine similarities")
-    batch_size: int = _f(64, "images per forward pass")
+    missing_box: str = option("error", "an image without a box: error, or whole (left sharp; counted)")
+    scale: float = option(100.0, "CLIP's logit scale on cosine similarities")
+    batch_size: int = option(64, "images per forward pass")
 
     def __post_init__(self) -> None:
         if not self.blur >= 0:

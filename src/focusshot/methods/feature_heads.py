@@ -86,7 +86,7 @@ class HeadFitted(Fitted):
         self.method = method
         self.head = head
 
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.head.logits(query)
 
     @property

@@ -41,42 +41,68 @@ from focusshot.backbones.prefix import Prefix
 from focusshot.heads import create_head
 from focusshot.heads.trainable import LinearHead, linear_form
 from focusshot.methods.base import FitContext, Fitted, Method
+from focusshot.options import KEEP, Take, option, takes
 from focusshot.training.loop import TrainConfig, TrainResult, train
 
-__all__ = ["AdaptedFitted", "FinetuneMethod", "FinetuneOptions", "Tail", "frozen_copy", "image_tower"]
+__all__ = [
+    "AdaptedFitted",
+    "FinetuneMethod",
+    "FinetuneOptions",
+    "Objective",
+    "Tail",
+    "frozen_copy",
+    "image_tower",
+]
 
 #: an extra training loss ``(x (B, ...), y (B,), logits (B, C), idx (B,)) -> scalar``
 ExtraLoss = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
+
+@dataclass
+class Objective:
+    """What a recipe adds to one fit's training (:meth:`FinetuneMethod.objective`): an extra loss,
+    and the per-fit state it computed, which goes into the fitted result (never onto the method).
+
+    Attributes:
+        loss: ``(x, y, logits, idx) -> scalar`` added to the cross-entropy, or ``None``.
+        prompts: FORT's position prompts of the support images ``(S, P)``, or ``None``.
+    """
+
+    loss: ExtraLoss | None = None
+    prompts: Tensor | None = None
+
+
 INIT_SOLVERS = ("metaoptnet", "protonet", "r2d2", "ridge", "svm", "logistic", "zeros")
 
 
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
+@takes(
+    TrainConfig,
+    check=False,  # FinetuneOptions checks them below (its 0s for steps/batch_size mean something)
+    optimizer=Take(help="adamw or sgd"),
+    lr=KEEP,
+    weight_decay=Take(0.01, help="weight decay (matrices only)"),
+    momentum=Take(help="SGD momentum"),
+    epochs=Take(10, help="epochs over the support set (0: use steps)"),
+    steps=Take(0, help="optimisation steps when epochs is 0"),
+    batch_size=Take(0, help="support images per step (0: the number of classes, as FORT's code)"),
+    warmup_steps=KEEP,
+    label_smoothing=KEEP,
+    grad_clip=Take(help="clip the global gradient norm (0: off)"),
+    amp=Take(help="bf16 autocast on CUDA"),
+)
 class FinetuneOptions:
-    """Options every tuning recipe shares (recipes override the defaults with their papers')."""
+    """Options every tuning recipe shares (recipes override the defaults with their papers').
 
-    blocks: int = _f(
+    The training fields are :class:`~focusshot.training.loop.TrainConfig`'s (:func:`takes`)."""
+
+    blocks: int = option(
         0, "tune the last k blocks from the cached tokens entering block L-k (0: all, from images)"
     )
-    init: str = _f("metaoptnet", f"solver that initialises the linear head: {', '.join(INIT_SOLVERS)}")
-    temperature: float = _f(1.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
-    optimizer: str = _f("adamw", "adamw or sgd")
-    lr: float = _f(1e-3, "learning rate")
-    weight_decay: float = _f(0.01, "weight decay (matrices only)")
-    momentum: float = _f(0.9, "SGD momentum")
-    epochs: int = _f(10, "epochs over the support set (0: use steps)")
-    steps: int = _f(0, "optimisation steps when epochs is 0")
-    batch_size: int = _f(0, "support images per step (0: the number of classes, as FORT's code)")
-    warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    grad_clip: float = _f(0.0, "clip the global gradient norm (0: off)")
-    amp: bool = _f(False, "bf16 autocast on CUDA")
-    validate: bool = _f(True, "when validation data exist, evaluate every epoch and keep the best step")
-    views: int = _f(0, "augmented views per support image (random resized crop + flip), cached; 0: none")
+    init: str = option("metaoptnet", f"solver that initialises the linear head: {', '.join(INIT_SOLVERS)}")
+    temperature: float = option(1.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+    validate: bool = option(True, "when validation data exist, evaluate every epoch and keep the best step")
+    views: int = option(0, "augmented views per support image (random resized crop + flip), cached; 0: none")
 
     def __post_init__(self) -> None:
         if self.blocks < 0:
@@ -91,6 +117,28 @@ class FinetuneOptions:
             raise ValueError("give epochs or steps (both are 0)")
         if self.views < 0:
             raise ValueError(f"views must be >= 0, got {self.views}")
+        self.train_config(classes=1, n=1, seed=0)  # the training loop's own checks, now
+
+    def train_config(self, classes: int, n: int, seed: int, validate: bool = False, progress: bool = False):
+        """The :class:`~focusshot.training.loop.TrainConfig` of a fit: ``classes`` ways, ``n``
+        training inputs; with ``validate``, evaluate once per epoch."""
+        batch = self.batch_size or classes
+        return TrainConfig(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            steps=self.steps or 1,
+            epochs=self.epochs,
+            batch_size=batch,
+            warmup_steps=self.warmup_steps,
+            label_smoothing=self.label_smoothing,
+            grad_clip=self.grad_clip,
+            amp=self.amp,
+            eval_every=math.ceil(n / min(batch, n)) if validate else 0,
+            seed=seed,
+            progress=progress,
+        )
 
 
 def image_tower(model: nn.Module) -> nn.Module:
@@ -192,7 +240,13 @@ class AdaptedFitted(Fitted):
     """A tuned tail plus a linear head: ``logits(query prefix (M, ...)) -> (M, C)``."""
 
     def __init__(
-        self, method: str, tail: Tail, head: LinearHead, config: dict[str, Any], record: dict[str, Any]
+        self,
+        method: str,
+        tail: Tail,
+        head: LinearHead,
+        config: dict[str, Any],
+        record: dict[str, Any],
+        prompts: Tensor | None = None,
     ) -> None:
         self.method = method
         self.tail = tail.eval()
@@ -200,7 +254,7 @@ class AdaptedFitted(Fitted):
         self._config = config
         self._record = record
         #: ``(S, P)`` position prompts of the support images (FORT), else ``None``
-        self.prompts: Tensor | None = None
+        self.prompts = prompts
 
     @torch.inference_mode()
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
@@ -266,40 +320,19 @@ class FinetuneMethod(Method):
     @contextmanager
     def objective(
         self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
-    ) -> Iterator[ExtraLoss | None]:
-        """Open what training needs and yield an extra loss ``(x, y, logits, idx) -> scalar``.
+    ) -> Iterator[Objective]:
+        """Open what training needs and yield this fit's :class:`Objective`.
 
         Held open for the whole training run (FORT records the last layer's attention in it and
         computes its position prompts before yielding). ``inputs`` ``(N, ...)`` and ``labels``
         ``(N,)`` are what training reads (support plus augmented views); ``idx`` are batch rows
         into them. The plain recipes add nothing.
         """
-        yield None
-
-    def fitted_extras(self) -> dict[str, Any]:
-        """Attributes to attach to the fitted result after training (FORT: its position prompts)."""
-        return {}
+        yield Objective()
 
     def train_config(self, n: int, ctx: FitContext) -> TrainConfig:
-        o = self.options
-        batch = o.batch_size or ctx.num_classes
-        val = ctx.val is not None and o.validate
-        return TrainConfig(
-            optimizer=o.optimizer,
-            lr=o.lr,
-            weight_decay=o.weight_decay,
-            momentum=o.momentum,
-            steps=o.steps or 1,
-            epochs=o.epochs,
-            batch_size=batch,
-            warmup_steps=o.warmup_steps,
-            label_smoothing=o.label_smoothing,
-            grad_clip=o.grad_clip,
-            amp=o.amp,
-            eval_every=math.ceil(n / min(batch, n)) if val else 0,
-            seed=ctx.seed,
-            progress=ctx.progress,
-        )
+        val = ctx.val is not None and self.options.validate
+        return self.options.train_config(ctx.num_classes, n, ctx.seed, validate=val, progress=ctx.progress)
 
     def build(self, backbone: Backbone, generator: torch.Generator) -> tuple[Tail, list[nn.Parameter]]:
         """The adapted tail over a frozen copy of ``backbone`` and the parameters it trains."""
@@ -323,7 +356,7 @@ class FinetuneMethod(Method):
         head.train()
         inputs, targets = with_views(self.name, support, labels, ctx.views, self.augment_views())
         cfg = self.train_config(len(inputs), ctx)
-        with self.objective(tail, head, inputs, targets, ctx) as extra:
+        with self.objective(tail, head, inputs, targets, ctx) as objective:
             result: TrainResult = train(
                 lambda x: head(tail(x)),
                 [*params, head.weight, head.bias],
@@ -331,7 +364,7 @@ class FinetuneMethod(Method):
                 targets.to(device),
                 cfg,
                 modules=train_modules(tail),
-                extra_loss=extra,
+                extra_loss=objective.loss,
                 val=None if (ctx.val is None or not self.options.validate) else ctx.val,
                 device=device,
             )
@@ -351,10 +384,7 @@ class FinetuneMethod(Method):
             "num_classes": ctx.num_classes,
             "normalize": head.normalize,
         }
-        fitted = AdaptedFitted(self.name, tail, head, config, record)
-        for key, value in self.fitted_extras().items():
-            setattr(fitted, key, value)
-        return fitted
+        return AdaptedFitted(self.name, tail, head, config, record, prompts=objective.prompts)
 
     def _init_head(self, feats: Tensor, labels: Tensor, ctx: FitContext) -> LinearHead:
         o = self.options
@@ -381,9 +411,7 @@ class FinetuneMethod(Method):
         with torch.no_grad():
             head.weight.copy_(w)
             head.bias.copy_(b)
-        fitted = AdaptedFitted(cls.name, tail, head, config, {})
-        fitted.prompts = state.get("prompts")
-        return fitted
+        return AdaptedFitted(cls.name, tail, head, config, {}, prompts=state.get("prompts"))
 
 
 def options_with(options_cls: type, **defaults: Any) -> type:

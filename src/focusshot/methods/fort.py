@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import field
 from typing import Any
 
 import torch
@@ -47,13 +46,15 @@ from focusshot.attention.record import record
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods import tuning as t
 from focusshot.methods.base import FitContext, register_method
-from focusshot.methods.finetune import ExtraLoss, Tail
+from focusshot.methods.finetune import FinetuneMethod, Objective, Tail
+from focusshot.options import option
 
-__all__ = ["FORTMixin", "fort_options"]
+__all__ = ["FORTMixin", "fort_options", "with_fort"]
 
 
 def _opt(name: str, kind: type, default: Any, text: str) -> tuple[str, type, Any]:
-    return (name, kind, field(default=default, metadata={"help": text}))
+    """A field of :func:`dataclasses.make_dataclass`'s list."""
+    return (name, kind, option(default, text))
 
 
 def _check(self: Any) -> None:
@@ -106,11 +107,10 @@ class FORTMixin:
     @contextmanager
     def objective(
         self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
-    ) -> Iterator[ExtraLoss | None]:
+    ) -> Iterator[Objective]:
         o = self.options
-        self._prompts: Tensor | None = None
         if o.fort_alpha == 0:
-            yield None
+            yield Objective()
             return
         b = tail.backbone
         caps = b.capabilities
@@ -148,7 +148,7 @@ class FORTMixin:
             finally:
                 tail.train(was)
             prompts = position_prompts(imp, top)
-        self._prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
+        support_prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
         target = prompts.to(device)
         last = layers[-1]
         with record(b, "logits", layers=[last], grad=True, training_only=True) as rec:
@@ -160,39 +160,35 @@ class FORTMixin:
                 q = target[idx.to(device)].unsqueeze(1).expand_as(att)
                 return o.fort_alpha * -(q * (att / o.tau).log_softmax(dim=-1)).sum(dim=-1).mean()
 
-            yield loss
-
-    def fitted_extras(self) -> dict[str, Any]:
-        return {"prompts": getattr(self, "_prompts", None)}
+            yield Objective(loss, prompts=support_prompts)
 
 
-@register_method("ft+fort", groups=("fort",))
-class FullFORT(FORTMixin, t.FullFinetune):
-    """Full fine-tuning with FORT's attention loss (alpha 3e-2, tau 1: the official FT command)."""
+def with_fort(base: type[FinetuneMethod], alpha: float, source: str) -> type[FinetuneMethod]:
+    """Register ``<base>+fort``: the recipe ``base`` plus FORT's attention loss, with FORT's
+    options (``fort_alpha`` defaulting to ``alpha``, from ``source``) added to ``base``'s.
 
-    Options = fort_options(t.FullOptions, alpha=3e-2)
-    summary = "FORT: full fine-tuning + attention loss toward Grad-Rollout position prompts"
+    Options given for ``base`` reach ``<base>+fort`` too (``--set lora.rank=8`` sets both);
+    ``<base>+fort.OPTION`` overrides one for FORT's run only
+    (:func:`~focusshot.methods.base.options_for`).
+    """
+    doc = (
+        f"{base.__doc__.splitlines()[0].rstrip('.')} with FORT's attention loss (alpha {alpha:g}: {source})."
+    )
+    cls = type(
+        f"{base.__name__}FORT",
+        (FORTMixin, base),
+        {
+            "Options": fort_options(base.Options, alpha=alpha),
+            "summary": f"FORT: {base.name} + attention loss toward Grad-Rollout position prompts",
+            "extends": base.name,
+            "__doc__": doc,
+            "__module__": __name__,
+        },
+    )
+    return register_method(f"{base.name}+fort", groups=("fort",))(cls)
 
 
-@register_method("lora+fort", groups=("fort",))
-class LoRAFORT(FORTMixin, t.LoRAFinetune):
-    """LoRA with FORT's attention loss (alpha 0.5, tau 1: the official LoRA command)."""
-
-    Options = fort_options(t.LoRAOptions, alpha=0.5)
-    summary = "FORT: LoRA + attention loss toward Grad-Rollout position prompts"
-
-
-@register_method("ssf+fort", groups=("fort",))
-class SSFFORT(FORTMixin, t.SSFFinetune):
-    """SSF with FORT's attention loss (alpha 0.1, tau 1: the official SSF command)."""
-
-    Options = fort_options(t.SSFOptions, alpha=0.1)
-    summary = "FORT: SSF + attention loss toward Grad-Rollout position prompts"
-
-
-@register_method("vpt+fort", groups=("fort",))
-class VPTFORT(FORTMixin, t.VPTFinetune):
-    """Deep VPT with FORT's attention loss (alpha 0.1: ours; the official code has no VPT setting)."""
-
-    Options = fort_options(t.VPTOptions, alpha=0.1)
-    summary = "FORT: deep VPT + attention loss toward Grad-Rollout position prompts (alpha ours)"
+FullFORT = with_fort(t.FullFinetune, 3e-2, "the official FT command")
+LoRAFORT = with_fort(t.LoRAFinetune, 0.5, "the official LoRA command")
+SSFFORT = with_fort(t.SSFFinetune, 0.1, "the official SSF command")
+VPTFORT = with_fort(t.VPTFinetune, 0.1, "ours; the official code has no VPT setting")

@@ -33,7 +33,7 @@ the pool's input tokens of RN50): a step costs one block or one attention layer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -58,34 +58,31 @@ from focusshot.methods.finetune import (
     with_views,
 )
 from focusshot.methods.text import logit_scale, require_text_tower
+from focusshot.options import option
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["SafeAMethod", "SafeMethod", "SafeOptions", "SafeTail"]
-
-
-def _f(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class SafeOptions:
     """SAFE's settings (module docstring)."""
 
-    beta: float = _f(0.5, "weight of the frozen pool: f = beta * pool_original + pool_tuned")
-    blend_in_training: bool = _f(
+    beta: float = option(0.5, "weight of the frozen pool: f = beta * pool_original + pool_tuned")
+    blend_in_training: bool = option(
         True, "train through the blend (False: tune the pool alone, blend at inference)"
     )
-    lr: float = _f(1e-4, "AdamW learning rate (used without a validation split)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (used without a validation split)")
-    lr_grid: tuple[float, ...] = _f((1e-5, 1e-4, 1e-3), "learning rates searched on validation")
-    wd_grid: tuple[float, ...] = _f((0.01, 0.1), "weight decays searched on validation")
-    steps: int = _f(300, "optimisation steps (0: no training, zero-shot CLIP through SAFE's blend)")
-    batch_size: int = _f(8, "images per step (the paper's 8)")
-    eval_every: int = _f(100, "with validation data: evaluate every k steps and keep the best")
-    warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
-    scale: float = _f(0.0, "logit scale of the text head (0: the model's exp(logit_scale))")
-    views: int = _f(0, "augmented views per support image (random resized crop + flip), cached")
-    wise: float = _f(1.0, "WiSE-FT: tuned weights = original + wise x (trained - original); 1: off")
+    lr: float = option(1e-4, "AdamW learning rate (used without a validation split)")
+    weight_decay: float = option(0.01, "AdamW weight decay (used without a validation split)")
+    lr_grid: tuple[float, ...] = option((1e-5, 1e-4, 1e-3), "learning rates searched on validation")
+    wd_grid: tuple[float, ...] = option((0.01, 0.1), "weight decays searched on validation")
+    steps: int = option(300, "optimisation steps (0: no training, zero-shot CLIP through SAFE's blend)")
+    batch_size: int = option(8, "images per step (the paper's 8)")
+    eval_every: int = option(100, "with validation data: evaluate every k steps and keep the best")
+    warmup_steps: int = option(0, "linear warm-up steps before the cosine decay")
+    scale: float = option(0.0, "logit scale of the text head (0: the model's exp(logit_scale))")
+    views: int = option(0, "augmented views per support image (random resized crop + flip), cached")
+    wise: float = option(1.0, "WiSE-FT: tuned weights = original + wise x (trained - original); 1: off")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.wise <= 1.0:
@@ -300,10 +297,10 @@ register_method("safe", auto_order=2)(SafeMethod)  # auto: tried while the budge
 class SafeAOptions(SafeOptions):
     """SAFE's settings plus Tip-Adapter-F's (its alpha/beta are searched on validation when given)."""
 
-    tip_alpha: float = _f(1.0, "Tip-Adapter residual ratio alpha (used without validation data)")
-    tip_beta: float = _f(5.5, "Tip-Adapter affinity sharpness beta (used without validation data)")
-    tip_epochs: int = _f(20, "Tip-Adapter-F training epochs over the cache")
-    tip_lr: float = _f(1e-3, "Tip-Adapter-F learning rate")
+    tip_alpha: float = option(1.0, "Tip-Adapter residual ratio alpha (used without validation data)")
+    tip_beta: float = option(5.5, "Tip-Adapter affinity sharpness beta (used without validation data)")
+    tip_epochs: int = option(20, "Tip-Adapter-F training epochs over the cache")
+    tip_lr: float = option(1e-3, "Tip-Adapter-F learning rate")
 
 
 @torch.inference_mode()
@@ -329,7 +326,7 @@ class SafeAFitted(Fitted):
         """Blended features ``(M, D)`` of the prefix ``(M, ...)``."""
         return blended_features(self.tail, query)
 
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.tip.logits(self.features(query))
 
     @property

@@ -60,7 +60,7 @@ Choices made here, all recorded in :meth:`SavFitted.info`:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -72,6 +72,7 @@ from focusshot.attention.record import attention_modules
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
+from focusshot.options import option
 
 __all__ = [
     "SIMILARITIES",
@@ -88,42 +89,38 @@ __all__ = [
 SIMILARITIES: tuple[str, ...] = ("cosine", "cosine_raw")
 
 
-def _opt(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class SavOptions:
     """Options of SAV (Mitra et al., arXiv 2412.00142)."""
 
-    heads: int = _opt(
+    heads: int = option(
         20, "heads kept (the paper's 20), clamped to the heads available; ignored when heads_fraction > 0"
     )
-    heads_fraction: float = _opt(
+    heads_fraction: float = option(
         0.0,
         "if > 0, keep round(heads_fraction * total heads) (at least 1) instead of `heads`; the paper's "
         "20 of 784 heads is ~0.026",
     )
-    layers: tuple[int, ...] = _opt(
+    layers: tuple[int, ...] = option(
         (), "attention layers whose heads compete (negatives count from the end); empty: every layer"
     )
-    leave_one_out: bool = _opt(
+    leave_one_out: bool = option(
         True,
         "score each support sample against an own-class mean that excludes it (False: the official "
         "code, which includes it); classes with one sample fall back to the full mean",
     )
-    similarity: str = _opt(
+    similarity: str = option(
         "cosine",
         "cosine: means of L2-normalised head vectors, cosine similarity; cosine_raw: means of raw "
         "vectors (the official code), cosine similarity",
     )
 
-    selection: str = _opt(
+    selection: str = option(
         "best",
         "best: the top heads by support accuracy (SAV); random: that many heads drawn at random "
         "(the ablation that shows whether selection matters)",
     )
-    random_seed: int = _opt(0, "seed of the random heads (selection=random)")
+    random_seed: int = option(0, "seed of the random heads (selection=random)")
 
     def __post_init__(self) -> None:
         if self.selection not in ("best", "random"):
@@ -288,7 +285,7 @@ class SavFitted(Fitted):
         q = query[:, self.selected[:, 0], self.selected[:, 1]].float()  # (M, K, D)
         return torch.einsum("mkd,kcd->mkc", F.normalize(q, dim=-1), F.normalize(self.class_means, dim=-1))
 
-    def logits(self, query: Tensor) -> Tensor:
+    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         """``log(votes + t)`` ``(M, C)`` (module docstring, "Logits"): the argmax is the majority vote."""
         sim = self.similarities(query)  # (M, K, C)
         votes = F.one_hot(sim.argmax(-1), self.num_classes).sum(1).float()  # (M, C)

@@ -33,7 +33,8 @@ from focusshot.adapters.ssf import SSFConfig, inject_ssf
 from focusshot.adapters.vpt import VPTConfig, inject_vpt
 from focusshot.backbones.base import Backbone
 from focusshot.methods.base import register_method
-from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, _f, image_tower, own_storage
+from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, image_tower, own_storage
+from focusshot.options import KEEP, Take, option, takes
 
 
 def _in_tail(name: str, start: int | None) -> bool:
@@ -62,8 +63,8 @@ def _tail_targets(
 
 @dataclass(frozen=True)
 class FullOptions(FinetuneOptions):
-    lr: float = _f(1e-5, "learning rate")
-    epochs: int = _f(5, "epochs over the support set (0: use steps)")
+    lr: float = option(1e-5, "learning rate")
+    epochs: int = option(5, "epochs over the support set (0: use steps)")
 
 
 @register_method("ft", groups=("tuning",))
@@ -93,8 +94,8 @@ class FullFinetune(FinetuneMethod):
 
 @dataclass(frozen=True)
 class LastBlockOptions(FinetuneOptions):
-    blocks: int = _f(1, "tune the last k blocks from the cached tokens entering block L-k (0: all)")
-    lr: float = _f(1e-4, "learning rate")
+    blocks: int = option(1, "tune the last k blocks from the cached tokens entering block L-k (0: all)")
+    lr: float = option(1e-4, "learning rate")
 
 
 @register_method("last_block", groups=("tuning",))
@@ -106,15 +107,15 @@ class LastBlockFinetune(FullFinetune):
 
 
 @dataclass(frozen=True)
+@takes(
+    LoRAConfig, rank=4, alpha=1.0, dropout=0.0, targets=("*.attn.q", "*.attn.k", "*.attn.v", "*.attn.proj")
+)
 class LoRAOptions(FinetuneOptions):
-    lr: float = _f(5e-3, "learning rate")
-    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
-    rank: int = _f(4, "LoRA rank r")
-    alpha: float = _f(1.0, "LoRA alpha (scaling alpha / r)")
-    dropout: float = _f(0.0, "dropout on the LoRA input")
-    targets: tuple[str, ...] = _f(
-        ("*.attn.q", "*.attn.k", "*.attn.v", "*.attn.proj"), "module-name patterns LoRA wraps"
-    )
+    """FORT's LoRA: the adapter's fields (:class:`~focusshot.adapters.lora.LoRAConfig`) with the
+    official code's defaults, plus the shared tuning options."""
+
+    lr: float = option(5e-3, "learning rate")
+    temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
 
 
 @register_method("lora", groups=("tuning",), auto_order=4)  # auto: tried while the budget lasts
@@ -134,11 +135,12 @@ class LoRAFinetune(FinetuneMethod):
 
 
 @dataclass(frozen=True)
+@takes(SSFConfig, init_std=0.0, targets=KEEP)
 class SSFOptions(FinetuneOptions):
-    lr: float = _f(5e-3, "learning rate")
-    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
-    init_std: float = _f(0.0, "scale ~ N(1, std), shift ~ N(0, std) at initialisation (0: identity)")
-    targets: tuple[str, ...] = _f(SSFConfig().targets, "module-name patterns SSF follows")
+    """SSF's fields (:class:`~focusshot.adapters.ssf.SSFConfig`), identity start, plus the shared ones."""
+
+    lr: float = option(5e-3, "learning rate")
+    temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
 
 
 @register_method("ssf", groups=("tuning",))
@@ -157,14 +159,14 @@ class SSFFinetune(FinetuneMethod):
 
 
 @dataclass(frozen=True)
+@takes(VPTConfig, num_tokens=10, deep=True, prompt_dropout=Take(0.0, source="dropout"))
 class VPTOptions(FinetuneOptions):
-    optimizer: str = _f("sgd", "adamw or sgd")
-    lr: float = _f(1e-2, "learning rate")
-    weight_decay: float = _f(1e-3, "weight decay (matrices only)")
-    temperature: float = _f(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
-    num_tokens: int = _f(10, "prompt tokens per prompted block")
-    deep: bool = _f(True, "new prompts at every block (deep) or only at the first tuned block (shallow)")
-    prompt_dropout: float = _f(0.0, "dropout on the prompts")
+    """VPT's fields (:class:`~focusshot.adapters.vpt.VPTConfig`), deep, plus the shared ones."""
+
+    optimizer: str = option("sgd", "adamw or sgd")
+    lr: float = option(1e-2, "learning rate")
+    weight_decay: float = option(1e-3, "weight decay (matrices only)")
+    temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
 
 
 @register_method("vpt", groups=("tuning",))
@@ -181,4 +183,3 @@ class VPTFinetune(FinetuneMethod):
         cfg = VPTConfig(num_tokens=o.num_tokens, deep=o.deep, dropout=o.prompt_dropout)
         inject_vpt(tower, cfg, start=start or 0, generator=generator)
         return [p for p in tower.parameters() if p.requires_grad]
-

@@ -35,20 +35,18 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusshot.options import option
+
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "total_steps", "train"]
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -72,30 +70,22 @@ def _check_float(
 class TrainConfig:
     """Settings of the few-shot training loop (see the module docstring for the conventions)."""
 
-    optimizer: str = field(
-        default="adamw", metadata=_help("optimiser: adamw, or sgd (momentum, no nesterov)")
-    )
-    lr: float = field(default=1e-3, metadata=_help("peak learning rate"))
-    weight_decay: float = field(
-        default=1e-4, metadata=_help("weight decay, on parameters with ndim >= 2 only (not biases/scales)")
-    )
-    momentum: float = field(default=0.9, metadata=_help("SGD momentum (ignored by adamw)"))
-    steps: int = field(default=50, metadata=_help("optimisation steps (used when epochs is 0)"))
-    epochs: int = field(default=0, metadata=_help("> 0: train epochs * ceil(N / batch_size) steps"))
-    batch_size: int = field(default=16, metadata=_help("examples per step (clipped to N)"))
-    warmup_steps: int = field(default=0, metadata=_help("linear warm-up steps before the cosine decay"))
-    min_lr: float = field(default=0.0, metadata=_help("learning rate the cosine decay heads to"))
-    label_smoothing: float = field(default=0.0, metadata=_help("label smoothing of the cross-entropy"))
-    grad_clip: float = field(default=0.0, metadata=_help("max global gradient norm (0: no clipping)"))
-    amp: bool = field(default=False, metadata=_help("bf16 autocast (CUDA only; off on CPU)"))
-    eval_every: int = field(
-        default=0, metadata=_help("> 0 with validation data: evaluate every k steps and keep the best")
-    )
-    patience: int = field(
-        default=0, metadata=_help("> 0: stop after this many evaluations without improvement")
-    )
-    seed: int = field(default=0, metadata=_help("seed of the batch order and of dropout"))
-    progress: bool = field(default=False, metadata=_help("show a progress bar"))
+    optimizer: str = option("adamw", "optimiser: adamw, or sgd (momentum, no nesterov)")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay, on parameters with ndim >= 2 only (not biases/scales)")
+    momentum: float = option(0.9, "SGD momentum (ignored by adamw)")
+    steps: int = option(50, "optimisation steps (used when epochs is 0)")
+    epochs: int = option(0, "> 0: train epochs * ceil(N / batch_size) steps")
+    batch_size: int = option(16, "examples per step (clipped to N)")
+    warmup_steps: int = option(0, "linear warm-up steps before the cosine decay")
+    min_lr: float = option(0.0, "learning rate the cosine decay heads to")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float = option(0.0, "max global gradient norm (0: no clipping)")
+    amp: bool = option(False, "bf16 autocast (CUDA only; off on CPU)")
+    eval_every: int = option(0, "> 0 with validation data: evaluate every k steps and keep the best")
+    patience: int = option(0, "> 0: stop after this many evaluations without improvement")
+    seed: int = option(0, "seed of the batch order and of dropout")
+    progress: bool = option(False, "show a progress bar")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,21 +22,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focusshot.backbones.clip import CLIP
+from focusshot.options import option
 
 
 @dataclass
 class PretrainConfig:
     """Settings of world-clip pretraining."""
 
-    steps: int = field(default=1500, metadata={"help": "optimisation steps"})
-    batch_size: int = field(default=128, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
-    warmup: int = field(default=100, metadata={"help": "linear warm-up steps"})
-    seed: int = field(default=0, metadata={"help": "seed of weights and data"})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed for reproducibility)"})
-    suite: str = field(default="world:base", metadata={"help": "FocusWorld suite to train on"})
-    arch: str = field(default="world-clip", metadata={"help": "world-clip or world-clip-deep"})
+    steps: int = option(1500, "optimisation steps")
+    batch_size: int = option(128, "image-caption pairs per step")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    warmup: int = option(100, "linear warm-up steps")
+    seed: int = option(0, "seed of weights and data")
+    threads: int = option(2, "torch CPU threads (fixed for reproducibility)")
+    suite: str = option("world:base", "FocusWorld suite to train on")
+    arch: str = option("world-clip", "world-clip or world-clip-deep")
 
 
 def images_to_tensor(images, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
