@@ -150,6 +150,12 @@ def _world_clip(pretrained: bool, arch: str = "world-clip") -> CLIP:
     return world_clip.build_world_clip(arch=arch)
 
 
+def _world_dino(pretrained: bool) -> VisionTransformer:
+    from focusshot.backbones import world_dino
+
+    return world_dino.load_world_dino() if pretrained else world_dino.build_world_dino()
+
+
 _SPECS = [
     BackboneSpec(
         "clip-vit-b32",
@@ -223,6 +229,14 @@ _SPECS = [
         "world-clip at ViT-B's depth: 12 layers x 6 heads, width 144 (ships in the package)",
         lambda: _world_clip(False, "world-clip-deep"),
         local_pretrained=lambda: _world_clip(True, "world-clip-deep"),
+    ),
+    BackboneSpec(
+        "world-dino",
+        "vit",
+        "small DINO ViT self-distilled by focusshot on FocusWorld: 12 layers x 6 heads, width 144, "
+        "DINO checkpoint layout (ships in the package)",
+        lambda: _world_dino(False),
+        local_pretrained=lambda: _world_dino(True),
     ),
     BackboneSpec("tiny-clip-vit", "clip", "tiny random CLIP ViT (tests)", _tiny_clip, tiny=True),
     BackboneSpec(

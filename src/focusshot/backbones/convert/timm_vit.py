@@ -20,16 +20,53 @@ from focusshot.backbones.vit import VisionTransformer, ViTConfig
 
 #: Prefixes found in training checkpoints (DDP, iBOT/DINO teacher-student wrappers).
 PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+#: The prefix of the teacher's tensors in a flattened DINO training checkpoint.
+TEACHER = "teacher."
 _DROP = re.compile(r"^(head\.|head_drop|fc_norm|mask_token|dino_head|ibot_head)")
 
 
 def unwrap_checkpoint(obj: dict) -> dict[str, Tensor]:
-    """Return the tensor dict inside a training checkpoint (``teacher``, ``model``, ``state_dict``...)."""
+    """Return the tensor dict inside a training checkpoint (``teacher``, ``model``, ``state_dict``...).
+
+    DINO's full checkpoints (``{"student": ..., "teacher": {"backbone.*", "head.*"}, "optimizer": ...,
+    "epoch": ..., "dino_loss": {"center"}}``) give their teacher, as DINO's own evaluation does. The
+    same layout flattened to one level (keys ``teacher.backbone.cls_token``..., as safetensors must
+    store it) gives the tensors under ``teacher.`` with that prefix removed.
+    """
     for key in ("teacher", "model", "state_dict", "module"):
         inner = obj.get(key)
         if isinstance(inner, dict) and any(isinstance(v, Tensor) for v in inner.values()):
             return unwrap_checkpoint(inner)
+    flat = {k[len(TEACHER) :]: v for k, v in obj.items() if k.startswith(TEACHER) and isinstance(v, Tensor)}
+    if flat:
+        return flat
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def to_timm_state_dict(model: VisionTransformer) -> dict[str, Tensor]:
+    """The inverse of :func:`convert_timm_vit`: ``model``'s tensors in timm's (and DINO's) key layout.
+
+    ``q``, ``k``, ``v`` are fused into ``attn.qkv`` (rows in that order) and ``patch_embed`` becomes
+    ``patch_embed.proj``; every other name is already timm's. A CLIP output projection has no place in
+    that layout, so a model with one is refused.
+    """
+    if model.proj is not None:
+        raise ValueError("a ViT with an output projection (a CLIP tower) has no timm/DINO layout")
+    sd = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if re.search(r"\.attn\.[kv]\.(weight|bias)$", key):
+            continue
+        m = re.match(r"(.*\.attn)\.q\.(weight|bias)$", key)
+        if m:
+            base, kind = m.groups()
+            parts = [sd[f"{base}.{n}.{kind}"] for n in "qkv"]
+            out[f"{base}.qkv.{kind}"] = torch.cat(parts, dim=0)
+            continue
+        if key.startswith("patch_embed."):
+            key = "patch_embed.proj." + key[len("patch_embed.") :]
+        out[key] = value
+    return out
 
 
 def is_timm_vit(state_dict: dict[str, Tensor]) -> bool:
