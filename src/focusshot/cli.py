@@ -222,9 +222,11 @@ def _budget(text: str) -> float:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from focusshot.locking import hold
+    from focusshot.methods.base import method_class
 
     opts = _method_options(args)
-    unknown = sorted(set(opts) - {args.method})
+    extends = method_class(args.method).extends if args.method != "auto" else ""
+    unknown = sorted(set(opts) - {args.method, extends})
     if unknown:
         print(f"error: options given for {unknown}, but the method is {args.method!r}", file=sys.stderr)
         return 2
@@ -234,12 +236,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _fit_and_save(args: argparse.Namespace, opts: dict[str, dict]) -> int:
     from focusshot.api import fit
+    from focusshot.methods.base import options_for
 
     clf = fit(
         args.support,
         backbone=args.backbone,
         method=args.method,
-        options=opts.get(args.method),
+        options=options_for(args.method, opts) if args.method != "auto" else opts.get(args.method),
         pretrained=not args.random_weights,
         seed=args.seed,
         progress=not args.quiet,
@@ -328,20 +331,25 @@ def _cmd_export_adapter(args: argparse.Namespace) -> int:
     from focusshot.classifier import Classifier
 
     clf = Classifier.load(args.classifier)
-    if clf.method != "lora":
+    from focusshot.adapters.lora import lora_layers
+
+    model = clf.fitted.attention_model()
+    layers = lora_layers(model) if model is not None else []
+    if not layers:
         print(
-            f"error: {args.classifier} was fitted with method {clf.method!r}; only 'lora' classifiers "
-            "have an adapter to export",
+            f"error: {args.classifier} (method {clf.method!r}) holds no LoRA layers to export; fit with a "
+            "method that adds them (lora, lora+fort)",
             file=sys.stderr,
         )
         return 2
-    opts = clf.fitted.config()["options"]
+    _, first = layers[0]
+    dropout = getattr(first, "dropout", None)
     out = export_peft(
-        clf.fitted.tail.backbone,  # type: ignore[attr-defined]
+        model,
         args.output,
-        rank=int(opts["rank"]),
-        alpha=float(opts["alpha"]),
-        dropout=float(opts.get("dropout", 0.0)),
+        rank=int(first.rank),
+        alpha=float(first.alpha),
+        dropout=float(getattr(dropout, "p", 0.0)),
         base_model_name_or_path=hf_base_model_name(str(clf.backbone_spec["source"])),
     )
     print(f"wrote the {args.format} LoRA adapter of {args.classifier} to {out}")
@@ -501,24 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("export-adapter", help="write a lora classifier's adapter for Hugging Face peft")
-    p.add_argument("classifier", help="a file written by `focusshot fit --method lora`")
+    p = sub.add_parser("export-adapter", help="write a classifier's LoRA adapter for Hugging Face peft")
+    p.add_argument("classifier", help="a file written by `focusshot fit` with lora or lora+fort")
     p.add_argument("--format", choices=["peft"], default="peft", help="adapter format (only peft)")
     p.add_argument("--output", required=True, help="adapter directory to write")
     p.set_defaults(func=_cmd_export_adapter)
 
-    p = sub.add_parser("world", help="FocusWorld: pretrain world-clip")
+    p = sub.add_parser("world", help="FocusWorld: pretrain world-clip or world-dino")
     wsub = p.add_subparsers(dest="world_command", required=True)
-    from focusshot.training.pretrain_clip import PretrainConfig
-
-    w = wsub.add_parser("pretrain", help="contrastively pretrain world-clip on FocusWorld base classes")
-    for f in dataclasses.fields(PretrainConfig):
-        w.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(f.default),
-            default=f.default,
-            help=f"{f.metadata.get('help', '')} (default {f.default})",
-        )
+    w = wsub.add_parser(
+        "pretrain",
+        help="pretrain on FocusWorld base classes: world-clip(-deep) contrastively (CLIP), "
+        "world-dino by self-distillation (DINO)",
+    )
+    _add_pretrain_args(w)
     w.add_argument("--output", required=True, help="weights file to write (.safetensors, float16)")
     w.set_defaults(func=_cmd_world_pretrain)
     z = wsub.add_parser(
@@ -538,11 +542,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pretrain_configs() -> dict[str, type]:
+    """``--arch`` value -> the dataclass of its pretraining settings."""
+    from focusshot.backbones.world_clip import ARCHS as CLIP_ARCHS
+    from focusshot.backbones.world_dino import ARCHS as DINO_ARCHS
+    from focusshot.training.pretrain_clip import PretrainConfig
+    from focusshot.training.pretrain_dino import DinoConfig
+
+    return {**{a: PretrainConfig for a in CLIP_ARCHS}, **{a: DinoConfig for a in DINO_ARCHS}}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    """Options of every pretraining dataclass; each says which ``--arch`` it applies to and its default."""
+    configs = _pretrain_configs()
+    fields: dict[str, dict[type, dataclasses.Field]] = {}
+    for cls in dict.fromkeys(configs.values()):
+        for f in dataclasses.fields(cls):
+            fields.setdefault(f.name, {})[cls] = f
+    for name, per_cls in fields.items():
+        first = next(iter(per_cls.values()))
+        if name == "arch":
+            help_ = "world-clip, world-clip-deep (CLIP) or world-dino (DINO)"
+            p.add_argument("--arch", choices=list(configs), default=first.default, help=help_)
+            continue
+        defaults = "; ".join(
+            f"default {f.default} for " + ", ".join(a for a, c in configs.items() if c is cls)
+            for cls, f in per_cls.items()
+        )
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_floats if isinstance(first.default, tuple) else type(first.default),
+            default=None,
+            help=f"{first.metadata.get('help', '')} ({defaults})",
+        )
+
+
 def _cmd_world_pretrain(args: argparse.Namespace) -> int:
     from focusshot.training.pretrain_clip import PretrainConfig, pretrain
+    from focusshot.training.pretrain_dino import pretrain_dino
 
-    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    info = pretrain(cfg, args.output)
+    configs = _pretrain_configs()
+    cls = configs[args.arch]
+    own = {f.name for f in dataclasses.fields(cls)}
+    every = {f.name for c in set(configs.values()) for f in dataclasses.fields(c)}
+    given = {n: getattr(args, n) for n in every if getattr(args, n) is not None}
+    foreign = sorted(f"--{n.replace('_', '-')}" for n in set(given) - own)
+    if foreign:
+        print(f"error: {', '.join(foreign)} do not apply to --arch {args.arch}", file=sys.stderr)
+        return 2
+    cfg = cls(**given)
+    info = (pretrain if cls is PretrainConfig else pretrain_dino)(cfg, args.output)
     print(f"wrote {args.output} after {cfg.steps} steps in {info['seconds']} s (final {info['final']})")
     return 0
 
