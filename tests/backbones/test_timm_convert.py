@@ -57,6 +57,10 @@ def _hf_state(model) -> dict[str, torch.Tensor]:
     return read_directory_weights(model)
 
 
+class _NotAllowed:
+    """An arbitrary pickled object: never loaded."""
+
+
 def test_dino_checkpoint_with_teacher_wrapper(tmp_path) -> None:
     cfg = transformers.ViTConfig(
         image_size=32,
@@ -71,8 +75,16 @@ def test_dino_checkpoint_with_teacher_wrapper(tmp_path) -> None:
     ref.set_attn_implementation("eager")
     ref.eval().save_pretrained(tmp_path / "hf")
     timm_sd = _to_timm(_hf_state(tmp_path / "hf"), 2, dinov2=False)
-    ckpt = {"teacher": {"backbone." + k: v for k, v in timm_sd.items()}, "epoch": 3}
+    import argparse
+
+    # as the official training checkpoint: its argparse settings travel with it (allowed), any other
+    # pickled object does not
+    args = argparse.Namespace(arch="vit_small", patch_size=8, out_dim=65536, lr=5e-4)
+    ckpt = {"teacher": {"backbone." + k: v for k, v in timm_sd.items()}, "epoch": 3, "args": args}
     torch.save(ckpt, tmp_path / "dino.pth")
+    torch.save({**ckpt, "args": _NotAllowed()}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="weights_only"):
+        create_backbone(str(tmp_path / "bad.pth"))
     # width 128 -> 2 heads by the width // 64 rule, as the reference has
     ours = create_backbone(str(tmp_path / "dino.pth"))
     x = torch.randn(2, 3, 32, 32)

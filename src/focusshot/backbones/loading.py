@@ -7,6 +7,7 @@ with arbitrary code. A Hugging Face directory (``config.json`` + weights) is dis
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -44,7 +45,10 @@ def read_tensors(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # safetensors raises several error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # official DINO / iBOT training checkpoints carry their argparse settings (``args``): a plain
+        # namespace of values, allowed; any other object still refuses to load
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
