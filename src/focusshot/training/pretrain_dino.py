@@ -40,7 +40,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from focusshot.backbones.convert.timm_vit import TEACHER, to_timm_state_dict
 from focusshot.backbones.vit import VisionTransformer
+from focusshot.options import option
 from focusshot.training.multicrop import CropSpec, multi_crop, step_generator
 
 
@@ -56,38 +57,36 @@ from focusshot.training.multicrop import CropSpec, multi_crop, step_generator
 class DinoConfig:
     """Settings of world-dino pretraining (DINO's names in parentheses where they differ)."""
 
-    steps: int = field(default=1600, metadata={"help": "optimisation steps"})
-    batch_size: int = field(default=32, metadata={"help": "scenes per step"})
-    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate, reached after warm-up"})
-    min_lr: float = field(default=1e-6, metadata={"help": "learning rate at the end of the cosine"})
-    weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay at the start"})
-    weight_decay_end: float = field(default=0.4, metadata={"help": "weight decay at the end (cosine)"})
-    warmup: int = field(default=100, metadata={"help": "linear learning-rate warm-up steps"})
-    seed: int = field(default=0, metadata={"help": "seed of weights, scenes and crops"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (fixed for reproducibility)"})
-    suite: str = field(default="world:base", metadata={"help": "FocusWorld suite (base classes only)"})
-    arch: str = field(default="world-dino", metadata={"help": "world-dino (or world-dino-tiny for tests)"})
-    out_dim: int = field(default=1024, metadata={"help": "prototypes of the projection head (K)"})
-    head_hidden: int = field(default=512, metadata={"help": "hidden width of the head's MLP"})
-    head_bottleneck: int = field(default=128, metadata={"help": "bottleneck width before the last layer"})
-    momentum_teacher: float = field(default=0.996, metadata={"help": "teacher EMA momentum (cosine to 1)"})
-    teacher_temp: float = field(default=0.04, metadata={"help": "teacher temperature after warm-up"})
-    teacher_temp_start: float = field(default=0.04, metadata={"help": "teacher temperature at step 0"})
-    teacher_temp_warmup: int = field(default=0, metadata={"help": "steps of teacher-temperature warm-up"})
-    student_temp: float = field(default=0.1, metadata={"help": "student temperature"})
-    center_momentum: float = field(default=0.9, metadata={"help": "momentum of the teacher-output centre"})
-    n_local: int = field(default=6, metadata={"help": "local crops per scene (local_crops_number)"})
-    global_size: int = field(default=64, metadata={"help": "side of the 2 global crops (pixels)"})
-    local_size: int = field(default=32, metadata={"help": "side of the local crops (pixels)"})
-    global_scale: tuple[float, float] = field(
-        default=(0.4, 1.0), metadata={"help": "area fraction of global crops (global_crops_scale)"}
+    steps: int = option(1600, "optimisation steps")
+    batch_size: int = option(32, "scenes per step")
+    lr: float = option(5e-4, "peak AdamW learning rate, reached after warm-up")
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine")
+    weight_decay: float = option(0.04, "AdamW weight decay at the start")
+    weight_decay_end: float = option(0.4, "weight decay at the end (cosine)")
+    warmup: int = option(100, "linear learning-rate warm-up steps")
+    seed: int = option(0, "seed of weights, scenes and crops")
+    threads: int = option(1, "torch CPU threads (fixed for reproducibility)")
+    suite: str = option("world:base", "FocusWorld suite (base classes only)")
+    arch: str = option("world-dino", "world-dino (or world-dino-tiny for tests)")
+    out_dim: int = option(1024, "prototypes of the projection head (K)")
+    head_hidden: int = option(512, "hidden width of the head's MLP")
+    head_bottleneck: int = option(128, "bottleneck width before the last layer")
+    momentum_teacher: float = option(0.996, "teacher EMA momentum (cosine to 1)")
+    teacher_temp: float = option(0.04, "teacher temperature after warm-up")
+    teacher_temp_start: float = option(0.04, "teacher temperature at step 0")
+    teacher_temp_warmup: int = option(0, "steps of teacher-temperature warm-up")
+    student_temp: float = option(0.1, "student temperature")
+    center_momentum: float = option(0.9, "momentum of the teacher-output centre")
+    n_local: int = option(6, "local crops per scene (local_crops_number)")
+    global_size: int = option(64, "side of the 2 global crops (pixels)")
+    local_size: int = option(32, "side of the local crops (pixels)")
+    global_scale: tuple[float, float] = option(
+        (0.4, 1.0), "area fraction of global crops (global_crops_scale)"
     )
-    local_scale: tuple[float, float] = field(
-        default=(0.05, 0.4), metadata={"help": "area fraction of local crops (local_crops_scale)"}
-    )
-    clip_grad: float = field(default=3.0, metadata={"help": "gradient-norm clip (0: none)"})
-    freeze_last_layer: int = field(default=0, metadata={"help": "steps the head's last layer stays fixed"})
-    log_every: int = field(default=25, metadata={"help": "steps between log lines"})
+    local_scale: tuple[float, float] = option((0.05, 0.4), "area fraction of local crops (local_crops_scale)")
+    clip_grad: float = option(3.0, "gradient-norm clip (0: none)")
+    freeze_last_layer: int = option(0, "steps the head's last layer stays fixed")
+    log_every: int = option(25, "steps between log lines")
 
     def __post_init__(self) -> None:
         for name in ("global_scale", "local_scale"):
