@@ -1,0 +1,123 @@
+"""The world-dino tables (issue 23) from the runs of run.sh and world_dino_premise.py.
+
+    python benchmarks/results/dino/table.py > benchmarks/results/dino/summary.md
+
+Per backbone and phase: every method's accuracy, query [CLS] mass on the target after tuning, and
+its prompts' mass on the target; every FORT variant paired with its plain recipe at the same
+regime (accuracy and [CLS] mass, mean ± 95% CI over the same episodes). Then the claim: is FORT's
+gain larger on world-dino than on world-clip? A difference of paired differences over the same
+episodes (the sampler depends on the data and the seed, not on the backbone).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from focusshot.evaluation.metrics import mean_ci95
+
+HERE = Path(__file__).parent
+#: FORT variant -> its plain recipe at the same regime
+PAIRS = {
+    "lora+fort": "lora",
+    "lora+fort@box": "lora",
+    "lora+fort@lr5e2cls": "lora@lr5e2cls",
+    "lora+fort@lr5e2cls_box": "lora@lr5e2cls",
+    "ft+fort@b2": "ft@b2",
+    "ft+fort@b2_box": "ft@b2",
+}
+
+
+def _rows(run: Path) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for line in (run / "results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.setdefault(r["method"], {})[r["episode"]] = r
+    return out
+
+
+def _ci(values) -> str:
+    m, h = mean_ci95(np.asarray(values, dtype=float))
+    return f"{m:+.3f} ± {h:.3f}"
+
+
+def _mean(values) -> str:
+    m, h = mean_ci95(np.asarray(values, dtype=float))
+    return f"{m:.3f} ± {h:.3f}"
+
+
+def _frozen_mass(run: Path) -> str:
+    att = run / "attention.json"
+    if not att.is_file():
+        return "?"
+    a = json.loads(att.read_text())
+    return f"{a['cls_target_mass']:.3f} (chance {a['target_area']:.3f})" if a.get("available") else "?"
+
+
+def table(run: Path) -> list[str]:
+    rows = _rows(run)
+    out = [
+        f"frozen model's [CLS] mass on the target over the pool: {_frozen_mass(run)}",
+        "",
+        "| method | accuracy | vs plain (paired) | [CLS] on target after | vs plain (paired) | "
+        "prompts on target | s/episode |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, per in rows.items():
+        eps = sorted(per)
+        acc = [per[e]["accuracy"] for e in eps]
+        mass = [per[e].get("cls_target_mass", np.nan) for e in eps]
+        prompt = [per[e]["prompt_target_mass"] for e in eps if "prompt_target_mass" in per[e]]
+        secs = np.mean([per[e].get("seconds", np.nan) for e in eps])
+        d_acc = d_mass = ""
+        base = PAIRS.get(m)
+        if base in rows:
+            common = [e for e in eps if e in rows[base]]
+            d_acc = _ci([per[e]["accuracy"] - rows[base][e]["accuracy"] for e in common])
+            d_mass = _ci([per[e]["cls_target_mass"] - rows[base][e]["cls_target_mass"] for e in common])
+        out.append(
+            f"| {m} | {_mean(acc)} | {d_acc} | {_mean(mass)} | {d_mass} | "
+            f"{_mean(prompt) if prompt else ''} | {secs:.1f} |"
+        )
+    return out
+
+
+def claim(dino: Path, clip: Path) -> list[str]:
+    a, b = _rows(dino), _rows(clip)
+    out = [
+        "| FORT variant (vs plain) | gain on world-dino | gain on world-clip | dino - clip (paired) |",
+        "|---|---|---|---|",
+    ]
+    for m, base in PAIRS.items():
+        if not all(k in r for r in (a, b) for k in (m, base)):
+            continue
+        eps = sorted(set(a[m]) & set(a[base]) & set(b[m]) & set(b[base]))
+        ga = [a[m][e]["accuracy"] - a[base][e]["accuracy"] for e in eps]
+        gb = [b[m][e]["accuracy"] - b[base][e]["accuracy"] for e in eps]
+        out.append(f"| {m} | {_ci(ga)} | {_ci(gb)} | {_ci(np.subtract(ga, gb))} |")
+    return out
+
+
+def main() -> None:
+    runs = sorted(p for p in HERE.iterdir() if (p / "results.jsonl").is_file())
+    print("# FORT where its premise holds: world-dino against world-clip\n")
+    print("5-way 1-shot, 5 queries, `world:clutter?split=1` (`run.sh`); ± is the 95% CI over episodes.\n")
+    premise = HERE / "premise" / "premise.md"
+    if premise.is_file():
+        print("## The premise: the frozen last-layer [CLS] attention (`world_dino_premise.py`)\n")
+        print(premise.read_text())
+    for run in runs:
+        print(f"## {run.name}\n")
+        print("\n".join(table(run)) + "\n")
+    dino, clip = HERE / "world-dino_test_5w1s", HERE / "world-clip_test_5w1s"
+    if (dino / "results.jsonl").is_file() and (clip / "results.jsonl").is_file():
+        print("## The claim: FORT helps more on world-dino than on world-clip (test episodes)\n")
+        print("\n".join(claim(dino, clip)) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
