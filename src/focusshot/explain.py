@@ -103,7 +103,9 @@ def _sheet(clf: Classifier, path: str, title: str, panels: list[tuple[str, Tenso
         heat = heat_rgb(pixels(v / v.max().clamp_min(1e-12))).astype(np.float32)
         out = np.where(pixels(keep)[..., None] > 0, 0.45 * img + 0.55 * heat, 0.25 * img).astype(np.uint8)
         draw.text((c * (side + 4) + 2, 15), name, fill=(0, 0, 0))
-        sheet.paste(Image.fromarray(out).resize((side, side), Image.NEAREST), (c * (side + 4), top))
+        sheet.paste(
+            Image.fromarray(out).resize((side, side), Image.Resampling.NEAREST), (c * (side + 4), top)
+        )
     return sheet
 
 

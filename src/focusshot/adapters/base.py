@@ -62,7 +62,7 @@ def _as_patterns(patterns: str | Sequence[str]) -> list[str]:
 def find_modules(
     model: nn.Module,
     patterns: str | Sequence[str],
-    kind: type | tuple[type, ...] = nn.Module,
+    kind: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Module,
 ) -> list[tuple[str, nn.Module]]:
     """Modules of ``model`` whose qualified name matches any pattern, in ``named_modules`` order.
 
@@ -91,7 +91,7 @@ def _inside_wrapper(name: str, wrapper_names: Iterable[str]) -> bool:
 def injection_targets(
     model: nn.Module,
     patterns: Sequence[str],
-    kind: type | tuple[type, ...],
+    kind: type[nn.Module] | tuple[type[nn.Module], ...],
     wrapper: type[AdapterModule],
     method: str,
     need: str,

@@ -84,6 +84,8 @@ class LoRALinear(AdapterModule):
         merged: whether the update has been added into ``base.weight``.
     """
 
+    base: nn.Linear
+
     def __init__(
         self,
         base: nn.Linear,

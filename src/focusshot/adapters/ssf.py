@@ -81,6 +81,10 @@ class SSF(AdapterModule):
         merged: whether scale and shift are folded into ``base``.
     """
 
+    base: nn.Linear | nn.LayerNorm
+    _orig_weight: Tensor | None  # buffers (register_buffer), set while merged
+    _orig_bias: Tensor | None
+
     def __init__(
         self, base: nn.Linear | nn.LayerNorm, init_std: float = 0.02, generator: torch.Generator | None = None
     ) -> None:
@@ -178,7 +182,7 @@ class SSF(AdapterModule):
         assert base.weight is not None and self._orig_weight is not None
         base.weight.data = self._orig_weight
         if self._created_bias:
-            base.bias = None
+            base.register_parameter("bias", None)  # what `base.bias = None` does
             self._created_bias = False
         elif base.bias is not None and self._orig_bias is not None:
             base.bias.data = self._orig_bias

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -158,10 +159,9 @@ class PromptedBlock(nn.Module):
 
 def _blocks_owner(model: nn.Module) -> tuple[nn.Module, str]:
     """The module holding the ViT ``blocks`` (``model`` or ``model.visual``) and its name prefix."""
-    if not isinstance(getattr(model, "blocks", None), nn.ModuleList) and isinstance(
-        getattr(model, "visual", None), nn.Module
-    ):
-        return model.visual, "visual."
+    visual = getattr(model, "visual", None)
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList) and isinstance(visual, nn.Module):
+        return visual, "visual."
     return model, ""
 
 
@@ -209,7 +209,8 @@ def inject_vpt(
     if not -depth <= start < depth:
         raise ValueError(f"start={start} out of range for a ViT with {depth} blocks")
     start %= depth
-    width = int(blocks[0].norm1.normalized_shape[0])
+    vit_blocks = cast(list[Block], list(blocks))  # all Blocks: checked above
+    width = int(vit_blocks[0].norm1.normalized_shape[0])
     patch_embed = getattr(owner, "patch_embed", None)
     in_chans = patch_embed.in_channels if isinstance(patch_embed, nn.Conv2d) else 3
     patch = int(getattr(owner, "patch_size", 1))
@@ -221,7 +222,7 @@ def inject_vpt(
         if cfg.deep or i == start:
             prompts = new_parameter((cfg.num_tokens, width), like, cfg.init, generator, a=-bound, b=bound)
         blocks[i] = PromptedBlock(
-            blocks[i],
+            vit_blocks[i],
             cfg.num_tokens,
             prompts,
             carried=i > start,

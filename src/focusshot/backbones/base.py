@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -59,7 +60,7 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -81,9 +82,9 @@ class Identity:
     family: str
     source: str = "random"
     weights_sha256: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -101,6 +102,9 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     patch_size: int = 1
     capabilities: Capabilities = Capabilities()
     preprocess: Preprocess = IMAGENET_PREPROCESS
+    #: Where ``preprocess`` came from, for a model loaded from a Hugging Face directory (recorded in
+    #: the identity by ``create_backbone``); empty otherwise.
+    preprocess_source: str = ""
 
     def __init__(self) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def attention_modules(self) -> list[Attention]:
-        return [b.attn for b in self.blocks]
+        return [cast(Attention, b.attn) for b in self.blocks]  # Block or PromptedBlock
 
     def eot_positions(self, ids: Tensor) -> Tensor:
         """Index of the first end-of-text token per row of ``ids`` ``(B, L)`` -> ``(B,)``."""

@@ -103,7 +103,7 @@ def preprocess_from_hf(directory: Path, fallback: Preprocess) -> Preprocess:
     resample = {2: "bilinear", 3: "bicubic"}.get(cfg.get("resample", 3), "bicubic")
     mean = tuple(cfg.get("image_mean", fallback.mean))
     std = tuple(cfg.get("image_std", fallback.std))
-    return Preprocess(int(size), int(crop), mean, std, resample)  # type: ignore[arg-type]
+    return Preprocess(int(size), int(crop), mean, std, resample)
 
 
 def _tokenizer_from_dir(directory: Path):
@@ -131,6 +131,7 @@ def load_hf_directory(directory: str | Path) -> Backbone:
     config = json.loads(config_path.read_text())
     model_type = config.get("model_type", "")
     sd = read_directory_weights(directory)
+    model: Backbone
     if model_type in ("clip", "clip_vision_model"):
         model = hf.convert_hf_clip(config, sd, tokenizer=_tokenizer_from_dir(directory))
         vision = config.get("vision_config", config) if model_type == "clip" else config

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +234,8 @@ class SwinBlock(nn.Module):
         mlp_ratio, qkv_bias, eps, act, drop, attn_drop, drop_path: as in :class:`SwinConfig`.
     """
 
+    relative_position_index: Tensor  # a buffer
+
     def __init__(
         self,
         dim: int,
@@ -415,7 +418,7 @@ class SwinTransformer(Backbone):
 
     def attention_modules(self) -> list[Attention]:
         """Every window attention, in forward order (stage by stage, block by block)."""
-        return [blk.attn for stage in self.stages for blk in stage.blocks]
+        return [cast(SwinBlock, blk).attn for stage in self.stages for blk in cast(SwinStage, stage).blocks]
 
     def grid_size(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """Last-stage token grid ``(rows, cols)`` for an input of ``image_size`` (crop size by default).
@@ -461,7 +464,7 @@ class SwinTransformer(Backbone):
         """Tokens ``(B, L_i, C_i)`` after the blocks of stages ``0..last`` (before their merging)."""
         outs = []
         x, hw = self.embed(x)
-        for i, stage in enumerate(self.stages[: last + 1]):
+        for i, stage in enumerate(cast(list[SwinStage], list(self.stages[: last + 1]))):
             x = stage(x, hw)
             outs.append(x)
             if stage.downsample is not None and i < last:

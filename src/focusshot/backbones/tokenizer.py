@@ -219,8 +219,8 @@ class ClipTokenizer:
             word_counts.update(t for t in _pretokens(text) if t not in (SOT_TOKEN, EOT_TOKEN))
         words: list[list[str]] = []
         freqs: list[int] = []
-        for w, c in sorted(word_counts.items()):
-            words.append([*w[:-1], w[-1] + END_OF_WORD])
+        for word, c in sorted(word_counts.items()):
+            words.append([*word[:-1], word[-1] + END_OF_WORD])
             freqs.append(c)
         pair_counts: Counter[tuple[str, str]] = Counter()
         where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)

@@ -7,8 +7,9 @@ al., 2021) adds a pre-norm ``ln_pre``, QuickGELU and a projection of the pooled 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ class QuickGELU(nn.Module):
 
 def make_act(name: str) -> nn.Module:
     """Activation by name: ``gelu`` (exact), ``gelu_tanh``, ``quick_gelu`` or ``relu``."""
-    table = {
+    table: dict[str, Callable[[], nn.Module]] = {
         "gelu": lambda: nn.GELU(),
         "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
         "quick_gelu": QuickGELU,
@@ -154,7 +155,7 @@ class VisionTransformer(Backbone):
         nn.init.normal_(self.cls_token, std=0.02)
 
     def attention_modules(self) -> list[Attention]:
-        return [b.attn for b in self.blocks]
+        return [cast(Attention, b.attn) for b in self.blocks]  # Block or PromptedBlock
 
     def _pos_embed(self, h: int, w: int) -> Tensor:
         """Position embeddings ``(1, 1 + h*w, C)``, bicubically resized when the grid differs."""

@@ -53,11 +53,16 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
 class PreprocessLike(Protocol):
     """What ``make_transform`` reads: any object with these attributes (duck-typed)."""
 
-    resize: int
-    crop: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    interpolation: str
+    @property
+    def resize(self) -> int: ...
+    @property
+    def crop(self) -> int: ...
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
+    @property
+    def interpolation(self) -> str: ...
 
 
 def _resample(interpolation: str) -> Image.Resampling:

@@ -58,7 +58,7 @@ class QueryAttention:
             return {}
         b = self.backbone
         with record(model, "probs", layers=[-1]) as rec:
-            fitted.logits(query) if regions is None else fitted.logits(query, regions=regions)  # type: ignore[call-arg]
+            fitted.logits(query) if regions is None else fitted.logits(query, regions=regions)
         probs = rec.get("probs", -1)
         crop = b.preprocess.crop
         masks = transform_masks([self.masks[i] for i in indices], b.preprocess)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
@@ -122,7 +122,7 @@ class Fitted(ABC):
         """JSON-able facts about the fit (selected hyper-parameters, training record)."""
         return {}
 
-    def attention_model(self) -> nn.Module | None:
+    def attention_model(self) -> Backbone | None:
         """The adapted backbone whose attention can be recorded (``None``: the frozen backbone's)."""
         return None
 

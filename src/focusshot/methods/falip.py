@@ -367,7 +367,7 @@ class _RegionHeadFitted(Fitted):
     def state_dict(self) -> dict[str, Tensor]:
         return self.head.state_dict()
 
-    def attention_model(self) -> nn.Module | None:
+    def attention_model(self) -> Backbone | None:
         """The backbone, whose attention under this method's region (bias or drawn prompt) is recorded
         while :meth:`logits` runs."""
         return getattr(self, "backbone", None)

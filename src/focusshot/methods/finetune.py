@@ -280,7 +280,7 @@ class AdaptedFitted(Fitted):
     def info(self) -> dict[str, Any]:
         return dict(self._record)
 
-    def attention_model(self) -> nn.Module:
+    def attention_model(self) -> Backbone:
         return self.tail.backbone
 
 

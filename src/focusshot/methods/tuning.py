@@ -48,7 +48,10 @@ def _in_tail(name: str, start: int | None) -> bool:
 
 
 def _tail_targets(
-    model: Backbone, targets: tuple[str, ...], start: int | None, kind: type
+    model: Backbone,
+    targets: tuple[str, ...],
+    start: int | None,
+    kind: type[nn.Module] | tuple[type[nn.Module], ...],
 ) -> tuple[str, ...]:
     """Exact names of the tower's modules matching ``targets`` that run in the tail."""
     tower = image_tower(model)

@@ -72,13 +72,15 @@ def save_attention_figure(
     sheet = Image.new("RGB", (3 * side + 8, len(picked) * (side + 4)), (255, 255, 255))
     for r, i in enumerate(picked):
         rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
-        rgb = rgb.resize((side, side), Image.NEAREST)
-        heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+        rgb = rgb.resize((side, side), Image.Resampling.NEAREST)
+        heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.Resampling.BILINEAR)
         blend = Image.blend(rgb, heat, 0.55)
         if masks is not None:
             m = transform_masks([masks[i]], pre)[0].numpy()
             edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
-            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize(
+                (side, side), Image.Resampling.NEAREST
+            )
             ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
         y = r * (side + 4)
         for c, im in enumerate((rgb, heat, blend)):
@@ -92,7 +94,7 @@ def save_attention_figure(
 @torch.inference_mode()
 def save_method_attention_figure(
     backbone: Backbone,
-    models: dict[str, torch.nn.Module],
+    models: dict[str, Backbone],
     data: LabelledImages,
     indices: Sequence[int],
     masks: Sequence[np.ndarray] | None,
@@ -138,16 +140,18 @@ def save_method_attention_figure(
         draw.text((c * (side + 4) + 2, 1), title[: side // 6], fill=(0, 0, 0))
     for r, i in enumerate(picked):
         rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
-        rgb = rgb.resize((side, side), Image.NEAREST)
+        rgb = rgb.resize((side, side), Image.Resampling.NEAREST)
         y = head + r * (side + 4)
         sheet.paste(rgb, (0, y))
         outline = None
         if masks is not None:
             m = transform_masks([masks[i]], pre)[0].numpy()
             edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
-            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize(
+                (side, side), Image.Resampling.NEAREST
+            )
         for c, (_, cls) in enumerate(maps, start=1):
-            heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.BILINEAR)
+            heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.Resampling.BILINEAR)
             blend = Image.blend(rgb, heat, 0.55)
             if outline is not None:
                 ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
