@@ -112,6 +112,14 @@ def test_adapters_on_a_cnn_fail_naming_the_backbone() -> None:
     assert fitted.logits(x).shape == (4, 2)
 
 
+def test_targets_matching_nothing_name_the_layer_kinds(clip) -> None:
+    # SSF wraps two kinds of layer: the message names both (it once raised AttributeError)
+    with pytest.raises(AdapterError, match=r"no Linear/LayerNorm modules matching \['nothing\.\*'\]"):
+        create_method("ssf", targets=("nothing.*",)).build(clip, torch.Generator())
+    with pytest.raises(AdapterError, match=r"no Linear modules matching"):
+        create_method("lora", targets=("nothing.*",)).build(clip, torch.Generator())
+
+
 def test_divergence_is_reported_not_dropped(clip) -> None:
     m = create_method("lora", {"epochs": 2, "lr": 1e30, "optimizer": "sgd"})
     x, y = _support(clip)

@@ -165,6 +165,13 @@ _FITTED_TYPES: dict[str, type[FittedHead]] = {}
 F = TypeVar("F", bound="FittedHead")
 
 
+def class_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of the dataclass ``cls`` (heads and fitted heads are dataclasses)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    return dataclasses.fields(cls)
+
+
 class FittedHead(ABC):
     """A head fitted to one support set (or to E episodes at once): tensors plus JSON-able settings.
 
@@ -237,7 +244,7 @@ class FittedHead(ABC):
             raise ValueError(f"unknown fitted head type {kind!r}; known: {sorted(_FITTED_TYPES)}")
         if not issubclass(target, cls):
             raise ValueError(f"config describes a {kind}, not a {cls.__name__}")
-        names = {f.name for f in dataclasses.fields(target)}
+        names = {f.name for f in class_fields(target)}
         given = set(state) | set(config)
         if given != names:
             missing, extra = sorted(names - given), sorted(given - names)
@@ -340,7 +347,7 @@ def list_heads() -> list[str]:
 def head_arguments(name: str) -> list[str]:
     """The keyword arguments head ``name`` accepts."""
     cls = _lookup(name)
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+    return [f.name for f in class_fields(cls) if f.init]
 
 
 def _lookup(name: str) -> type[Head]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -228,7 +229,7 @@ class LogisticRegression(Head):
         x = solver_features(features, self.normalize)
         dtype = x.dtype
         y = labels.long()
-        kw = {"fit_intercept": self.fit_intercept, "max_iter": self.max_iter, "tol": self.tol}
+        kw: dict[str, Any] = {"fit_intercept": self.fit_intercept, "max_iter": self.max_iter, "tol": self.tol}
         info: dict = {}
         scale = 1.0
         if val is None:

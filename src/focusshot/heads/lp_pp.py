@@ -126,6 +126,7 @@ class LPPlusPlus(Head):
                 loss.backward()
                 opt.step()
                 if (epoch + 1) % self.alpha_every == 0:
+                    assert alpha.grad is not None  # loss.backward() just filled it
                     with torch.no_grad():
                         alpha -= lr_alpha * alpha.grad
                 if vf is not None and self.select_on_val:

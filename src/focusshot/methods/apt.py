@@ -141,6 +141,8 @@ def mc_uncertainty(probs: Tensor) -> dict[str, Tensor]:
 class _AptModel(nn.Module):
     """Frozen head + text + refiner: ``head_in tokens (B, T, C) -> logits (B, C)``."""
 
+    text: Tensor  # a buffer
+
     def __init__(self, backbone: Backbone, text: Tensor, refiner: PromptRefiner, scale: float) -> None:
         super().__init__()
         self.backbone = backbone
@@ -249,7 +251,8 @@ class AptMethod(Method):
             search.append({"lr": lr, "val_accuracy": acc})
             if best is None or (acc is not None and acc > (best[1].best_val_accuracy or -1.0)):
                 best = (model, result, lr)
-        model, result, lr = best  # type: ignore[misc]
+        assert best is not None  # the loop ran at least once
+        model, result, lr = best
         record = result.to_dict()
         record.pop("history", None)
         record.update(
@@ -270,6 +273,7 @@ class AptMethod(Method):
         """One training run at learning rate ``lr``: the model and the loop's result."""
         o = self.options
         device = torch.device(ctx.device)
+        assert ctx.text is not None  # fit checked it
         model = self._model(ctx.backbone, text_classifier(ctx.text).float(), ctx.seed).to(device)
         batch = min(o.batch_size, len(support))
         cfg = TrainConfig(

@@ -137,7 +137,8 @@ class Method(ABC):
     Subclasses set the class attributes and are registered with :func:`register_method`.
     """
 
-    name: ClassVar[str] = ""
+    #: the registry name (an instance made for an alias ``METHOD@LABEL`` carries the alias)
+    name: str = ""
     #: the options dataclass (every field an :func:`~focusshot.options.option`, with its help)
     Options: ClassVar[type] = type(None)
     #: trains something per support set (adapters, a head by gradient descent, prompts)
@@ -196,7 +197,8 @@ class Method(ABC):
 
     def options_dict(self) -> dict[str, Any]:
         """The options as JSON-able values."""
-        return json.loads(json.dumps(dataclasses.asdict(self.options)))
+        out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self.options)))
+        return out
 
 
 def register_method(
@@ -348,7 +350,8 @@ def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
     """
     cls = method_class(name)
     if overrides:
-        base = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})
+        is_instance = dataclasses.is_dataclass(options) and not isinstance(options, type)
+        base = dataclasses.asdict(options) if is_instance else dict(options or {})
         options = {**base, **overrides}
     method = cls(options)
     if name != cls.name:  # an alias: results, options and saved fits carry the alias

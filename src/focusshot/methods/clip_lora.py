@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from focusshot.adapters.base import load_trainable_state
 from focusshot.adapters.lora import LoRAConfig, inject_lora
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.clip import CLIP, TextTransformer
 from focusshot.backbones.prefix import Prefix
 from focusshot.heads.base import l2_normalize
 from focusshot.heads.trainable import LinearHead
@@ -80,7 +81,7 @@ class CLIPLoRAOptions:
 class _TextClassifier(nn.Module):
     """The (adapted) text tower's class embeddings ``(C, E)``, L2-normalised, from fixed token ids."""
 
-    def __init__(self, text: nn.Module, ids: Tensor) -> None:
+    def __init__(self, text: TextTransformer, ids: Tensor) -> None:
         super().__init__()
         self.text = text
         eot = text.eot_positions(ids)
@@ -106,17 +107,17 @@ class CLIPLoRAMethod(Method):
     def augment_views(self) -> int:
         return int(self.options.views)
 
-    def build(self, backbone: Backbone, generator: torch.Generator) -> tuple[Backbone, list[nn.Parameter]]:
+    def build(self, backbone: Backbone, generator: torch.Generator) -> tuple[CLIP, list[nn.Parameter]]:
         """A frozen copy of ``backbone`` with LoRA in the chosen towers, and the LoRA parameters."""
         o = self.options
-        model = frozen_copy(backbone)
+        model = frozen_copy(require_text_tower(self.name, backbone))
         cfg = LoRAConfig(rank=o.rank, alpha=o.alpha, dropout=o.dropout, targets=o.targets)
         towers = {"both": (model.visual, model.text), "vision": (model.visual,), "text": (model.text,)}
         for tower in towers[o.encoders]:
             inject_lora(tower, cfg, generator=generator)
         return model, [p for p in model.parameters() if p.requires_grad]
 
-    def _ids(self, backbone: Backbone, class_names: list[str]) -> Tensor:
+    def _ids(self, backbone: CLIP, class_names: list[str]) -> Tensor:
         return backbone.tokenize([fill(self.options.template, readable(c)) for c in class_names])
 
     def _scale(self, backbone: Backbone) -> float:

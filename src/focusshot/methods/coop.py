@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.clip import CLIP, TextTransformer
 from focusshot.backbones.prefix import Prefix
 from focusshot.heads.base import l2_normalize
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
@@ -73,7 +74,9 @@ class PromptLearner(nn.Module):
         ctx: ``(M, W)`` or ``(C, M, W)`` initial context vectors.
     """
 
-    def __init__(self, text: nn.Module, ids: Tensor, ctx: Tensor) -> None:
+    ids: Tensor  # a buffer
+
+    def __init__(self, text: TextTransformer, ids: Tensor, ctx: Tensor) -> None:
         super().__init__()
         self.text = text
         self.register_buffer("ids", ids, persistent=False)
@@ -97,7 +100,7 @@ class PromptLearner(nn.Module):
         return l2_normalize(self.text.pool(tokens, self.eot))
 
 
-def prompt_ids(clip: Backbone, class_names: list[str], n_ctx: int) -> Tensor:
+def prompt_ids(clip: CLIP, class_names: list[str], n_ctx: int) -> Tensor:
     """``(C, L)`` ids ``[SOS] 0*n_ctx <name> . [EOS]``, cut after the longest prompt's EOS."""
     named = clip.tokenize([f"{readable(c)}." for c in class_names])  # [SOS] name . [EOS] 0 ...
     eot = clip.text.eot_positions(named)
@@ -116,7 +119,7 @@ def prompt_ids(clip: Backbone, class_names: list[str], n_ctx: int) -> Tensor:
     return ids
 
 
-def initial_context(clip: Backbone, options: CoOpOptions, classes: int, generator: torch.Generator) -> Tensor:
+def initial_context(clip: CLIP, options: CoOpOptions, classes: int, generator: torch.Generator) -> Tensor:
     """``(M, W)`` (or ``(C, M, W)`` class-specific): the init phrase's embeddings, or N(0, std^2)."""
     width = clip.text.cfg.width
     if options.ctx_init:
@@ -183,7 +186,7 @@ class CoOpMethod(Method):
         t0 = time.perf_counter()
         if not ctx.class_names:
             raise ValueError(f"method {self.name!r} needs the class names")
-        clip = frozen_copy(ctx.backbone)
+        clip = frozen_copy(require_text_tower(self.name, ctx.backbone))
         device = torch.device(ctx.device)
         gen = torch.Generator().manual_seed(ctx.seed)
         init = initial_context(clip, o, ctx.num_classes, gen)

@@ -73,7 +73,7 @@ from __future__ import annotations
 import dataclasses
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,7 @@ from focusshot.backbones.vit import Block
 from focusshot.data.prompts import blur_outside, red_ellipse
 from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
+from focusshot.heads.zeroshot import ZeroShot
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
 from focusshot.options import option
 
@@ -310,6 +311,10 @@ def falip_features(
     return torch.cat(out)
 
 
+def _zeroshot(text: Tensor, scale: float) -> ZeroShot:
+    return cast(ZeroShot, create_head("zeroshot", text_embeddings=text, scale=scale))
+
+
 def _need_text(ctx: FitContext, method: str) -> Tensor:
     if ctx.text is None:
         raise ValueError(f"method {method!r} needs class text embeddings: use a CLIP backbone")
@@ -446,7 +451,7 @@ class FalipMethod(_FalipMethod):
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Nothing to learn: the zero-shot classifier of the class texts (the support set is unused)."""
-        head = create_head("zeroshot", text_embeddings=_need_text(ctx, self.name), scale=self.options.scale)
+        head = _zeroshot(_need_text(ctx, self.name), self.options.scale)
         return FalipFitted(
             self.name, ctx.backbone, self._start(ctx.backbone), self.options, head.classifier()
         )
@@ -540,7 +545,7 @@ class _PromptMethod(Method):
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Nothing to learn: the zero-shot classifier of the class texts (the support set is unused)."""
-        head = create_head("zeroshot", text_embeddings=_need_text(ctx, self.name), scale=self.options.scale)
+        head = _zeroshot(_need_text(ctx, self.name), self.options.scale)
         return PromptFitted(self.name, ctx.backbone, self.options, head.classifier())
 
     @classmethod

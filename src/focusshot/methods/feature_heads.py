@@ -17,7 +17,7 @@ from torch import Tensor
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.heads import FittedHead, create_head, fitted_from_state, list_heads
-from focusshot.heads.base import _lookup
+from focusshot.heads.base import _lookup, class_fields
 from focusshot.methods.base import FitContext, Fitted, Method, register_method
 
 #: method name -> (head name, needs class-name text embeddings, one line of help, place among
@@ -67,7 +67,7 @@ def _options_of(head: str) -> type:
     """A dataclass with the head's settings (text embeddings excluded): the method's options."""
     cls = _lookup(head)
     fields = []
-    for f in dataclasses.fields(cls):
+    for f in class_fields(cls):
         if not f.init or f.name == _TEXT_FIELD:
             continue
         kw: dict[str, Any] = {"metadata": f.metadata}

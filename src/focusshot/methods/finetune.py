@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -111,30 +111,35 @@ class FinetuneOptions:
             raise ValueError(f"init must be one of {list(INIT_SOLVERS)}, got {self.init!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.epochs < 0 or self.steps < 0 or self.batch_size < 0:
+        # epochs, steps, batch_size and the other TrainConfig fields are added by @takes (mypy
+        # cannot see them: attr-defined)
+        if self.epochs < 0 or self.steps < 0 or self.batch_size < 0:  # type: ignore[attr-defined]
             raise ValueError("epochs, steps and batch_size must be >= 0")
-        if self.epochs == 0 and self.steps == 0:
+        if self.epochs == 0 and self.steps == 0:  # type: ignore[attr-defined]
             raise ValueError("give epochs or steps (both are 0)")
         if self.views < 0:
             raise ValueError(f"views must be >= 0, got {self.views}")
         self.train_config(classes=1, n=1, seed=0)  # the training loop's own checks, now
 
-    def train_config(self, classes: int, n: int, seed: int, validate: bool = False, progress: bool = False):
+    def train_config(
+        self, classes: int, n: int, seed: int, validate: bool = False, progress: bool = False
+    ) -> TrainConfig:
         """The :class:`~focusshot.training.loop.TrainConfig` of a fit: ``classes`` ways, ``n``
         training inputs; with ``validate``, evaluate once per epoch."""
-        batch = self.batch_size or classes
+        # the TrainConfig fields @takes added (attr-defined: mypy cannot see them)
+        batch = self.batch_size or classes  # type: ignore[attr-defined]
         return TrainConfig(
-            optimizer=self.optimizer,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            momentum=self.momentum,
-            steps=self.steps or 1,
-            epochs=self.epochs,
+            optimizer=self.optimizer,  # type: ignore[attr-defined]
+            lr=self.lr,  # type: ignore[attr-defined]
+            weight_decay=self.weight_decay,  # type: ignore[attr-defined]
+            momentum=self.momentum,  # type: ignore[attr-defined]
+            steps=self.steps or 1,  # type: ignore[attr-defined]
+            epochs=self.epochs,  # type: ignore[attr-defined]
             batch_size=batch,
-            warmup_steps=self.warmup_steps,
-            label_smoothing=self.label_smoothing,
-            grad_clip=self.grad_clip,
-            amp=self.amp,
+            warmup_steps=self.warmup_steps,  # type: ignore[attr-defined]
+            label_smoothing=self.label_smoothing,  # type: ignore[attr-defined]
+            grad_clip=self.grad_clip,  # type: ignore[attr-defined]
+            amp=self.amp,  # type: ignore[attr-defined]
             eval_every=math.ceil(n / min(batch, n)) if validate else 0,
             seed=seed,
             progress=progress,
@@ -146,7 +151,10 @@ def image_tower(model: nn.Module) -> nn.Module:
     return getattr(model, "visual", None) or model
 
 
-def frozen_copy(backbone: Backbone) -> Backbone:
+B = TypeVar("B", bound=Backbone)
+
+
+def frozen_copy(backbone: B) -> B:
     """A structural copy of ``backbone`` whose parameters are frozen views of the same storage.
 
     Buffers are copied; so is the text tower of a CLIP, the same way (frozen parameters over the
@@ -173,7 +181,15 @@ def own_storage(module: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-class Tail(nn.Module):
+class TunedTail(nn.Module):
+    """What :class:`AdaptedFitted` holds: a module ``(B, *prefix) -> (B, num_features)`` over a tuned
+    ``backbone`` (the model whose attention is recorded), tuned from block ``start``."""
+
+    backbone: Backbone
+    start: int | None
+
+
+class Tail(TunedTail):
     """The part of the backbone after the cached prefix: ``(B, *prefix) -> (B, num_features)``.
 
     ``start = None``: the prefix is the preprocessed image and the whole tower runs;
@@ -242,7 +258,7 @@ class AdaptedFitted(Fitted):
     def __init__(
         self,
         method: str,
-        tail: Tail,
+        tail: TunedTail,
         head: LinearHead,
         config: dict[str, Any],
         record: dict[str, Any],
@@ -291,6 +307,7 @@ class FinetuneMethod(Method):
     FORT adds its attention loss through :meth:`objective`.
     """
 
+    Options: ClassVar[type[FinetuneOptions]]
     trains: ClassVar[bool] = True
 
     def prefix(self, backbone: Backbone) -> Prefix:
@@ -368,7 +385,7 @@ class FinetuneMethod(Method):
                 val=None if (ctx.val is None or not self.options.validate) else ctx.val,
                 device=device,
             )
-        record = {
+        record: dict[str, Any] = {
             "train": result.to_dict(),
             "diverged": result.diverged,
             "trained_params": int(sum(p.numel() for p in params) + head.weight.numel() + head.bias.numel()),

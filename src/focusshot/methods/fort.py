@@ -46,7 +46,7 @@ from focusshot.attention.record import record
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods import tuning as t
 from focusshot.methods.base import FitContext, register_method
-from focusshot.methods.finetune import FinetuneMethod, Objective, Tail
+from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, Objective, Tail
 from focusshot.options import option
 
 __all__ = ["FORTMixin", "fort_options", "with_fort"]
@@ -71,7 +71,7 @@ def _check(self: Any) -> None:
     RolloutSettings(self.variant, self.lamb, self.sign)
 
 
-def fort_options(base: type, alpha: float, tau: float = 1.0) -> type:
+def fort_options(base: type[FinetuneOptions], alpha: float, tau: float = 1.0) -> type:
     """``base`` (a recipe's options) plus FORT's fields with the given defaults."""
     extra = [
         _opt("fort_alpha", float, alpha, "FORT alpha: weight of the attention loss (0: plain recipe)"),
@@ -100,7 +100,7 @@ class FORTMixin:
     name: str
 
     @property
-    def needs_regions(self) -> bool:  # type: ignore[override]
+    def needs_regions(self) -> bool:
         """Box prompts read the support images' boxes (the runner hands them over)."""
         return self.options.prompts == "box"
 
@@ -171,9 +171,8 @@ def with_fort(base: type[FinetuneMethod], alpha: float, source: str) -> type[Fin
     ``<base>+fort.OPTION`` overrides one for FORT's run only
     (:func:`~focusshot.methods.base.options_for`).
     """
-    doc = (
-        f"{base.__doc__.splitlines()[0].rstrip('.')} with FORT's attention loss (alpha {alpha:g}: {source})."
-    )
+    first = (base.__doc__ or base.__name__).splitlines()[0].rstrip(".")
+    doc = f"{first} with FORT's attention loss (alpha {alpha:g}: {source})."
     cls = type(
         f"{base.__name__}FORT",
         (FORTMixin, base),

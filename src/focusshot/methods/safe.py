@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +42,15 @@ from torch import Tensor, nn
 from focusshot.adapters.base import load_trainable_state, trainable_state
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
-from focusshot.heads import create_head
+from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
+from focusshot.heads.tip_adapter import TipAdapterClassifier
 from focusshot.heads.trainable import LinearHead
 from focusshot.heads.zeroshot import text_classifier
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
 from focusshot.methods.finetune import (
     AdaptedFitted,
+    TunedTail,
     _batched,
     _device_of,
     frozen_copy,
@@ -99,7 +101,7 @@ class SafeOptions:
             raise ValueError(f"scale must be >= 0, got {self.scale}")
 
 
-class SafeTail(nn.Module):
+class SafeTail(TunedTail):
     """``beta * pool(original, x) + pool(tuned, x)``: prefix ``(B, T, C)`` -> features ``(B, D)``.
 
     ``pool`` runs blocks ``start..L-1`` then ``forward_head`` (``start = None``: the prefix is what
@@ -138,7 +140,7 @@ def _tuned_part(model: Backbone, start: int | None) -> nn.Module:
         if pool is None:
             raise ValueError(f"{type(tower).__name__} has no attention pool for SAFE to tune")
         return pool
-    return tower.blocks[start]
+    return cast(nn.ModuleList, tower.blocks)[start]  # a ViT tower (start is a block index)
 
 
 class SafeMethod(Method):
@@ -314,7 +316,12 @@ class SafeAFitted(Fitted):
     """SAFE's blended features into a fitted Tip-Adapter-F: ``logits(prefix (M, ...)) -> (M, C)``."""
 
     def __init__(
-        self, method: str, tail: SafeTail, tip: Any, config: dict[str, Any], record: dict[str, Any]
+        self,
+        method: str,
+        tail: SafeTail,
+        tip: FittedHead,
+        config: dict[str, Any],
+        record: dict[str, Any],
     ) -> None:
         self.method = method
         self.tail = tail.eval()
@@ -372,6 +379,7 @@ class SafeAMethod(SafeMethod):
             lr=o.tip_lr,
             seed=ctx.seed,
         ).fit(keys, labels, ctx.num_classes, val_features=val_f, val_labels=val_l)
+        assert isinstance(tip, TipAdapterClassifier)  # what tip_adapter_f fits
         record["fit_seconds"] = round(time.perf_counter() - t0, 3)
         record["tip"] = {"alpha": tip.alpha, "beta": tip.beta, "searched": val_f is not None}
         return SafeAFitted(self.name, tail, tip, self._config(tail, head, ctx), record)

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.clip import CLIP
+
 #: A short ensemble of CLIP's ImageNet prompt templates.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -52,17 +55,21 @@ def class_text_embeddings(clip, class_names: Sequence[str], templates: Sequence[
     return emb.reshape(len(class_names), len(templates), -1)
 
 
-def require_text_tower(method: str, backbone) -> None:
-    """Raise ``ValueError`` naming ``method`` when ``backbone`` has no CLIP text tower."""
-    if not backbone.capabilities.text:
+def require_text_tower(method: str, backbone: Backbone) -> CLIP:
+    """``backbone`` as the :class:`CLIP` it is; ``ValueError`` naming ``method`` when it has no CLIP
+    text tower."""
+    if not backbone.capabilities.text or not isinstance(backbone, CLIP):
         raise ValueError(
             f"method {method!r} needs a CLIP backbone (a text tower), not {backbone.identity.name}"
         )
+    return backbone
 
 
-def logit_scale(backbone, override: float = 0.0) -> float:
+def logit_scale(backbone: Backbone, override: float = 0.0) -> float:
     """CLIP's logit scale: ``override`` when positive, else the model's ``exp(logit_scale)`` (at
     most 100, as CLIP clamps it in training; 100 for OpenAI's models)."""
     if override:
         return float(override)
+    if not isinstance(backbone, CLIP):
+        raise ValueError(f"{backbone.identity.name} has no CLIP logit scale; give the scale option")
     return float(backbone.logit_scale.detach().exp().clamp(max=100))

@@ -23,6 +23,7 @@ Tuning*, ECCV 2022.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -57,8 +58,9 @@ def _tail_targets(
     tower = image_tower(model)
     names = [n for n, _ in find_modules(tower, targets, kind) if _in_tail(n, start)]
     if not names:
+        kinds = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise AdapterError(
-            f"no {kind.__name__} modules matching {list(targets)} after block {start or 0} in "
+            f"no {kinds} modules matching {list(targets)} after block {start or 0} in "
             f"{type(model).__name__} ({model.identity.name})"
         )
     return tuple(names)
@@ -74,7 +76,7 @@ class FullOptions(FinetuneOptions):
 class FullFinetune(FinetuneMethod):
     """Full fine-tuning of the image tower (and a solver-initialised head)."""
 
-    Options = FullOptions
+    Options: ClassVar[type[FinetuneOptions]] = FullOptions
     summary = "full fine-tuning of the image tower, head from MetaOptNet (FORT's FT baseline)"
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
@@ -82,7 +84,7 @@ class FullFinetune(FinetuneMethod):
         params: list[nn.Parameter] = []
         for name, child in tower.named_children():
             if name == "blocks" and start is not None:
-                for i, blk in enumerate(child):
+                for i, blk in enumerate(cast(nn.ModuleList, child)):
                     if i >= start:
                         params += own_storage(blk)
             elif _in_tail(name, start):
@@ -105,7 +107,7 @@ class LastBlockOptions(FinetuneOptions):
 class LastBlockFinetune(FullFinetune):
     """Tune the last block(s) only, reading the cached tokens entering them."""
 
-    Options = LastBlockOptions
+    Options: ClassVar[type[FinetuneOptions]] = LastBlockOptions
     summary = "fine-tune the last k blocks (default 1) from the cached tokens entering them"
 
 
@@ -125,7 +127,7 @@ class LoRAOptions(FinetuneOptions):
 class LoRAFinetune(FinetuneMethod):
     """LoRA on the attention projections (Hu et al., ICLR 2022)."""
 
-    Options = LoRAOptions
+    Options: ClassVar[type[FinetuneOptions]] = LoRAOptions
     summary = "LoRA (r=4) on q, k, v, proj of every block, head from MetaOptNet"
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
@@ -150,7 +152,7 @@ class SSFOptions(FinetuneOptions):
 class SSFFinetune(FinetuneMethod):
     """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022)."""
 
-    Options = SSFOptions
+    Options: ClassVar[type[FinetuneOptions]] = SSFOptions
     summary = "SSF scale/shift after every linear and norm, head from MetaOptNet"
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
@@ -176,7 +178,7 @@ class VPTOptions(FinetuneOptions):
 class VPTFinetune(FinetuneMethod):
     """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022)."""
 
-    Options = VPTOptions
+    Options: ClassVar[type[FinetuneOptions]] = VPTOptions
     summary = "VPT: 10 learnable prompt tokens per block (deep), head from MetaOptNet"
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
