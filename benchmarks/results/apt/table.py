@@ -3,7 +3,7 @@
 Run from the checkout root after run.sh::
 
     python benchmarks/results/apt/table.py > benchmarks/results/apt/summary.md
-    python benchmarks/results/apt/table.py --readme README.md   # the README's tables
+    python benchmarks/results/apt/table.py --readme docs/methods/apt.md   # the page's tables
 
 Per suite: accuracy, ECE and ECE after temperature scaling (mean ± std over the split seeds) per
 K; then APT with MC dropout against the same trained APT predicting deterministically: paired

@@ -3,7 +3,7 @@
 Run from the checkout root after run.sh (and diagnose.sh, if its folders exist)::
 
     python benchmarks/results/fort/table.py > benchmarks/results/fort/summary.md
-    python benchmarks/results/fort/table.py --readme README.md   # the README's FORT tables
+    python benchmarks/results/fort/table.py --readme docs/methods/fort.md   # the FORT page's tables
 
 Accuracy and last-layer [CLS] attention mass on the query targets, each with a 95% CI; paired
 differences (FORT - plain) with 95% CIs over episodes; prompt mass on the support targets against
@@ -100,12 +100,12 @@ def table(shots: int) -> str:
 
 def main() -> None:
     text = "\n".join(table(k) for k in (1, 5))
-    if len(sys.argv) == 3 and sys.argv[1] == "--readme":  # splice between the README's markers
+    if len(sys.argv) == 3 and sys.argv[1] == "--readme":  # splice between the page's markers
         readme = Path(sys.argv[2])
         start, end = "<!-- fort-table:start -->\n", "<!-- fort-table:end -->"
         old = readme.read_text()
         head, rest = old.split(start, 1)
-        readme.write_text(head + start + text.replace("### ", "#### ") + rest[rest.index(end) :])
+        readme.write_text(head + start + text + rest[rest.index(end) :])  # the page's heading level
     else:
         print(text)
 

@@ -3,7 +3,7 @@
 Run from the checkout root after run.sh::
 
     python benchmarks/results/safe/table.py > benchmarks/results/safe/summary.md
-    python benchmarks/results/safe/table.py --readme README.md   # the README's tables
+    python benchmarks/results/safe/table.py --readme docs/methods/safe.md   # the SAFE page's tables
 
 Per suite and test set: accuracy (mean ± std over the split seeds) per K, ECE at the largest K;
 then paired differences over test images x seeds (95% CI) of every method against zero-shot CLIP,
