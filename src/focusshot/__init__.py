@@ -1,8 +1,15 @@
 """focusshot: few-shot image classification with pretrained vision transformers and CLIP."""
 
+from typing import TYPE_CHECKING, Any
+
 from focusshot.attention import record
 from focusshot.backbones import create_backbone, list_backbones
 from focusshot.versions import VERSION as __version__
+
+if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers
+    from focusshot.api import evaluate, fit
+    from focusshot.classifier import Classifier
+    from focusshot.methods.base import create_method, list_methods
 
 _LAZY = {
     "evaluate": ("focusshot.api", "evaluate"),
@@ -13,7 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """The workflow API, imported on first use (``focusshot.evaluate``, ``focusshot.fit``, ...)."""
     if name in _LAZY:
         import importlib

@@ -124,7 +124,7 @@ def setup(device: str | torch.device = "cpu") -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    backend = None
+    backend: str | None = None
     if world > 1:
         if dist.is_initialized():
             backend = dist.get_backend()

@@ -89,7 +89,7 @@ def embed_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    paths = [str(p) for p in paths]
+    files = [str(p) for p in paths]
     prefix = (prefix or Prefix.pooled()).resolve(backbone)
     backbone.eval().to(device)
     transform = make_transform(backbone.preprocess)
@@ -100,8 +100,8 @@ def embed_images(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), unit="img", desc="embed")
-    for idx, batch, errors in _batches(paths, batch_size, transform):
+        bar = tqdm(total=len(files), unit="img", desc="embed")
+    for idx, batch, errors in _batches(files, batch_size, transform):
         bad.extend(errors)
         if batch is not None:
             rows.append(compute_prefix(backbone, prefix, batch.to(device)).float().cpu())
@@ -111,7 +111,7 @@ def embed_images(
     if bar is not None:
         bar.close()
     features = torch.cat(rows) if rows else torch.zeros(0, *expected_shape(backbone, prefix))
-    return Embeddings(features, [paths[i] for i in kept], bad)
+    return Embeddings(features, [files[i] for i in kept], bad)
 
 
 def gather_embeddings(emb: Embeddings, paths: Sequence[str | Path], ctx) -> Embeddings | None:

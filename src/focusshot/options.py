@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,13 +47,22 @@ def option(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """The default of field ``f`` (a new one from its factory), ``dataclasses.MISSING`` when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def option_help(options_cls: type) -> list[tuple[str, Any, str]]:
     """``(name, default, help)`` of every init field of a dataclass (for listings, the CLI, the docs)."""
     out = []
     for f in dataclasses.fields(options_cls):
         if not f.init:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = field_default(f)
         out.append((f.name, default, f.metadata.get("help", "")))
     return out
 
@@ -100,7 +110,9 @@ def takes(source: type, *, check: bool = True, **spec: Any) -> Callable[[T], T]:
             f = fields[src]
             default = take.default
             if default is KEEP:
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                default = field_default(f)
+                if default is dataclasses.MISSING:
+                    raise TypeError(f"{cls.__name__}: {source.__name__}.{src} has no default to keep")
             added[name] = f.type
             setattr(cls, name, option(default, take.help or f.metadata.get("help", "")))
             mapping[name] = src
@@ -133,8 +145,15 @@ def read_options_file(path: str | Path) -> dict[str, dict[str, Any]]:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix == ".toml":
-            import tomllib
-
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # Python 3.10 has no tomllib; tomli is the same parser (a dependency there)
+                try:
+                    import tomli as tomllib
+                except ImportError as exc:
+                    raise ValueError(
+                        f"{p}: reading TOML on Python 3.10 needs tomli (pip install tomli); or use JSON/YAML"
+                    ) from exc
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
             try:

@@ -159,7 +159,8 @@ class Attention(nn.Module):
         else:
             out = self._explicit(q, k, v, bias, drop)
         out = out.transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(out))
+        result: Tensor = self.proj_drop(self.proj(out))
+        return result
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, drop: float) -> Tensor:
         """The reference path: softmax written out, every stage offered to the tap."""

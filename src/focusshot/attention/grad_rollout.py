@@ -99,7 +99,7 @@ def first_component(grad: Tensor, sign: str = "aligned", reference: Tensor | Non
     g = torch.nan_to_num(grad.detach().to(torch.float64), nan=0.0)
     g = g - g.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(g, full_matrices=False)
-    proj = (g @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (B, P)
+    proj: Tensor = (g @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (B, P)
     if sign == "aligned":
         if reference is None or reference.shape != proj.shape:
             got = None if reference is None else tuple(reference.shape)

@@ -101,8 +101,8 @@ class Recording:
         Needs ``record(..., grad=True)`` and a ``backward()`` inside or after the context.
         """
         stored = self._stored(kind, layer)
-        grads = [t.grad for t in stored]
-        if not stored or any(g is None for g in grads):
+        grads = [t.grad for t in stored if t.grad is not None]
+        if not stored or len(grads) < len(stored):
             raise RecordingError(
                 f"no gradient for {kind!r} at layer {layer}: record with grad=True, keep the graph, "
                 "and call backward() on a loss that depends on it"

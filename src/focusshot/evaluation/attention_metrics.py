@@ -174,7 +174,7 @@ def cls_attention_metrics(
 
 
 def measure_attention(
-    backbone: nn.Module, images: Tensor, masks: Tensor | np.ndarray, coverage: float = 0.95
+    backbone: Backbone, images: Tensor, masks: Tensor | np.ndarray, coverage: float = 0.95
 ) -> dict[str, Tensor]:
     """Run ``backbone`` on ``images`` and measure its last layer's [CLS] attention against ``masks``.
 

@@ -452,7 +452,7 @@ class FeatureCache:
         try:
             for chunk, (ok, batch, bad) in zip(chunks, _prefetched(chunks, transform), strict=True):
                 errors.extend(bad)
-                if ok:
+                if batch is not None:  # the images of ``ok`` decoded (none: no batch)
                     with torch.inference_mode():
                         out = forward(batch.to(device)).float().cpu()
                     if tuple(out.shape[1:]) != shape:

@@ -184,7 +184,7 @@ def learning_rate(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def _check_params(params: Sequence[nn.Parameter]) -> list[Tensor]:
-    out = list(params)
+    out: list[Tensor] = list(params)
     if not out:
         raise ValueError("params is empty: nothing to train")
     seen: set[int] = set()
@@ -386,8 +386,8 @@ def train(
             _set_mode(modules, True)
             for step in range(1, total + 1):
                 lr = learning_rate(step, total, cfg)
-                for g in opt.param_groups:
-                    g["lr"] = lr
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 idx = next(batches)
                 x = inputs[idx.to(inputs.device)].to(dev)
                 y = y_all[idx.to(dev)]

@@ -16,10 +16,11 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from focusshot.backbones.clip import CLIP
 from focusshot.options import option
@@ -59,8 +60,9 @@ def clip_loss(model: CLIP, images: Tensor, ids: Tensor) -> tuple[Tensor, float]:
     return loss, acc
 
 
-def _param_groups(model: CLIP, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model: CLIP, weight_decay: float) -> list[dict[str, Any]]:
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embed" not in name and "token" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

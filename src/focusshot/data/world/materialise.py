@@ -267,7 +267,9 @@ def with_distractor_boxes(data: LabelledImages) -> LabelledImages:
         if line.strip():
             row = json.loads(line)
             first = (row.get("distractors") or [None])[0]
-            by_path[str(root / row["path"])] = (
-                None if first is None else tuple(float(v) for v in first["box"])
-            )
+            box = None
+            if first is not None:
+                x0, y0, x1, y1 = (float(v) for v in first["box"])
+                box = (x0, y0, x1, y1)
+            by_path[str(root / row["path"])] = box
     return dataclasses.replace(data, boxes=[by_path[p] for p in data.paths])
