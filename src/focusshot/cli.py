@@ -335,7 +335,7 @@ def _cmd_export_adapter(args: argparse.Namespace) -> int:
 
     model = clf.fitted.attention_model()
     layers = lora_layers(model) if model is not None else []
-    if not layers:
+    if model is None or not layers:
         print(
             f"error: {args.classifier} (method {clf.method!r}) holds no LoRA layers to export; fit with a "
             "method that adds them (lora, lora+fort)",

@@ -42,6 +42,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,8 @@ class DinoConfig:
             global_size=self.global_size,
             local_size=self.local_size,
             n_local=self.n_local,
-            global_scale=tuple(self.global_scale),
-            local_scale=tuple(self.local_scale),
+            global_scale=(self.global_scale[0], self.global_scale[1]),  # two floats (__post_init__)
+            local_scale=(self.local_scale[0], self.local_scale[1]),
         )
 
 
@@ -231,7 +232,8 @@ def cosine(base: float, final: float, step: int, steps: int, warmup: int = 0) ->
 
 def _param_groups(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
     """Trainable parameters with weight decay (matrices) and without (biases, norms, tokens)."""
-    decay, no_decay = [], []
+    decay: list[Tensor] = []
+    no_decay: list[Tensor] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -261,7 +263,8 @@ class DinoTrainer:
             p.requires_grad_(False)
         self.center = torch.zeros(1, cfg.out_dim)
         decay, no_decay = _param_groups(self.student)
-        self.opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups)
         self.mean, self.std = PREPROCESS.mean, PREPROCESS.std
         self.spec = cfg.crop_spec()
         self.stream = iter_batches(cfg.suite, cfg.batch_size, IMAGE_SIZE, cfg.seed)
