@@ -12,10 +12,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,11 +25,11 @@ from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.classifier import Classifier, Prediction
-from focusshot.data.images import ImageError, ImageErrors
 from focusshot.data.sources import LabelledImages, open_source
 from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.prepare import drop_unreadable, prepare_fit, prepare_images
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
-from focusshot.methods.base import FitContext, create_method
+from focusshot.methods.base import create_method
 
 __all__ = [
     "Classifier",
@@ -142,8 +140,7 @@ def evaluate(
 
     ``methods`` may contain ``"all"`` (every training-free method the backbone supports) and
     ``"tuning"`` (the fine-tuning baselines). ``method_options`` maps a method to its options
-    (``{"lora": {"rank": 8}}``); they are recorded in ``run.json``. With ``figures`` the attention
-    map figure is drawn when the data carry target masks.
+    (``{"lora": {"rank": 8}}``); they are recorded in ``run.json``.
 
     Episodic runs draw from ``split`` (default: ``test`` when the data has splits). The split
     protocol needs train and test (validation optional) and takes ``shots`` as a list; each of
@@ -152,8 +149,11 @@ def evaluate(
 
     Identical image bytes under two labels, in two splits (or a split and a ``test_data`` set),
     or twice in one class are reported with the files named (a warning; an error with
-    ``strict``) and counted in ``run.json`` (``data_checks``). With ``report`` the run ends by
-    writing ``report.html`` (:func:`focusshot.report.html.write_report`).
+    ``strict``) and counted in ``run.json`` (``data_checks``).
+
+    The run ends with :func:`focusshot.report.finish.finish_run`: with ``figures`` the reliability
+    diagram and tables, and the attention map figures when the data carry target masks; with
+    ``report``, ``report.html`` (:func:`focusshot.report.html.write_report`).
 
     Started by ``torchrun`` (or with ``--workers``), every rank calls this: extraction and the
     episodes (split runs) are shared out, and rank 0 merges the results and writes the summaries,
@@ -183,6 +183,7 @@ def evaluate(
                 raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
     checks = check_duplicates({**parts, **shifts}, strict)
     cache = FeatureCache(cache_dir or default_cache_dir(), compile=compile, autocast=autocast)
+    pool: LabelledImages | None = None  # the episodes' images (for the attention figures)
     if protocol == "episodic":
         if test_data:
             raise ValueError("test_data (distribution-shift test sets) needs the split protocol")
@@ -193,31 +194,7 @@ def evaluate(
         out = run_episodic(
             model, pool, list(methods), cfg, output, cache, progress=progress, method_options=method_options
         )
-        if not ctx.main:
-            return out
-        if figures:
-            _reliability(out, list(methods))
-        _record_checks(out, checks)
-        if figures and out.attention.get("available"):
-            from focusshot.report.attention_maps import save_attention_figure, target_masks
-
-            fig = out.directory / "attention_maps.png"
-            if not fig.is_file():
-                save_attention_figure(model, pool, target_masks(pool), fig)
-            out.attention["figure"] = fig.name
-            fitted = out.examples.get("fitted") or {}
-            if fitted:
-                from focusshot.report.attention_maps import save_method_attention_figure
-
-                models = {name: f.attention_model() for name, f in fitted.items()}
-                fig2 = out.directory / "attention_methods.png"
-                save_method_attention_figure(
-                    model, models, pool, out.examples["query"], target_masks(pool), fig2
-                )
-                out.attention["methods_figure"] = fig2.name
-        _html(out, report)
-        return out
-    if protocol == "split":
+    elif protocol == "split":
         if not isinstance(source, dict):
             hint = ""
             if isinstance(data, str) and data.startswith("world:"):
@@ -238,14 +215,13 @@ def evaluate(
             method_options=method_options,
             shifts=shifts,
         )
-        if not ctx.main:
-            return out
-        if figures:
-            _reliability(out, list(methods))
-        _record_checks(out, checks)
-        _html(out, report)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
+    if not ctx.main:
         return out
-    raise ValueError(f"unknown protocol {protocol!r}; valid: episodic, split")
+    from focusshot.report.finish import finish_run
+
+    return finish_run(out, model, pool, list(methods), checks=checks, figures=figures, report=report)
 
 
 def check_duplicates(parts: dict[str, LabelledImages], strict: bool = False) -> dict[str, Any]:
@@ -261,86 +237,6 @@ def check_duplicates(parts: dict[str, LabelledImages], strict: bool = False) -> 
             raise ValueError(f"duplicate images (strict): {report.message()}")
         logging.getLogger("focusshot").warning("duplicate images: %s", report.message())
     return report.to_dict()
-
-
-def _html(out: RunOutcome, report: bool) -> None:
-    if report:
-        from focusshot.report.html import write_report
-
-        write_report(out.directory)
-
-
-def _record_checks(out: RunOutcome, checks: dict[str, Any]) -> None:
-    """Add the data checks to the run's ``run.json`` (outside its config: a rerun still resumes)."""
-    path = out.directory / "run.json"
-    info = json.loads(path.read_text())
-    info["data_checks"] = checks
-    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
-
-
-def _reliability(out: RunOutcome, methods: list[str]) -> None:
-    """``reliability.png`` (one panel per method; split runs: the largest K, own test split) and
-    ``reliability.md`` / ``.csv`` (pooled ECE per method, and per K for split runs)."""
-    from focusshot.evaluation.results import write_tables
-    from focusshot.report.reliability import pooled_bins, reliability_table, save_reliability_figure
-
-    rows = [r for r in out.rows if r.get("test", "test") == "test"]
-    if not rows:
-        return
-    table = []
-    if "shots" in rows[0] and "episode" not in rows[0]:
-        top = max(r["shots"] for r in rows)
-        for k in sorted({r["shots"] for r in rows}):
-            table += [
-                {"shots": k, **t} for t in reliability_table(pooled_bins(r for r in rows if r["shots"] == k))
-            ]
-        pooled = pooled_bins(r for r in rows if r["shots"] == top)
-    else:
-        pooled = pooled_bins(rows)
-        table = reliability_table(pooled)
-    if not pooled:
-        return
-    save_reliability_figure(pooled, out.directory / "reliability.png", methods)
-    write_tables(out.directory, table, "reliability")
-
-
-def _drop_unreadable(
-    model: Backbone,
-    cache: FeatureCache,
-    train: LabelledImages,
-    val: LabelledImages | None,
-    prefix: Prefix,
-    skip_bad: bool,
-    batch_size: int,
-) -> tuple[LabelledImages, LabelledImages | None, list[str]]:
-    """Compute (and cache) ``prefix`` of every readable image; the unreadable ones fail the fit,
-    all listed, or with ``skip_bad`` are left out and returned."""
-    bad: list[ImageError] = []
-    for part in [train] + ([val] if val is not None else []):
-        try:
-            cache.get(model, part.paths, prefix, batch_size=batch_size, progress=False)
-        except ImageErrors as exc:
-            bad += exc.errors
-    if bad and not skip_bad:
-        hint = "; pass skip_bad=True (CLI: --skip-bad) to fit without them"
-        raise ImageErrors(bad) from ValueError(f"{len(bad)} support image(s) cannot be read{hint}")
-    if not bad:
-        return train, val, []
-    gone = {os.fspath(e.path) for e in bad}
-    return _without(train, gone), (None if val is None else _without(val, gone)), sorted(gone)
-
-
-def _without(data: LabelledImages, gone: set[str]) -> LabelledImages:
-    """``data`` less the samples whose path is in ``gone``."""
-    keep = [i for i, p in enumerate(data.paths) if os.fspath(p) not in gone]
-    if not keep:
-        raise ValueError(f"every image of the {data.split or 'support'} set is unreadable")
-    return dataclasses.replace(
-        data,
-        paths=[data.paths[i] for i in keep],
-        labels=[data.labels[i] for i in keep],
-        boxes=None if data.boxes is None else [data.boxes[i] for i in keep],
-    )
 
 
 def fit(
@@ -382,6 +278,8 @@ def fit(
     data = support if isinstance(support, LabelledImages) else open_source(support)
     val = data.get("val") if isinstance(data, dict) else None
     train = _pick_split(data, None, "train")
+    if calibrate and val is None:
+        raise ValueError(f"calibrate needs a validation split in {support} (a val/ or validation/ folder)")
     checks = check_duplicates({"train": train, **({"val": val} if val is not None else {})}, strict)
     cache = FeatureCache(cache_dir or default_cache_dir())
     auto: dict[str, Any] | None = None
@@ -391,56 +289,20 @@ def fit(
             raise ValueError("method 'auto' takes no options (it chooses a method with its defaults)")
         from focusshot.auto import choose_method
 
-        train, val, skipped = _drop_unreadable(
-            model, cache, train, val, Prefix.pooled(), skip_bad, batch_size
-        )
+        train, val, skipped = drop_unreadable(model, cache, train, val, Prefix.pooled(), skip_bad, batch_size)
         auto = choose_method(model, train, cache, budget_s=budget_s, seed=seed, progress=progress)
         method = auto["method"]
     m = create_method(method, options)
-    text = None
-    if m.needs_text:
-        from focusshot.methods.text import class_text_embeddings
-
-        text = class_text_embeddings(model, train.class_names)
-    prefix = m.prefix(model)
-
-    def feats(d: LabelledImages) -> torch.Tensor:
-        return cache.get(model, d.paths, prefix, batch_size=batch_size, progress=progress)
-
-    train, val, dropped = _drop_unreadable(model, cache, train, val, prefix, skip_bad, batch_size)
+    train, val, dropped = drop_unreadable(model, cache, train, val, m.prefix(model), skip_bad, batch_size)
     skipped = sorted({*dropped, *skipped})
-
-    vals = None if val is None else (feats(val), torch.tensor(val.labels))
-    views = None
-    if m.augment_views():
-        p = prefix.resolve(model)
-        views = torch.stack(
-            [
-                cache.get(model, train.paths, p.with_view(v, seed), progress=progress)
-                for v in range(1, m.augment_views() + 1)
-            ]
+    prepared = prepare_images(model, cache, train, [m], progress=progress, batch_size=batch_size)
+    prepared_val = None
+    if val is not None:
+        prepared_val = prepare_images(
+            model, cache, val, [m], text=False, progress=progress, batch_size=batch_size
         )
-    regions = val_regions = None
-    if m.needs_regions and m.uses_boxes():
-        from focusshot.evaluation.protocols import _regions
-
-        regions = _regions(model, train, [m])
-        val_regions = None if val is None else _regions(model, val, [m])
-    ctx = FitContext(
-        model,
-        len(train.class_names),
-        train.class_names,
-        text,
-        vals,
-        views=views,
-        seed=seed,
-        progress=progress,
-        regions=regions,
-        val_regions=val_regions,
-    )
-    if calibrate and vals is None:
-        raise ValueError(f"calibrate needs a validation split in {support} (a val/ or validation/ folder)")
-    fitted = m.fit(feats(train), torch.tensor(train.labels), ctx)
+    feats, labels, ctx = prepare_fit(m, prepared, val=prepared_val, seed=seed, progress=progress)
+    fitted = m.fit(feats, labels, ctx)
     info: dict[str, Any] = {
         "fitted_on": {
             "support": str(support) if not isinstance(support, LabelledImages) else "memory",
@@ -457,15 +319,16 @@ def fit(
     if calibrate:
         from focusshot.evaluation.metrics import fit_temperature, nll
 
+        assert ctx.val is not None  # checked above: calibrate needs a validation split
+        v_feats, v_labels = ctx.val
         with torch.inference_mode():
-            v_logits = (
-                fitted.logits(vals[0], regions=val_regions) if m.needs_regions else fitted.logits(vals[0])
-            ).double()
-        t = fit_temperature(v_logits, vals[1])
+            kw = {"regions": ctx.val_regions} if m.needs_regions else {}
+            v_logits = fitted.logits(v_feats, **kw).double()
+        t = fit_temperature(v_logits, v_labels)
         info["calibration"] = {
             "temperature": t,
             "fitted_on": "validation",
-            "validation_nll_before": nll(v_logits, vals[1], from_logits=True),
-            "validation_nll_after": nll(v_logits / t, vals[1], from_logits=True),
+            "validation_nll_before": nll(v_logits, v_labels, from_logits=True),
+            "validation_nll_after": nll(v_logits / t, v_labels, from_logits=True),
         }
     return Classifier(model, fitted, train.class_names, method, spec, info)

@@ -33,9 +33,11 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.sources import LabelledImages
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
-from focusshot.methods.base import FitContext, auto_candidates, auto_fallback, create_method
+from focusshot.evaluation.prepare import PreparedImages, prepare_fit
+from focusshot.methods.base import auto_candidates, auto_fallback, create_method
 
 __all__ = ["choose_method", "cv_folds"]
+
 
 def cv_folds(labels: Sequence[int], seed: int, loo_max: int = 40) -> list[list[int]]:
     """Held-out index lists: leave-one-out for ``len(labels) <= loo_max``, else stratified k-fold
@@ -110,13 +112,8 @@ def choose_method(
             "candidates": [],
             "skipped": skipped,
         }
-    text = None
-    if backbone.capabilities.text and any(create_method(n).needs_text for n in runnable):
-        from focusshot.methods.text import class_text_embeddings
-
-        text = class_text_embeddings(backbone, support.class_names)
-    y = torch.tensor(labels)
-    classes = len(support.class_names)
+    images = PreparedImages(backbone, cache, support, progress=progress)  # each candidate adds itself
+    y = images.labels
     spent = 0.0  # seconds the methods that train have used (the frozen ones are not counted)
     rows: list[dict[str, Any]] = []
     for name in runnable:
@@ -125,17 +122,17 @@ def choose_method(
             skipped[name] = f"time budget of {budget_s:.0f} s spent"
             continue
         t0 = time.perf_counter()
-        feats = cache.get(backbone, support.paths, method.prefix(backbone), progress=progress)
+        images.add([method])  # its prefix (once per distinct prefix), the text if it needs text
         correct = 0
         losses: list[float] = []
         for f, held in enumerate(folds):
             out = set(held)
             keep = torch.tensor([i for i in range(len(labels)) if i not in out])
-            ctx = FitContext(backbone, classes, list(support.class_names), text, None, seed=seed)
             try:
-                fitted = method.fit(feats[keep], y[keep], ctx)
+                feats, fold_labels, ctx = prepare_fit(method, images, keep, seed=seed)
+                fitted = method.fit(feats, fold_labels, ctx)
                 with torch.inference_mode():
-                    logits = fitted.logits(feats[torch.tensor(held)]).double()
+                    logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
             except (ValueError, RuntimeError) as exc:  # e.g. an adapter with nothing to wrap here
                 skipped[name] = "failed: " + (str(exc).splitlines() or [type(exc).__name__])[0][:120]
                 break

@@ -28,10 +28,9 @@ from focusshot.backbones.base import Backbone
 from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
-from focusshot.data.transforms import box_to_crop
 from focusshot.distributed import Context, current
 from focusshot.evaluation.attention_metrics import attention_report, target_masks
-from focusshot.evaluation.cache import FeatureCache, Prefix
+from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.calibration import COVERAGES, pooled_calibration
 from focusshot.evaluation.method_attention import QueryAttention
 from focusshot.evaluation.metrics import (
@@ -43,8 +42,9 @@ from focusshot.evaluation.metrics import (
     reliability_bins,
     selective_accuracy,
 )
+from focusshot.evaluation.prepare import PreparedImages, prepare_fit, prepare_images
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, write_tables
-from focusshot.methods.base import FitContext, Fitted, Method, create_method
+from focusshot.methods.base import FitContext, Fitted, Method, create_method, method_class, options_for
 from focusshot.versions import versions
 
 
@@ -132,112 +132,10 @@ def _methods(names: Sequence[str], options: MethodOptions = None) -> list[Method
     if not names:
         raise ValueError("give at least one method")
     options = options or {}
-    unknown = sorted(set(options) - set(names))
+    unknown = sorted(set(options) - set(names) - {method_class(n).extends for n in names})
     if unknown:
         raise ValueError(f"options given for method(s) {unknown} that are not being run ({list(names)})")
-    return [create_method(n, options.get(n)) for n in names]
-
-
-def _prefix_features(
-    cache: FeatureCache, backbone: Backbone, data: LabelledImages, methods: list[Method], progress: bool
-) -> dict[str, Tensor]:
-    """Each method's declared prefix of every image of ``data``, computed once per distinct prefix."""
-    by_key: dict[str, Tensor] = {}
-    out: dict[str, Tensor] = {}
-    for m in methods:
-        prefix = m.prefix(backbone).resolve(backbone)
-        if prefix.key() not in by_key:
-            by_key[prefix.key()] = sharded_get(cache, backbone, data.paths, prefix, progress)
-        out[m.name] = by_key[prefix.key()]
-    return out
-
-
-def sharded_get(
-    cache: FeatureCache,
-    backbone: Backbone,
-    paths: Sequence[str],
-    prefix: Prefix,
-    progress: bool,
-    ctx: Context | None = None,
-) -> Tensor:
-    """``cache.get`` of every path, the computing split across the job's ranks.
-
-    In a multi-process job rank ``r`` first fills the cache entries of images ``r, r + W, ...``
-    (its progress bar only on rank 0), all ranks meet at a barrier, and then every rank reads the
-    whole set (from disk: the others' entries). Unreadable images are left to that second read,
-    which raises the same :class:`~focusshot.data.images.ImageErrors` on every rank.
-    """
-    ctx = ctx or current()
-    if ctx.active:
-        from focusshot.data.images import ImageErrors
-
-        try:
-            mine = list(paths)[ctx.rank :: ctx.world]
-            cache.get(backbone, mine, prefix, progress=progress and ctx.main, request_images=len(paths))
-        except ImageErrors:
-            pass
-        ctx.barrier()
-    return cache.get(backbone, paths, prefix, progress=progress and ctx.main)
-
-
-def _views(cache: FeatureCache, backbone: Backbone, m: Method, paths: list[str], seed: int) -> Tensor | None:
-    """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and view)."""
-    v = m.augment_views()
-    if not v:
-        return None
-    prefix = m.prefix(backbone).resolve(backbone)
-    return torch.stack(
-        [cache.get(backbone, paths, prefix.with_view(i, seed), progress=False) for i in range(1, v + 1)]
-    )
-
-
-def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
-    """Every image's box in ``[0, 1]`` coordinates of the backbone's evaluation crop: ``(N, 4)``.
-
-    ``data.boxes`` (original pixels) go through the backbone's resize + centre crop
-    (:func:`~focusshot.data.transforms.box_to_crop`; each image's size is read from its header).
-    A row of NaN marks an image without a box.
-
-    Raises:
-        ValueError: a box is empty or falls outside the crop (naming the image).
-    """
-    out = torch.full((len(data.paths), 4), float("nan"))
-    if data.boxes is None:
-        return out
-    from PIL import Image
-
-    for i, (path, box) in enumerate(zip(data.paths, data.boxes, strict=True)):
-        if box is None:
-            continue
-        with Image.open(path) as im:
-            size = im.size
-        try:
-            out[i] = torch.tensor(box_to_crop(box, size, backbone.preprocess))
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    return out
-
-
-def _regions(backbone: Backbone, data: LabelledImages, methods: list[Method]) -> Tensor | None:
-    """The pool's regions when a method reads the data's boxes (checked per method), else ``None``."""
-    users = [m for m in methods if m.needs_regions and m.uses_boxes()]
-    if not users:
-        return None
-    regions = region_tensor(backbone, data)
-    missing = torch.isnan(regions).any(dim=1).nonzero().flatten().tolist()
-    for m in users:
-        if missing and m.missing_box() != "whole":
-            raise ValueError(
-                f"method {m.name!r} reads each image's box, but {data.paths[missing[0]]} has none "
-                f"({len(missing)} of {len(data.paths)} images lack one); give the data boxes, or set the "
-                f"method's option missing_box='whole' to use the whole image for them"
-            )
-    return regions
-
-
-def _region_rows(m: Method, regions: Tensor | None, idx: Tensor) -> Tensor | None:
-    """The regions of images ``idx`` for a method that reads regions (``None`` for the others)."""
-    return None if regions is None or not m.needs_regions else regions[idx]
+    return [create_method(n, options_for(n, options)) for n in names]
 
 
 def _missing(m: Method, *parts: Tensor | None) -> dict[str, int]:
@@ -272,20 +170,6 @@ def _logits(m: Method, fitted: Fitted, query: Tensor, regions: Tensor | None = N
 
 def _method_config(methods: list[Method]) -> dict[str, Any]:
     return {m.name: m.options_dict() for m in methods}
-
-
-def _text(backbone: Backbone, methods: list[Method], class_names: list[str]) -> Tensor | None:
-    if not any(m.needs_text for m in methods):
-        return None
-    if not backbone.capabilities.text:
-        bad = [m.name for m in methods if m.needs_text]
-        raise ValueError(
-            f"method(s) {bad} need class text embeddings, but backbone "
-            f"{backbone.identity.name!r} has no text tower"
-        )
-    from focusshot.methods.text import class_text_embeddings
-
-    return class_text_embeddings(backbone, class_names).cpu()  # beside the cached features
 
 
 def _record_precision(info: dict[str, Any], cache: FeatureCache) -> None:
@@ -336,11 +220,13 @@ def run_episodic(
             query images after it adapted (``cls_target_mass`` in its result lines).
         method_options: per-method options (``{"lora": {"rank": 8}}``), recorded in ``run.json``.
 
-    Methods that read regions (FALIP, drawn prompts; ``Method.needs_regions``) get the data's boxes
-    mapped into the evaluation crop (:func:`region_tensor`), the support's in ``FitContext.regions``
-    and the queries' in ``logits(query, regions=...)``; an image without a box stops the run, naming
-    it, unless the method's ``missing_box`` is ``"whole"``, and each line of such a method records
-    ``regions_missing``, the episode's images that had none.
+    Every fit is prepared by :func:`~focusshot.evaluation.prepare.prepare_fit` from the pool made
+    ready once (:func:`~focusshot.evaluation.prepare.prepare_images`). Methods that read regions
+    (FALIP, drawn prompts, FORT with box prompts; ``method.needs_regions``) get the data's boxes
+    mapped into the evaluation crop (:func:`~focusshot.evaluation.prepare.region_tensor`), the
+    support's in ``FitContext.regions`` and the queries' in ``logits(query, regions=...)``; an image
+    without a box stops the run, naming it, unless the method's ``missing_box`` is ``"whole"``, and
+    each line of such a method records ``regions_missing``, the episode's images that had none.
 
     Episodic runs have no validation split: methods that select hyper-parameters on validation
     use their defaults, and methods that train run their fixed number of steps (the last step is
@@ -361,9 +247,7 @@ def run_episodic(
     _record_precision(info, cache)
     ctx = current()
     log = ResultLog(output, info, ("method", "episode"), shard=ctx.rank if ctx.active else None)
-    feats = _prefix_features(cache, backbone, data, ms, progress)
-    text = _text(backbone, ms, data.class_names)
-    regions = _regions(backbone, data, ms)
+    pool = prepare_images(backbone, cache, data, ms, progress=progress)
     watched = any(_watched(m) for m in ms)
     looker = QueryAttention.create(backbone, data) if attention and watched else None
     bar = _bar(progress and ctx.main, len(sampler), "episodes")
@@ -376,27 +260,19 @@ def run_episodic(
         if todo and stop_after is not None and new >= stop_after:
             break
         sup, qry = torch.tensor(ep.support), torch.tensor(ep.query)
-        ys, yq = torch.tensor(ep.support_labels), torch.tensor(ep.query_labels)
+        yq = torch.tensor(ep.query_labels)
         for m in todo:
             t0 = time.perf_counter()
-            fit_ctx = FitContext(
-                backbone,
-                ep.ways,
-                [data.class_names[c] for c in ep.classes],
-                None if text is None else text[list(ep.classes)],
-                None,
-                views=_views(cache, backbone, m, [data.paths[i] for i in ep.support], config.seed),
-                seed=ep.seed,
-                regions=_region_rows(m, regions, sup),
-                device=str(ctx.device),
+            support, ys, fit_ctx = prepare_fit(
+                m, pool, sup, classes=ep.classes, seed=ep.seed, view_seed=config.seed, device=str(ctx.device)
             )
-            fitted = _fit(m, feats[m.name][sup], ys, fit_ctx)
+            fitted = _fit(m, support, ys, fit_ctx)
             kept = examples.setdefault("fitted", {})
             if m.trains and m.name not in kept and fitted.attention_model() is not None:
                 kept[m.name] = fitted
                 examples.setdefault("query", list(ep.query))
-            q_regions = _region_rows(m, regions, qry)
-            logits = _logits(m, fitted, feats[m.name][qry], q_regions)
+            q_feats, q_regions = pool.rows(m, qry)
+            logits = _logits(m, fitted, q_feats, q_regions)
             row = {
                 "method": m.name,
                 "episode": ep.index,
@@ -413,7 +289,7 @@ def run_episodic(
             row.update(_fit_facts(m, fitted, episodic=True))
             row.update(_missing(m, fit_ctx.regions, q_regions))
             if looker is not None and _watched(m):
-                row.update(looker.measure(fitted, feats[m.name][qry], ep.query, q_regions))
+                row.update(looker.measure(fitted, q_feats, ep.query, q_regions))
                 row.update(looker.measure_prompts(fitted, ep.support))
             log.append(row)
         new += bool(todo)
@@ -569,21 +445,15 @@ def run_split(
     ctx = current()
     keys = ("method", "shots", "split_seed", "test")
     log = ResultLog(output, info, keys, {"test": "test"}, shard=ctx.rank if ctx.active else None)
-    f_train = _prefix_features(cache, backbone, train, ms, progress)
-    f_test = _prefix_features(cache, backbone, test, ms, progress)
-    f_val = _prefix_features(cache, backbone, val, ms, progress) if val is not None else None
-    text = _text(backbone, ms, train.class_names)
-    r_train, r_test = _regions(backbone, train, ms), _regions(backbone, test, ms)
-    r_val = _regions(backbone, val, ms) if val is not None else None
-    y_train, y_test = torch.tensor(train.labels), torch.tensor(test.labels)
+    p_train = prepare_images(backbone, cache, train, ms, progress=progress)
+    p_test = prepare_images(backbone, cache, test, ms, text=False, progress=progress)
+    p_val = None if val is None else prepare_images(backbone, cache, val, ms, text=False, progress=progress)
     classes = len(train.class_names)
-    tests = {"test": (test, f_test, y_test, r_test)}
+    tests: dict[str, tuple[PreparedImages, Tensor]] = {"test": (p_test, p_test.labels)}
     for name, data in shifts.items():
         tests[name] = (
-            data,
-            _prefix_features(cache, backbone, data, ms, progress),
+            prepare_images(backbone, cache, data, ms, text=False, progress=progress),
             shift_labels(data, train.class_names, name),
-            _regions(backbone, data, ms),
         )
     pair = -1  # (K, seed) pairs; run (pair, method i) goes to rank (pair + i) mod W, so every
     # method visits every rank (a plain index would give one rank all of a method when W divides M)
@@ -612,34 +482,20 @@ def run_split(
                 if not todo:
                     continue
                 t0 = time.perf_counter()
-                vals, val_regions = None, None
-                if f_val is not None and vidx is not None:
-                    vals = (f_val[m.name][vidx], torch.tensor(val.labels)[vidx])  # type: ignore[union-attr]
-                    val_regions = _region_rows(m, r_val, vidx)
-                views = _views(cache, backbone, m, [train.paths[i] for i in idx.tolist()], s)
-                fit_ctx = FitContext(
-                    backbone,
-                    classes,
-                    train.class_names,
-                    text,
-                    vals,
-                    views=views,
-                    seed=s,
-                    regions=_region_rows(m, r_train, idx),
-                    val_regions=val_regions,
-                    device=str(ctx.device),
+                support, labels, fit_ctx = prepare_fit(
+                    m, p_train, idx, val=p_val, val_index=vidx, seed=s, device=str(ctx.device)
                 )
-                fitted = _fit(m, f_train[m.name][idx], y_train[idx], fit_ctx)
+                fitted = _fit(m, support, labels, fit_ctx)
                 fit_seconds = time.perf_counter() - t0
-                temperature = None
+                vals, temperature = fit_ctx.val, None
                 if vals is not None:  # temperature scaling on the validation images (Guo et al., 2017)
-                    v_logits = _logits(m, fitted, vals[0], val_regions)
+                    v_logits = _logits(m, fitted, vals[0], fit_ctx.val_regions)
                     temperature = fit_temperature(v_logits, vals[1])
                 for t in todo:
-                    data, feats, labels, regions = tests[t]
+                    prepared, labels = tests[t]
                     t1 = time.perf_counter()
-                    t_regions = None if regions is None or not m.needs_regions else regions
-                    logits = _logits(m, fitted, feats[m.name], t_regions)
+                    feats, t_regions = prepared.rows(m)
+                    logits = _logits(m, fitted, feats, t_regions)
                     row = {
                         "method": m.name,
                         "shots": k,
@@ -649,7 +505,7 @@ def run_split(
                         **_split_record(logits, labels, temperature),
                         "selected": _selected(fitted),
                         "selected_on": "val" if vals is not None else "defaults",
-                        "test_images": len(data.paths),
+                        "test_images": len(prepared.data.paths),
                         "seconds": round(fit_seconds + time.perf_counter() - t1, 4),
                     }
                     row.update(_fit_facts(m, fitted, episodic=False))

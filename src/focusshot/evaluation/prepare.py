@@ -1,0 +1,350 @@
+"""Fit preparation: what a method's ``fit`` reads, made the same way for every caller.
+
+The episodic and split protocols (:mod:`focusshot.evaluation.protocols`), :func:`focusshot.fit`
+and ``fit --method auto`` (:mod:`focusshot.auto`) all prepare a fit here, in two steps:
+
+1. :func:`prepare_images` makes an image set ready for some methods (:class:`PreparedImages`):
+   each method's declared prefix of every image, through the shared cache and once per distinct
+   prefix; the class text embeddings when a method needs text; the images' regions when a method
+   reads the data's boxes (an image without one stops here, naming it, unless the method's
+   ``missing_box`` is ``"whole"``). A protocol pays for each image once, then cuts every fit out.
+2. :func:`prepare_fit` cuts one fit out of it: the support prefix, its labels, and the
+   :class:`~focusshot.methods.base.FitContext` -- the classes' names and text (text only for a
+   method that needs it), the validation prefix and labels, the augmented views when the method
+   asks for them (:meth:`~focusshot.methods.base.Method.augment_views`), and the support and
+   validation regions for a method that reads regions.
+
+What a method needs is read from the method *instance* (``needs_text``, ``needs_regions``,
+``uses_boxes()``, ``augment_views()``): FORT's ``needs_regions`` depends on its ``prompts`` option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
+from focusshot.data.images import ImageError, ImageErrors
+from focusshot.data.sources import LabelledImages
+from focusshot.data.transforms import box_to_crop
+from focusshot.distributed import Context, current
+from focusshot.evaluation.cache import FeatureCache
+from focusshot.methods.base import FitContext, Method
+
+__all__ = [
+    "PreparedImages",
+    "class_text",
+    "drop_unreadable",
+    "prepare_fit",
+    "prepare_images",
+    "region_tensor",
+    "sharded_get",
+]
+
+
+def sharded_get(
+    cache: FeatureCache,
+    backbone: Backbone,
+    paths: Sequence[str],
+    prefix: Prefix,
+    progress: bool,
+    ctx: Context | None = None,
+    batch_size: int = 32,
+) -> Tensor:
+    """``cache.get`` of every path, the computing split across the job's ranks.
+
+    In a multi-process job rank ``r`` first fills the cache entries of images ``r, r + W, ...``
+    (its progress bar only on rank 0), all ranks meet at a barrier, and then every rank reads the
+    whole set (from disk: the others' entries). Unreadable images are left to that second read,
+    which raises the same :class:`~focusshot.data.images.ImageErrors` on every rank.
+    """
+    ctx = ctx or current()
+    if ctx.active:
+        try:
+            mine = list(paths)[ctx.rank :: ctx.world]
+            cache.get(
+                backbone,
+                mine,
+                prefix,
+                batch_size=batch_size,
+                progress=progress and ctx.main,
+                request_images=len(paths),
+            )
+        except ImageErrors:
+            pass
+        ctx.barrier()
+    return cache.get(backbone, paths, prefix, batch_size=batch_size, progress=progress and ctx.main)
+
+
+def class_text(backbone: Backbone, methods: Sequence[Method], class_names: list[str]) -> Tensor | None:
+    """Class text embeddings ``(C, T, D)`` of ``class_names`` when one of ``methods`` needs text
+    (on the CPU, beside the cached features), else ``None``.
+
+    Raises:
+        ValueError: a method needs text and the backbone has no text tower (naming them).
+    """
+    if not any(m.needs_text for m in methods):
+        return None
+    if not backbone.capabilities.text:
+        bad = [m.name for m in methods if m.needs_text]
+        raise ValueError(
+            f"method(s) {bad} need class text embeddings, but backbone "
+            f"{backbone.identity.name!r} has no text tower"
+        )
+    from focusshot.methods.text import class_text_embeddings
+
+    return class_text_embeddings(backbone, class_names).cpu()
+
+
+def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
+    """Every image's box in ``[0, 1]`` coordinates of the backbone's evaluation crop: ``(N, 4)``.
+
+    ``data.boxes`` (original pixels) go through the backbone's resize + centre crop
+    (:func:`~focusshot.data.transforms.box_to_crop`; each image's size is read from its header).
+    A row of NaN marks an image without a box.
+
+    Raises:
+        ValueError: a box is empty or falls outside the crop (naming the image).
+    """
+    out = torch.full((len(data.paths), 4), float("nan"))
+    if data.boxes is None:
+        return out
+    from PIL import Image
+
+    for i, (path, box) in enumerate(zip(data.paths, data.boxes, strict=True)):
+        if box is None:
+            continue
+        with Image.open(path) as im:
+            size = im.size
+        try:
+            out[i] = torch.tensor(box_to_crop(box, size, backbone.preprocess))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return out
+
+
+def _check_boxes(data: LabelledImages, regions: Tensor, users: Sequence[Method]) -> None:
+    """Stop, naming the first image without a box, for a method that reads boxes and has no
+    fallback for them (``missing_box`` other than ``"whole"``)."""
+    missing = torch.isnan(regions).any(dim=1).nonzero().flatten().tolist()
+    for m in users:
+        if missing and m.missing_box() != "whole":
+            raise ValueError(
+                f"method {m.name!r} reads each image's box, but {data.paths[missing[0]]} has none "
+                f"({len(missing)} of {len(data.paths)} images lack one); give the data boxes, or set the "
+                f"method's option missing_box='whole' to use the whole image for them"
+            )
+
+
+@dataclass
+class PreparedImages:
+    """An image set made ready for fitting and scoring methods (:func:`prepare_images`).
+
+    Attributes:
+        backbone: the frozen backbone the prefixes come from.
+        cache: the shared feature cache they go through.
+        data: the images, their labels, class names and boxes.
+        progress: progress bars while computing prefixes.
+        batch_size: images per forward pass when a prefix is computed.
+        labels: ``torch.tensor(data.labels)``, ``(N,)``.
+        features: method name -> its prefix of every image ``(N, *prefix)`` (methods with the same
+            prefix share one tensor).
+        text: class text embeddings ``(C, T, D)`` of ``data.class_names`` when a method added
+            with ``text=True`` needs text, else ``None``.
+        regions: the images' regions ``(N, 4)`` (:func:`region_tensor`) when a method added reads
+            the data's boxes, else ``None``.
+    """
+
+    backbone: Backbone
+    cache: FeatureCache
+    data: LabelledImages
+    progress: bool = False
+    batch_size: int = 32
+    labels: Tensor = field(init=False)
+    features: dict[str, Tensor] = field(default_factory=dict)
+    text: Tensor | None = None
+    regions: Tensor | None = None
+    _by_key: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.labels = torch.tensor(self.data.labels)
+
+    def add(self, methods: Sequence[Method], *, text: bool = True) -> PreparedImages:
+        """Make the set ready for ``methods`` too (what is already here is reused); returns it.
+
+        Computes the prefixes not yet computed (:func:`sharded_get`: in a multi-process job every
+        rank must add the same methods in the same order), then, with ``text``, the class text
+        embeddings if a method needs them and they are not here yet, then the regions if a method
+        reads the data's boxes (checked per method: an image without a box raises, naming it,
+        unless the method's ``missing_box`` is ``"whole"``).
+        """
+        for m in methods:
+            prefix = m.prefix(self.backbone).resolve(self.backbone)
+            key = prefix.key()
+            if key not in self._by_key:
+                paths = self.data.paths
+                self._by_key[key] = sharded_get(
+                    self.cache, self.backbone, paths, prefix, self.progress, batch_size=self.batch_size
+                )
+            self.features[m.name] = self._by_key[key]
+        if text and self.text is None:
+            self.text = class_text(self.backbone, methods, self.data.class_names)
+        users = [m for m in methods if m.needs_regions and m.uses_boxes()]
+        if users:
+            if self.regions is None:
+                self.regions = region_tensor(self.backbone, self.data)
+            _check_boxes(self.data, self.regions, users)
+        return self
+
+    def rows(self, method: Method, index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``method``'s prefix of images ``index`` (every image when ``None``) and their regions
+        (``None`` for a method that reads no regions, or when no method added reads boxes)."""
+        feats = self.features[method.name]
+        regions = self.regions if method.needs_regions else None
+        if index is None:
+            return feats, regions
+        return feats[index], None if regions is None else regions[index]
+
+
+def prepare_images(
+    backbone: Backbone,
+    cache: FeatureCache,
+    data: LabelledImages,
+    methods: Sequence[Method],
+    *,
+    text: bool = True,
+    progress: bool = False,
+    batch_size: int = 32,
+) -> PreparedImages:
+    """``data`` made ready for ``methods`` (:meth:`PreparedImages.add`); ``text=False`` for sets
+    that are only scored or validated on (their classes' text is never read)."""
+    return PreparedImages(backbone, cache, data, progress=progress, batch_size=batch_size).add(
+        methods, text=text
+    )
+
+
+def prepare_fit(
+    method: Method,
+    support: PreparedImages,
+    index: Tensor | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    val: PreparedImages | None = None,
+    val_index: Tensor | None = None,
+    seed: int = 0,
+    view_seed: int | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, FitContext]:
+    """What ``method.fit`` reads for one fit: ``(support prefix (N, *prefix), labels (N,), ctx)``.
+
+    Args:
+        method: the method to fit (its instance says what it needs).
+        support: the set the support images come from, prepared for ``method``.
+        index: the support images' indices in ``support`` (``None``: all of them).
+        classes: the support's classes as ``support.data`` numbers them, in the fit's order (an
+            episode's N classes): labels become ``0..N-1`` in this order and the class names and
+            text are those classes'; ``None``: every class, labels as they are.
+        val: the set validation images come from, prepared for ``method`` (``None``: no
+            validation); ``val_index`` picks its images (``None``: all).
+        seed: the fit's seed (``FitContext.seed``).
+        view_seed: the seed of the augmented views (default ``seed``).
+        device: where training runs.
+        progress: progress bars in the fit and while computing augmented views.
+    """
+    feats, regions = support.rows(method, index)
+    labels = support.labels if index is None else support.labels[index]
+    names = support.data.class_names
+    text = support.text if method.needs_text else None
+    if classes is not None:
+        position = {int(c): j for j, c in enumerate(classes)}
+        labels = torch.tensor([position[int(y)] for y in labels.tolist()])
+        names = [names[c] for c in classes]
+        text = None if text is None else text[list(classes)]
+    vals = val_regions = None
+    if val is not None:
+        val_feats, val_regions = val.rows(method, val_index)
+        vals = (val_feats, val.labels if val_index is None else val.labels[val_index])
+    paths = support.data.paths if index is None else [support.data.paths[i] for i in index.tolist()]
+    ctx = FitContext(
+        support.backbone,
+        len(names),
+        names,
+        text,
+        vals,
+        views=_views(support, method, paths, seed if view_seed is None else view_seed, progress),
+        seed=seed,
+        device=device,
+        progress=progress,
+        regions=regions,
+        val_regions=val_regions,
+    )
+    return feats, labels, ctx
+
+
+def _views(
+    images: PreparedImages, m: Method, paths: Sequence[str], seed: int, progress: bool
+) -> Tensor | None:
+    """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and view)."""
+    v = m.augment_views()
+    if not v:
+        return None
+    prefix = m.prefix(images.backbone).resolve(images.backbone)
+    return torch.stack(
+        [
+            images.cache.get(
+                images.backbone,
+                paths,
+                prefix.with_view(i, seed),
+                batch_size=images.batch_size,
+                progress=progress,
+            )
+            for i in range(1, v + 1)
+        ]
+    )
+
+
+def drop_unreadable(
+    backbone: Backbone,
+    cache: FeatureCache,
+    train: LabelledImages,
+    val: LabelledImages | None,
+    prefix: Prefix,
+    skip_bad: bool,
+    batch_size: int,
+) -> tuple[LabelledImages, LabelledImages | None, list[str]]:
+    """Compute (and cache) ``prefix`` of every readable image of a user's support (and validation)
+    set; the unreadable ones fail the fit, all listed, or with ``skip_bad`` are left out and
+    returned (their paths, sorted)."""
+    bad: list[ImageError] = []
+    for part in [train] + ([val] if val is not None else []):
+        try:
+            cache.get(backbone, part.paths, prefix, batch_size=batch_size, progress=False)
+        except ImageErrors as exc:
+            bad += exc.errors
+    if bad and not skip_bad:
+        hint = "; pass skip_bad=True (CLI: --skip-bad) to fit without them"
+        raise ImageErrors(bad) from ValueError(f"{len(bad)} support image(s) cannot be read{hint}")
+    if not bad:
+        return train, val, []
+    gone = {os.fspath(e.path) for e in bad}
+    return _without(train, gone), (None if val is None else _without(val, gone)), sorted(gone)
+
+
+def _without(data: LabelledImages, gone: set[str]) -> LabelledImages:
+    """``data`` less the samples whose path is in ``gone``."""
+    keep = [i for i, p in enumerate(data.paths) if os.fspath(p) not in gone]
+    if not keep:
+        raise ValueError(f"every image of the {data.split or 'support'} set is unreadable")
+    return dataclasses.replace(
+        data,
+        paths=[data.paths[i] for i in keep],
+        labels=[data.labels[i] for i in keep],
+        boxes=None if data.boxes is None else [data.boxes[i] for i in keep],
+    )

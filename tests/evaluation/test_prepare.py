@@ -1,0 +1,159 @@
+"""The one fit preparation: what prepare_fit hands a method, and that every caller goes through it."""
+
+import inspect
+
+import pytest
+import torch
+
+import focusshot
+from focusshot.data.episodes import EpisodeSampler
+from focusshot.evaluation import prepare
+from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.prepare import prepare_fit, prepare_images
+from focusshot.methods.base import create_method
+
+WORLD = "world:clutter?per_class=4&image_size=32"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return focusshot.create_backbone("tiny-clip-vit").eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from focusshot.data.sources import open_source
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FOCUSSHOT_CACHE", str(tmp_path_factory.mktemp("fs")))
+        return open_source(WORLD)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return FeatureCache(tmp_path_factory.mktemp("cache"))
+
+
+def _methods():
+    return {
+        "protonet": create_method("protonet"),
+        "zeroshot": create_method("zeroshot"),
+        "falip": create_method("falip"),
+        "fort_box": create_method("lora+fort", {"prompts": "box"}),
+        "fort_rollout": create_method("lora+fort"),
+        "lora_views": create_method("lora", {"views": 2}),
+    }
+
+
+def test_prepare_fit_hands_each_method_what_it_needs(clip, world, cache) -> None:
+    ms = _methods()
+    pool = prepare_images(clip, cache, world, list(ms.values()))
+    # one prefix computed once: methods reading the same prefix share the tensor
+    assert pool.features["protonet"] is pool.features["zeroshot"]
+    assert pool.features["lora+fort"] is pool.features["lora"]
+    assert pool.text is not None and pool.text.shape[0] == len(world.class_names)
+    assert pool.regions is not None and pool.regions.shape == (len(world.paths), 4)
+
+    ep = next(iter(EpisodeSampler(world.labels, 3, 2, 2, 1, 7, class_names=world.class_names)))
+    sup = torch.tensor(ep.support)
+    for key, m in ms.items():
+        feats, labels, ctx = prepare_fit(m, pool, sup, classes=ep.classes, seed=ep.seed, view_seed=5)
+        assert torch.equal(feats, pool.features[m.name][sup])
+        assert labels.tolist() == list(ep.support_labels)  # the episode's own labels, 0..N-1
+        assert ctx.num_classes == 3 and ctx.class_names == [world.class_names[c] for c in ep.classes]
+        assert ctx.seed == ep.seed and ctx.val is None and ctx.val_regions is None
+        # text iff the method needs text; regions iff the method instance reads them
+        assert (ctx.text is not None) == m.needs_text, key
+        if m.needs_text:
+            assert torch.equal(ctx.text, pool.text[list(ep.classes)])
+        assert (ctx.regions is not None) == m.needs_regions, key
+        if m.needs_regions:
+            assert torch.equal(ctx.regions, pool.regions[sup])
+        # augmented views iff the method asks for them: (V, N, *prefix), seeded by view_seed
+        if m.augment_views():
+            assert ctx.views is not None and ctx.views.shape == (2, *feats.shape)
+            prefix = m.prefix(clip).resolve(clip).with_view(1, 5)
+            assert torch.equal(ctx.views[0], cache.get(clip, [world.paths[i] for i in ep.support], prefix))
+        else:
+            assert ctx.views is None, key
+    # FORT's needs_regions is the instance's (its prompts option), not the class's
+    assert ms["fort_box"].needs_regions and not ms["fort_rollout"].needs_regions
+
+
+def test_prepare_fit_with_validation_and_every_class(clip, world, cache) -> None:
+    m = create_method("falip")
+    train = prepare_images(clip, cache, world, [m])
+    val = prepare_images(clip, cache, world, [m], text=False)
+    assert val.text is None and val.regions is not None
+    idx, vidx = torch.tensor([0, 5, 9]), torch.tensor([1, 2])
+    feats, labels, ctx = prepare_fit(
+        m, train, idx, val=val, val_index=vidx, seed=3, device="cpu", progress=True
+    )
+    assert torch.equal(feats, train.features["falip"][idx])
+    assert labels.tolist() == [world.labels[i] for i in idx.tolist()]
+    assert ctx.num_classes == len(world.class_names) and ctx.class_names == world.class_names
+    assert ctx.text is train.text and ctx.progress and ctx.seed == 3
+    assert ctx.val is not None
+    assert torch.equal(ctx.val[0], val.features["falip"][vidx]) and ctx.val[1].tolist() == [
+        world.labels[i] for i in vidx.tolist()
+    ]
+    assert torch.equal(ctx.val_regions, val.regions[vidx])
+    whole, all_labels, _ = prepare_fit(m, train)  # no index: the whole set
+    assert whole is train.features["falip"] and all_labels.tolist() == list(world.labels)
+
+
+def test_preparation_refuses_text_without_a_text_tower_and_images_without_boxes(tmp_path, world) -> None:
+    import dataclasses
+
+    cache = FeatureCache(tmp_path / "cache")
+    vit = focusshot.create_backbone("tiny-vit")
+    with pytest.raises(ValueError, match="no text tower"):
+        prepare_images(vit, cache, world, [create_method("zeroshot")])
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    boxless = dataclasses.replace(world, boxes=[None, *world.boxes[1:]])
+    with pytest.raises(ValueError, match="reads each image's box"):
+        prepare_images(clip, cache, boxless, [create_method("falip")])
+    whole = prepare_images(clip, cache, boxless, [create_method("falip", {"missing_box": "whole"})])
+    assert torch.isnan(whole.regions[0]).all() and not torch.isnan(whole.regions[1]).any()
+
+
+def test_every_caller_prepares_its_fits_with_prepare_fit(tmp_path, monkeypatch) -> None:
+    """The episodic and split protocols, fit and fit --method auto build no FitContext of their
+    own: each fit goes through prepare.prepare_fit."""
+    from focusshot import api, auto
+    from focusshot.evaluation import protocols
+    from tests.evaluation.test_protocols import _write_dataset
+
+    for module in (api, auto, protocols):
+        assert module.prepare_fit is prepare.prepare_fit
+        assert "FitContext(" not in inspect.getsource(module)
+    calls: list[str] = []
+
+    def counting(method, *args, **kwargs):
+        calls.append(method.name)
+        return prepare.prepare_fit(method, *args, **kwargs)
+
+    for module in (api, auto, protocols):
+        monkeypatch.setattr(module, "prepare_fit", counting)
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
+    data = _write_dataset(tmp_path / "data", classes=3, per_class=4, splits=("train", "val", "test"))
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    cache = FeatureCache(tmp_path / "cache")
+    from focusshot.data.sources import open_source
+
+    splits = open_source(data)
+    cfg = protocols.EpisodicConfig(ways=2, shots=1, queries=1, episodes=2, seed=0)
+    protocols.run_episodic(clip, splits["test"], ["protonet"], cfg, tmp_path / "ep", cache, attention=False)
+    assert calls == ["protonet"] * 2
+    protocols.run_split(clip, splits, ["zeroshot"], protocols.SplitConfig((1,), (1,)), tmp_path / "sp", cache)
+    assert calls[2:] == ["zeroshot"]
+    api.fit(data, clip, "tip_adapter", cache_dir=tmp_path / "cache")
+    assert calls[3:] == ["tip_adapter"]
+    del calls[:]
+    clf = api.fit(data / "train", clip, "auto", cache_dir=tmp_path / "cache", budget_s=0)
+    from collections import Counter
+
+    counts = Counter(calls[:-1])
+    assert clf.info["auto"]["folds"]["k"] == 12  # leave-one-out over the 12 training images
+    assert all(counts[r["method"]] == 12 for r in clf.info["auto"]["candidates"])
+    assert calls[-1] == clf.method  # then the chosen method's own fit
