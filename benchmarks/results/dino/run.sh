@@ -4,6 +4,7 @@
 #
 #   PHASE=val  bash benchmarks/results/dino/run.sh BACKBONE   # regime choice: 30 validation episodes
 #   PHASE=test bash benchmarks/results/dino/run.sh BACKBONE   # 100 test episodes
+#   PHASE=frozen bash benchmarks/results/dino/run.sh BACKBONE # ProtoNet, logistic, SAV (1 and 5 shots)
 #
 # Regimes (method@alias, options below):
 #   official: lora / lora+fort (the FORT README's LoRA command: lr 5e-3, 10 epochs, alpha 0.5, rows
@@ -18,6 +19,18 @@
 # test image. Run from the checkout root; one thread.
 set -euo pipefail
 bb=${1:?backbone}
+if [ "${PHASE:-test}" = frozen ]; then
+  # frozen heads and SAV on world:clutter, 5-way 1/5-shot, 10 queries, 100 episodes, seed 0: the
+  # settings of benchmarks/results/deep/run.sh, so the rows pair with world-clip-deep's (same episodes)
+  for k in 1 5; do
+    focusshot evaluate --backbone "$bb" --data world:clutter --ways 5 --shots $k --queries 10 \
+      --episodes 100 --seed 0 --quiet --no-report \
+      --method protonet,logistic,sav,sav@random20,sav@all72 --set sav.heads=20 \
+      --set sav@random20.heads=20 --set sav@random20.selection=random --set sav@all72.heads=72 \
+      --output "benchmarks/results/dino/${bb}_frozen_5w${k}s"
+  done
+  exit 0
+fi
 phase=${PHASE:-test}
 out=benchmarks/results/dino
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

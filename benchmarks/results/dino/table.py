@@ -45,7 +45,11 @@ def _ci(values) -> str:
 
 
 def _mean(values) -> str:
-    m, h = mean_ci95(np.asarray(values, dtype=float))
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]  # frozen heads have no adapted attention to measure
+    if not v.size:
+        return ""
+    m, h = mean_ci95(v)
     return f"{m:.3f} ± {h:.3f}"
 
 
