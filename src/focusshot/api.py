@@ -58,7 +58,9 @@ def _backbone(backbone: str | Backbone, pretrained: bool, seed: int) -> tuple[Ba
     }
 
 
-def _pick_split(data: LabelledImages | dict[str, LabelledImages], split: str | None, default: str):
+def _pick_split(
+    data: LabelledImages | dict[str, LabelledImages], split: str | None, default: str
+) -> LabelledImages:
     if isinstance(data, LabelledImages):
         if split not in (None, data.split):
             raise ValueError(f"the data has no splits; cannot select split {split!r}")
@@ -174,13 +176,13 @@ def evaluate(
     methods = resolve_methods(methods, model)
     source = data if isinstance(data, (LabelledImages, dict)) else open_source(data)
     parts = dict(source) if isinstance(source, dict) else {"data": source}
-    shifts = {}
+    shifts: dict[str, LabelledImages] = {}
     if protocol == "split":
         for spec in test_data:
             opened = open_source(spec)
-            shifts[str(spec)] = opened.get("test") if isinstance(opened, dict) else opened
-            if shifts[str(spec)] is None:
+            if isinstance(opened, dict) and "test" not in opened:
                 raise ValueError(f"test data {spec}: its splits {sorted(opened)} hold no 'test' split")
+            shifts[str(spec)] = opened["test"] if isinstance(opened, dict) else opened
     checks = check_duplicates({**parts, **shifts}, strict)
     cache = FeatureCache(cache_dir or default_cache_dir(), compile=compile, autocast=autocast)
     pool: LabelledImages | None = None  # the episodes' images (for the attention figures)
@@ -192,7 +194,14 @@ def evaluate(
         pool = _pick_split(source, split, "test")
         cfg = EpisodicConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed)
         out = run_episodic(
-            model, pool, list(methods), cfg, output, cache, progress=progress, method_options=method_options
+            model,
+            pool,
+            list(methods),
+            cfg,
+            Path(output),
+            cache,
+            progress=progress,
+            method_options=method_options,
         )
     elif protocol == "split":
         if not isinstance(source, dict):
@@ -209,7 +218,7 @@ def evaluate(
             source,
             list(methods),
             SplitConfig(ks, tuple(seeds)),
-            output,
+            Path(output),
             cache,
             progress,
             method_options=method_options,
