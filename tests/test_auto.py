@@ -30,7 +30,8 @@ def test_folds_keep_every_class_and_cover_each_image_once() -> None:
 def test_auto_reads_only_the_support_set(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
     root = _write_dataset(tmp_path / "data", classes=3, per_class=4, splits=("train", "val", "test"))
-    first = fit(root, backbone="tiny-vit", method="auto").info["auto"]
+    # an unlimited budget: which trained candidates run must not depend on how busy the CPU is
+    first = fit(root, backbone="tiny-vit", method="auto", budget_s=float("inf")).info["auto"]
     # poison the test and validation splits: shuffle their images across class folders
     for split in ("test", "val"):
         files = sorted((root / split).rglob("*.png"))
@@ -38,7 +39,7 @@ def test_auto_reads_only_the_support_set(tmp_path, monkeypatch) -> None:
         random.Random(0).shuffle(blobs)
         for f, b in zip(files, blobs, strict=True):
             f.write_bytes(b)
-    second = fit(root, backbone="tiny-vit", method="auto").info["auto"]
+    second = fit(root, backbone="tiny-vit", method="auto", budget_s=float("inf")).info["auto"]
     strip = lambda rep: [{k: v for k, v in r.items() if k != "seconds"} for r in rep["candidates"]]  # noqa: E731
     assert first["method"] == second["method"] and strip(first) == strip(second)
     assert first["estimated"] and first["folds"]["scheme"] == "leave-one-out"
