@@ -176,6 +176,22 @@ def _set_preprocess(model: Backbone, preprocess: Preprocess) -> None:
         visual.preprocess = preprocess
 
 
+def _recorded_heads(path: Path) -> int | None:
+    """The head count a safetensors file's focusshot metadata records (``architecture.heads``, as
+    world-dino's pretraining writes it), else ``None``: the weights cannot tell the heads apart."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("focusshot", "{}"))
+    except (OSError, ValueError):
+        return None
+    heads = meta.get("architecture", {}).get("heads") if isinstance(meta, dict) else None
+    return int(heads) if isinstance(heads, int) and heads > 0 else None
+
+
 def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
     """A single checkpoint file -> backbone, recognised by its keys.
 
@@ -194,7 +210,7 @@ def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
 
         return convert_openai_clip(sd, tokenizer=_tokenizer_from_dir(path.parent))
     if timm_vit.is_timm_vit(sd):
-        return timm_vit.convert_timm_vit(sd, num_heads=num_heads)
+        return timm_vit.convert_timm_vit(sd, num_heads=num_heads or _recorded_heads(path))
     if any(".blocks.0.attn.relative_position_bias_table" in k for k in sd):
         from focusshot.backbones.convert.hf_swin import convert_original_swin_inferred
 
