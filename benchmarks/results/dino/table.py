@@ -105,6 +105,32 @@ def claim(dino: Path, clip: Path) -> list[str]:
     return out
 
 
+def claim_5shot(dino: Path) -> list[str]:
+    """world-dino at 5 shots against the stored world-clip FORT runs of the same episodes."""
+    fort = HERE.parent / "fort"
+    clip = _rows(fort / "world_clutter_5w5s")
+    clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
+    a = _rows(dino)
+    out = [
+        "| FORT variant (vs lora) | gain on world-dino | gain on world-clip | dino - clip (paired) | "
+        "world-dino [CLS] change | world-clip [CLS] change | episodes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in ("lora+fort", "lora+fort@box"):
+        eps = sorted(set(a.get(m, {})) & set(a["lora"]) & set(clip[m]) & set(clip["lora"]))
+        if not eps:
+            continue
+        ga = [a[m][e]["accuracy"] - a["lora"][e]["accuracy"] for e in eps]
+        gb = [clip[m][e]["accuracy"] - clip["lora"][e]["accuracy"] for e in eps]
+        ma = [a[m][e]["cls_target_mass"] - a["lora"][e]["cls_target_mass"] for e in eps]
+        mb = [clip[m][e]["cls_target_mass"] - clip["lora"][e]["cls_target_mass"] for e in eps]
+        out.append(
+            f"| {m} | {_ci(ga)} | {_ci(gb)} | {_ci(np.subtract(ga, gb))} | {_ci(ma)} | {_ci(mb)} "
+            f"| {len(eps)} |"
+        )
+    return out
+
+
 def main() -> None:
     runs = sorted(p for p in HERE.iterdir() if (p / "results.jsonl").is_file())
     print("# FORT where its premise holds: world-dino against world-clip\n")
@@ -120,6 +146,10 @@ def main() -> None:
     if (dino / "results.jsonl").is_file() and (clip / "results.jsonl").is_file():
         print("## The claim: FORT helps more on world-dino than on world-clip (test episodes)\n")
         print("\n".join(claim(dino, clip)) + "\n")
+    five = HERE / "world-dino_clutter_5w5s"
+    if (five / "results.jsonl").is_file():
+        print("## 5 shots: world-dino against the stored world-clip runs (`world:clutter`, 15 queries)\n")
+        print("\n".join(claim_5shot(five)) + "\n")
     sys.stdout.flush()
 
 
