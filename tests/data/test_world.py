@@ -88,6 +88,25 @@ def test_scenes_are_deterministic() -> None:
     assert not np.array_equal(x1, second[0])
 
 
+def test_stream_can_share_a_pool_of_backgrounds() -> None:
+    x0, c0, y0 = next(w.iter_batches("world:base", 6, 32, seed=2))
+    x1, c1, y1 = next(w.iter_batches("world:base", 6, 32, seed=2, backgrounds=1))
+    # the same scenes (objects, captions, labels), other backgrounds
+    assert c0 == c1 and np.array_equal(y0, y1) and not np.array_equal(x0, x1)
+
+    def shared_pixels(x: np.ndarray) -> float:
+        """Mean fraction of pixels two scenes of a batch have exactly equal."""
+        pairs = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x))]
+        return float(np.mean([(x[i] == x[j]).all(-1).mean() for i, j in pairs]))
+
+    # one background for all: every pixel no object covers is the same in every scene
+    assert shared_pixels(x1) > 0.3 > 0.01 > shared_pixels(x0)
+    again = next(w.iter_batches("world:base", 6, 32, seed=2, backgrounds=1))[0]
+    assert np.array_equal(x1, again)
+    with pytest.raises(ValueError, match="backgrounds"):
+        next(w.iter_batches("world:base", 6, 32, seed=2, backgrounds=-1))
+
+
 def test_image_and_masks_are_consistent_with_boxes() -> None:
     for spec in _scenes("world:clutter", 40, seed=5):
         out = w.render_scene_full(spec)

@@ -68,6 +68,9 @@ class DinoConfig:
     seed: int = option(0, "seed of weights, scenes and crops")
     threads: int = option(1, "torch CPU threads (fixed for reproducibility)")
     suite: str = option("world:base", "FocusWorld suite (base classes only)")
+    backgrounds: int = option(
+        0, "draw scene backgrounds from a shared pool of this many (0: a new one per scene)"
+    )
     arch: str = option("world-dino", "world-dino (or world-dino-tiny for tests)")
     out_dim: int = option(1024, "prototypes of the projection head (K)")
     head_hidden: int = option(512, "hidden width of the head's MLP")
@@ -267,7 +270,9 @@ class DinoTrainer:
         self.opt = torch.optim.AdamW(groups)
         self.mean, self.std = PREPROCESS.mean, PREPROCESS.std
         self.spec = cfg.crop_spec()
-        self.stream = iter_batches(cfg.suite, cfg.batch_size, IMAGE_SIZE, cfg.seed)
+        self.stream = iter_batches(
+            cfg.suite, cfg.batch_size, IMAGE_SIZE, cfg.seed, backgrounds=cfg.backgrounds
+        )
         self.step_index = 0
 
     def schedules(self, step: int) -> dict[str, float]:

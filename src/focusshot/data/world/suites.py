@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -273,10 +273,16 @@ def iter_batches(
     seed: int = 0,
     *,
     start: int = 0,
+    backgrounds: int = 0,
 ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
     """An endless stream of freshly generated scenes, never touching disk.
 
     Batch ``i`` depends only on ``(suite, seed, i)``; ``start`` skips to batch ``start`` (to resume).
+    ``backgrounds > 0`` draws every scene's background from a fixed pool of that many (seeded by
+    ``seed``) instead of a new one per scene; the objects are the same scenes as with ``0``. With
+    a unique background per scene, the background tells two scenes apart better than their objects
+    do, and self-supervised pretraining (world-dino) learns the background; a shared pool leaves
+    the objects as what differs between scenes.
 
     Yields:
         ``(images, captions, labels)``: ``images`` uint8 ``(B, S, S, 3)``; ``captions`` B strings
@@ -289,14 +295,21 @@ def iter_batches(
     pool = suite_classes(cfg)
     index_of = {c.id: i for i, c in enumerate(pool)}
     code = _SUITE_CODES.get(cfg.name, 0)
+    if backgrounds < 0:
+        raise ValueError(f"backgrounds must be >= 0, got {backgrounds}")
+    shared = np.random.default_rng(np.random.SeedSequence([int(seed), code, 2_000_003]))
+    bg_pool = shared.integers(0, 2**31 - 1, size=backgrounds)
     step = int(start)
     while True:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), code, 1_000_003, step]))
+        bg_rng = np.random.default_rng(np.random.SeedSequence([int(seed), code, 3_000_017, step]))
         images = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
         captions: list[str] = []
         labels = np.empty(batch_size, dtype=np.int64)
         for b in range(batch_size):
             spec = sample_scene(rng, pool, image_size, cfg)
+            if backgrounds:
+                spec = replace(spec, background_seed=int(bg_pool[bg_rng.integers(backgrounds)]))
             images[b] = render_scene_full(spec).image
             captions.append(spec.caption)
             labels[b] = index_of[spec.label]
