@@ -147,11 +147,11 @@ def test_the_cli_pretrains_world_dino_and_refuses_dino_options_for_world_clip(tm
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["config"]["local_scale"] == [0.1, 0.3] and record["config"]["out_dim"] == 16
     assert record["config"]["lr"] == DinoConfig().lr  # an option not given keeps world-dino's default
-    assert record["config"]["backgrounds"] == 0
-    # a shared pool of backgrounds reaches the scene stream (one step at lr 0: only the centre moves)
-    shared = tmp_path / "shared.safetensors"
-    assert main([*args, "--local-scale", "0.1,0.3", "--backgrounds", "2", "--output", str(shared)]) == 0
-    assert json.loads(shared.with_suffix(".json").read_text())["config"]["backgrounds"] == 2
+    assert record["config"]["backgrounds"] == DinoConfig().backgrounds == 1
+    # the background pool reaches the scene stream (one step at lr 0: only the centre moves)
+    shared = tmp_path / "unique.safetensors"
+    assert main([*args, "--local-scale", "0.1,0.3", "--backgrounds", "0", "--output", str(shared)]) == 0
+    assert json.loads(shared.with_suffix(".json").read_text())["config"]["backgrounds"] == 0
     a, b = load_file(str(out)), load_file(str(shared))
     assert not torch.equal(a["dino_loss.center"], b["dino_loss.center"])  # the teacher saw other scenes
     capsys.readouterr()

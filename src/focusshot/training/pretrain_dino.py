@@ -8,7 +8,10 @@ centred, sharpened softmax and the student's softmax over every (teacher view i,
 pair. Centring (an EMA of the teacher's mean output subtracted before its softmax) and sharpening (a
 low teacher temperature) together keep the outputs from collapsing. No labels and no captions: the
 images are scenes of FocusWorld's *base* classes (single objects and clutter, 0-4 distractors);
-novel classes, which episodes use, are never seen.
+novel classes, which episodes use, are never seen. Every scene is drawn on one shared background
+(``backgrounds=1``): with a new background per scene, DINO learned the background, which tells
+scenes apart and is in every crop, instead of the objects (the first world-dino; see
+``benchmarks/world_dino_encodes.py``).
 
 Architecture (:mod:`focusshot.backbones.world_dino`): world-clip-deep's image tower, 12 layers x 6
 heads, width 144, patch 8 at 64 px, in DINO's ViT layout (``qkv`` bias, LayerNorm eps 1e-6). Chosen
@@ -16,14 +19,14 @@ over world-clip's 6 x 3 at width 192 because FORT's premise concerns a 12-layer 
 from ViT-B/16) and its Grad-Rollout runs over the depth, and because with the same tower as
 world-clip-deep the two models differ only in their objective. Both towers cost about the same per
 token on one CPU thread: a step of 32 scenes x (2 global + 6 local) views took 1.8-1.9 s on one
-thread of the build machine (little competing load), so the default 1600 steps take about 50 minutes.
+thread of a build machine with little competing load (3-4 s with another run beside it), so the
+default 600 steps take 20 to 40 minutes.
 
 Projection head: DINO's 3-layer MLP (GELU), an L2-normalised bottleneck and a weight-normalised last
 layer with its norm fixed at 1, scaled down for a width-144 ViT: hidden 512, bottleneck 128, and
-``out_dim`` 1024 prototypes instead of 65536. 1024 is about five times FocusWorld's 192 base classes
-(each scene mixes up to five of them), so prototypes can separate shape x colour x pattern
-combinations, while each is still hit often enough in a batch of 64 teacher outputs for the centring
-to estimate its mean, and the head (0.5 M parameters) stays below the 10 MB float16 budget.
+``out_dim`` 256 prototypes instead of 65536: in short probes (``benchmarks/world_dino_pilot.py``)
+256 prototypes with lr 1e-3 and teacher momentum 0.99 learned the objects faster than 1024 with
+DINO's lr and momentum, and the head stays small in the 10 MB float16 budget.
 
 Deterministic for a seed: a fixed number of steps, a seeded scene stream and crop generator, seeded
 initialisation and a fixed thread count; a rerun writes a byte-identical file (the metadata in the
@@ -58,24 +61,24 @@ from focusshot.training.multicrop import CropSpec, multi_crop, step_generator
 class DinoConfig:
     """Settings of world-dino pretraining (DINO's names in parentheses where they differ)."""
 
-    steps: int = option(1600, "optimisation steps")
+    steps: int = option(600, "optimisation steps")
     batch_size: int = option(32, "scenes per step")
-    lr: float = option(5e-4, "peak AdamW learning rate, reached after warm-up")
+    lr: float = option(1e-3, "peak AdamW learning rate, reached after warm-up")
     min_lr: float = option(1e-6, "learning rate at the end of the cosine")
     weight_decay: float = option(0.04, "AdamW weight decay at the start")
     weight_decay_end: float = option(0.4, "weight decay at the end (cosine)")
-    warmup: int = option(100, "linear learning-rate warm-up steps")
+    warmup: int = option(50, "linear learning-rate warm-up steps")
     seed: int = option(0, "seed of weights, scenes and crops")
     threads: int = option(1, "torch CPU threads (fixed for reproducibility)")
     suite: str = option("world:base", "FocusWorld suite (base classes only)")
     backgrounds: int = option(
-        0, "draw scene backgrounds from a shared pool of this many (0: a new one per scene)"
+        1, "draw scene backgrounds from a shared pool of this many (0: a new one per scene)"
     )
     arch: str = option("world-dino", "world-dino (or world-dino-tiny for tests)")
-    out_dim: int = option(1024, "prototypes of the projection head (K)")
+    out_dim: int = option(256, "prototypes of the projection head (K)")
     head_hidden: int = option(512, "hidden width of the head's MLP")
     head_bottleneck: int = option(128, "bottleneck width before the last layer")
-    momentum_teacher: float = option(0.996, "teacher EMA momentum (cosine to 1)")
+    momentum_teacher: float = option(0.99, "teacher EMA momentum (cosine to 1)")
     teacher_temp: float = option(0.04, "teacher temperature after warm-up")
     teacher_temp_start: float = option(0.04, "teacher temperature at step 0")
     teacher_temp_warmup: int = option(0, "steps of teacher-temperature warm-up")
