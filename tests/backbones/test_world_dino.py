@@ -131,14 +131,15 @@ def test_missing_weights_say_how_to_make_them(tmp_path) -> None:
         load_world_dino(tmp_path / "none.safetensors")
 
 
-def test_the_shipped_file_loaded_by_path_keeps_its_six_heads() -> None:
-    """The weights cannot tell 6 heads of 24 channels from 2 of 72 (width // 64); the file's
-    metadata records them, so loading it by path equals loading it by name."""
+def test_the_shipped_file_loaded_by_path_keeps_its_six_heads_and_input_size() -> None:
+    """The weights cannot tell 6 heads of 24 channels from 2 of 72 (width // 64), nor the 64 px
+    input; the file's metadata records both, so loading it by path equals loading it by name."""
     path = shipped_weights()
     if not path.is_file():
         pytest.skip(f"{path} is not there yet (focusshot world pretrain --arch world-dino)")
     by_path, by_name = load_file(path), focusshot.create_backbone("world-dino")
     assert by_path.blocks[0].attn.num_heads == by_name.blocks[0].attn.num_heads == 6
+    assert by_path.preprocess == by_name.preprocess  # 64 px in, not ImageNet's 256 -> 224
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(by_path.forward_features(x), by_name.forward_features(x))

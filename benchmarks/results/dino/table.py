@@ -89,20 +89,40 @@ def table(run: Path) -> list[str]:
     return out
 
 
-def claim(dino: Path, clip: Path) -> list[str]:
-    a, b = _rows(dino), _rows(clip)
-    out = [
-        "| FORT variant (vs plain) | gain on world-dino | gain on world-clip | dino - clip (paired) |",
-        "|---|---|---|---|",
-    ]
-    for m, base in PAIRS.items():
+CLAIM_HEADER = [
+    "| FORT variant (vs plain) | gain on world-dino | gain on world-clip | dino - clip (paired) | "
+    "[CLS] change, world-dino | [CLS] change, world-clip | prompts on target, world-dino | "
+    "prompts on target, world-clip | episodes |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def _claim_rows(a: dict, b: dict, pairs: dict[str, str]) -> list[str]:
+    """Each FORT variant's gain over its plain recipe on world-dino (``a``) and world-clip (``b``),
+    and the difference, paired over the episodes all four rows share; [CLS] mass changes alike."""
+    out = []
+    for m, base in pairs.items():
         if not all(k in r for r in (a, b) for k in (m, base)):
             continue
         eps = sorted(set(a[m]) & set(a[base]) & set(b[m]) & set(b[base]))
+        if not eps:
+            continue
         ga = [a[m][e]["accuracy"] - a[base][e]["accuracy"] for e in eps]
         gb = [b[m][e]["accuracy"] - b[base][e]["accuracy"] for e in eps]
-        out.append(f"| {m} | {_ci(ga)} | {_ci(gb)} | {_ci(np.subtract(ga, gb))} |")
+        ma = [a[m][e]["cls_target_mass"] - a[base][e]["cls_target_mass"] for e in eps]
+        mb = [b[m][e]["cls_target_mass"] - b[base][e]["cls_target_mass"] for e in eps]
+        pa = _mean([a[m][e].get("prompt_target_mass", np.nan) for e in eps])
+        pb = _mean([b[m][e].get("prompt_target_mass", np.nan) for e in eps])
+        out.append(
+            f"| {m} | {_ci(ga)} | {_ci(gb)} | {_ci(np.subtract(ga, gb))} | {_ci(ma)} | {_ci(mb)} "
+            f"| {pa} | {pb} | {len(eps)} |"
+        )
     return out
+
+
+def claim(dino: Path, clip: Path) -> list[str]:
+    """The claim at 1 shot: run.sh's test runs of both backbones."""
+    return CLAIM_HEADER + _claim_rows(_rows(dino), _rows(clip), PAIRS)
 
 
 def claim_5shot(dino: Path) -> list[str]:
@@ -110,25 +130,8 @@ def claim_5shot(dino: Path) -> list[str]:
     fort = HERE.parent / "fort"
     clip = _rows(fort / "world_clutter_5w5s")
     clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
-    a = _rows(dino)
-    out = [
-        "| FORT variant (vs lora) | gain on world-dino | gain on world-clip | dino - clip (paired) | "
-        "world-dino [CLS] change | world-clip [CLS] change | episodes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in ("lora+fort", "lora+fort@box"):
-        eps = sorted(set(a.get(m, {})) & set(a["lora"]) & set(clip[m]) & set(clip["lora"]))
-        if not eps:
-            continue
-        ga = [a[m][e]["accuracy"] - a["lora"][e]["accuracy"] for e in eps]
-        gb = [clip[m][e]["accuracy"] - clip["lora"][e]["accuracy"] for e in eps]
-        ma = [a[m][e]["cls_target_mass"] - a["lora"][e]["cls_target_mass"] for e in eps]
-        mb = [clip[m][e]["cls_target_mass"] - clip["lora"][e]["cls_target_mass"] for e in eps]
-        out.append(
-            f"| {m} | {_ci(ga)} | {_ci(gb)} | {_ci(np.subtract(ga, gb))} | {_ci(ma)} | {_ci(mb)} "
-            f"| {len(eps)} |"
-        )
-    return out
+    pairs = {"lora+fort": "lora", "lora+fort@box": "lora"}
+    return CLAIM_HEADER + _claim_rows(_rows(dino), clip, pairs)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from focusshot.backbones.base import CLIP_PREPROCESS, Backbone, Preprocess
+from focusshot.backbones.base import CLIP_PREPROCESS, IMAGENET_PREPROCESS, Backbone, Preprocess
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -176,20 +176,23 @@ def _set_preprocess(model: Backbone, preprocess: Preprocess) -> None:
         visual.preprocess = preprocess
 
 
-def _recorded_heads(path: Path) -> int | None:
-    """The head count a safetensors file's focusshot metadata records (``architecture.heads``, as
-    world-dino's pretraining writes it), else ``None``: the weights cannot tell the heads apart."""
+def _recorded_architecture(path: Path) -> dict[str, int]:
+    """The architecture a safetensors file's focusshot metadata records (``architecture``, as
+    world-dino's pretraining writes it: ``heads``, ``image``, ...), else ``{}``. The weights cannot
+    tell 6 heads of 24 channels from 2 of 72, nor the input size a model was trained at."""
     if path.suffix != ".safetensors":
-        return None
+        return {}
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("focusshot", "{}"))
     except (OSError, ValueError):
-        return None
-    heads = meta.get("architecture", {}).get("heads") if isinstance(meta, dict) else None
-    return int(heads) if isinstance(heads, int) and heads > 0 else None
+        return {}
+    arch = meta.get("architecture", {}) if isinstance(meta, dict) else {}
+    if not isinstance(arch, dict):
+        return {}
+    return {k: int(v) for k, v in arch.items() if isinstance(v, int) and v > 0}
 
 
 def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
@@ -210,7 +213,13 @@ def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
 
         return convert_openai_clip(sd, tokenizer=_tokenizer_from_dir(path.parent))
     if timm_vit.is_timm_vit(sd):
-        return timm_vit.convert_timm_vit(sd, num_heads=num_heads or _recorded_heads(path))
+        arch = _recorded_architecture(path)
+        size = arch.get("image")
+        # a recorded input size is what the model saw in training: resize to it, no crop margin
+        preprocess = dataclasses.replace(IMAGENET_PREPROCESS, resize=size, crop=size) if size else None
+        return timm_vit.convert_timm_vit(
+            sd, num_heads=num_heads or arch.get("heads"), preprocess=preprocess
+        )
     if any(".blocks.0.attn.relative_position_bias_table" in k for k in sd):
         from focusshot.backbones.convert.hf_swin import convert_original_swin_inferred
 
