@@ -4,7 +4,8 @@
 
 Per backbone and phase: every method's accuracy, query [CLS] mass on the target after tuning, and
 its prompts' mass on the target; every FORT variant paired with its plain recipe at the same
-regime (accuracy and [CLS] mass, mean ± 95% CI over the same episodes). Then the claim: is FORT's
+regime (accuracy and [CLS] mass, mean ± 95% CI over the same episodes); SSF's rows come from
+run_ssf.sh, the 5-shot ones from run_5shot.sh. Then the claim: is FORT's
 gain larger on world-dino than on world-clip? A difference of paired differences over the same
 episodes (the sampler depends on the data and the seed, not on the backbone).
 """
@@ -28,6 +29,11 @@ PAIRS = {
     "lora+fort@lr5e2cls_box": "lora@lr5e2cls",
     "ft+fort@b2": "ft@b2",
     "ft+fort@b2_box": "ft@b2",
+    "ssf+fort": "ssf",
+    "ssf+fort@box": "ssf",
+    "ssf+fort@lr5e2cls": "ssf@lr5e2",
+    "ssf+fort@lr5e2cls_a5": "ssf@lr5e2",
+    "ssf+fort@lr5e2cls_a5_box": "ssf@lr5e2",
 }
 
 
@@ -36,6 +42,15 @@ def _rows(run: Path) -> dict[str, dict[int, dict]]:
     for line in (run / "results.jsonl").read_text().splitlines():
         r = json.loads(line)
         out.setdefault(r["method"], {})[r["episode"]] = r
+    return out
+
+
+def _merged(*runs: Path) -> dict[str, dict[int, dict]]:
+    """The rows of several runs of one backbone on the same episodes (run.sh's and run_ssf.sh's)."""
+    out: dict[str, dict[int, dict]] = {}
+    for run in runs:
+        if (run / "results.jsonl").is_file():
+            out.update(_rows(run))
     return out
 
 
@@ -109,8 +124,8 @@ def _claim_rows(a: dict, b: dict, pairs: dict[str, str]) -> list[str]:
             continue
         ga = [a[m][e]["accuracy"] - a[base][e]["accuracy"] for e in eps]
         gb = [b[m][e]["accuracy"] - b[base][e]["accuracy"] for e in eps]
-        ma = [a[m][e]["cls_target_mass"] - a[base][e]["cls_target_mass"] for e in eps]
-        mb = [b[m][e]["cls_target_mass"] - b[base][e]["cls_target_mass"] for e in eps]
+        ma = [a[m][e].get("cls_target_mass", np.nan) - a[base][e].get("cls_target_mass", np.nan) for e in eps]
+        mb = [b[m][e].get("cls_target_mass", np.nan) - b[base][e].get("cls_target_mass", np.nan) for e in eps]
         pa = _mean([a[m][e].get("prompt_target_mass", np.nan) for e in eps])
         pb = _mean([b[m][e].get("prompt_target_mass", np.nan) for e in eps])
         out.append(
@@ -120,9 +135,9 @@ def _claim_rows(a: dict, b: dict, pairs: dict[str, str]) -> list[str]:
     return out
 
 
-def claim(dino: Path, clip: Path) -> list[str]:
-    """The claim at 1 shot: run.sh's test runs of both backbones."""
-    return CLAIM_HEADER + _claim_rows(_rows(dino), _rows(clip), PAIRS)
+def claim(dino: list[Path], clip: list[Path]) -> list[str]:
+    """The claim at 1 shot: the test runs of run.sh and run_ssf.sh on both backbones."""
+    return CLAIM_HEADER + _claim_rows(_merged(*dino), _merged(*clip), PAIRS)
 
 
 def claim_5shot(dino: Path) -> list[str]:
@@ -130,7 +145,9 @@ def claim_5shot(dino: Path) -> list[str]:
     fort = HERE.parent / "fort"
     clip = _rows(fort / "world_clutter_5w5s")
     clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
-    pairs = {"lora+fort": "lora", "lora+fort@box": "lora"}
+    clip["ssf"] = _rows(HERE.parent / "tuning" / "world_clutter_5w5s")["ssf"]
+    clip.update(_merged(HERE / "world-clip_clutter_5w5s"))
+    pairs = {"lora+fort": "lora", "lora+fort@box": "lora", "ssf+fort": "ssf", "ssf+fort@box": "ssf"}
     return CLAIM_HEADER + _claim_rows(_rows(dino), clip, pairs)
 
 
@@ -145,10 +162,11 @@ def main() -> None:
     for run in runs:
         print(f"## {run.name}\n")
         print("\n".join(table(run)) + "\n")
-    dino, clip = HERE / "world-dino_test_5w1s", HERE / "world-clip_test_5w1s"
+    dino, clip = (HERE / f"{bb}_test_5w1s" for bb in ("world-dino", "world-clip"))
     if (dino / "results.jsonl").is_file() and (clip / "results.jsonl").is_file():
         print("## The claim: FORT helps more on world-dino than on world-clip (test episodes)\n")
-        print("\n".join(claim(dino, clip)) + "\n")
+        ssf = [Path(f"{p}_ssf") for p in (dino, clip)]
+        print("\n".join(claim([dino, ssf[0]], [clip, ssf[1]])) + "\n")
     five = HERE / "world-dino_clutter_5w5s"
     if (five / "results.jsonl").is_file():
         print("## 5 shots: world-dino against the stored world-clip runs (`world:clutter`, 15 queries)\n")
