@@ -12,12 +12,13 @@
 set -euo pipefail
 bb=${1:-world-dino}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+opts=(--set ssf+fort@box.prompts=box)
 if [ "$bb" = world-clip ]; then
   methods=ssf+fort@box
 else
   methods=lora,lora+fort,lora+fort@box,ssf,ssf+fort,ssf+fort@box
+  opts+=(--set lora+fort@box.prompts=box)
 fi
 focusshot evaluate --backbone "$bb" --data world:clutter --ways 5 --shots 5 --queries 15 \
-  --episodes "${EPISODES:-100}" --seed 0 --quiet --no-report --method "$methods" \
-  --set lora+fort@box.prompts=box --set ssf+fort@box.prompts=box \
+  --episodes "${EPISODES:-100}" --seed 0 --quiet --no-report --method "$methods" "${opts[@]}" \
   --output "benchmarks/results/dino/${bb}_clutter_5w5s"
