@@ -5,9 +5,12 @@
 Per backbone and phase: every method's accuracy, query [CLS] mass on the target after tuning, and
 its prompts' mass on the target; every FORT variant paired with its plain recipe at the same
 regime (accuracy and [CLS] mass, mean ± 95% CI over the same episodes); SSF's rows come from
-run_ssf.sh, the 5-shot ones from run_5shot.sh. Then the claim: is FORT's
-gain larger on world-dino than on world-clip? A difference of paired differences over the same
-episodes (the sampler depends on the data and the seed, not on the backbone).
+run_ssf.sh, official FT's from run_ft.sh, the 5-shot ones from run_5shot.sh and
+run_5shot_regime.sh. Then the claim: is FORT's gain larger on world-dino than on world-clip? A
+difference of paired differences over the same episodes (the sampler depends on the data and the
+seed, not on the backbone). Last, two checks of whether attention is what limits accuracy here:
+episode-level correlations, and the frozen features on world:single against world:clutter
+(run_single.sh).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ PAIRS = {
     "ssf+fort@lr5e2cls": "ssf@lr5e2",
     "ssf+fort@lr5e2cls_a5": "ssf@lr5e2",
     "ssf+fort@lr5e2cls_a5_box": "ssf@lr5e2",
+    "ft+fort": "ft",
+    "ft+fort@box": "ft",
 }
 
 
@@ -140,15 +145,92 @@ def claim(dino: list[Path], clip: list[Path]) -> list[str]:
     return CLAIM_HEADER + _claim_rows(_merged(*dino), _merged(*clip), PAIRS)
 
 
-def claim_5shot(dino: Path) -> list[str]:
-    """world-dino at 5 shots against the stored world-clip FORT runs of the same episodes."""
+def five_shot() -> tuple[dict, dict]:
+    """The 5-shot rows of both backbones: run_5shot.sh's and run_5shot_regime.sh's, and for
+    world-clip the stored runs of the same episodes (benchmarks/results/fort, .../tuning)."""
     fort = HERE.parent / "fort"
     clip = _rows(fort / "world_clutter_5w5s")
     clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
     clip["ssf"] = _rows(HERE.parent / "tuning" / "world_clutter_5w5s")["ssf"]
-    clip.update(_merged(HERE / "world-clip_clutter_5w5s"))
-    pairs = {"lora+fort": "lora", "lora+fort@box": "lora", "ssf+fort": "ssf", "ssf+fort@box": "ssf"}
-    return CLAIM_HEADER + _claim_rows(_rows(dino), clip, pairs)
+    clip.update(_merged(HERE / "world-clip_clutter_5w5s", HERE / "world-clip_clutter_5w5s_regime"))
+    dino = _merged(HERE / "world-dino_clutter_5w5s", HERE / "world-dino_clutter_5w5s_regime")
+    return dino, clip
+
+
+def stored_rerun() -> list[str]:
+    """Do the stored world-clip 5-shot rows (an earlier version of the code, an earlier machine)
+    equal this code's reruns of the same episodes (the first episodes of ``..._recheck``, the FT
+    rows of run_5shot_regime.sh)? If so, the stored rows the 5-shot claim pairs with stand."""
+    tuning, fort = HERE.parent / "tuning" / "world_clutter_5w5s", HERE.parent / "fort" / "world_clutter_5w5s"
+    recheck, regime = HERE / "world-clip_clutter_5w5s_recheck", HERE / "world-clip_clutter_5w5s_regime"
+    checks = [(recheck, "lora", fort), (recheck, "lora+fort", fort), (recheck, "ssf", tuning)]
+    checks += [(recheck, "ssf+fort", fort), (regime, "ft", tuning), (regime, "ft+fort", fort)]
+    out = []
+    for run, m, stored in checks:
+        if not (run / "results.jsonl").is_file():
+            continue
+        new, old = _rows(run).get(m, {}), _rows(stored).get(m, {})
+        common = sorted(set(old) & set(new))
+        if common:
+            same = sum(old[e]["accuracy"] == new[e]["accuracy"] for e in common)
+            out.append(
+                f"- `{m}`: {same} of {len(common)} episodes of `{run.name}` with the accuracy stored in "
+                f"`{stored.relative_to(HERE.parent)}`"
+            )
+    return out
+
+
+def _r(x, y) -> str:
+    """Pearson r with its 95% CI (Fisher z) over finite pairs."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 4 or x.std() == 0 or y.std() == 0:
+        return ""
+    r = float(np.corrcoef(x, y)[0, 1])
+    z, h = np.arctanh(r), 1.96 / np.sqrt(x.size - 3)
+    return f"{r:+.2f} [{np.tanh(z - h):+.2f}, {np.tanh(z + h):+.2f}]"
+
+
+def correlations(rows: dict) -> list[str]:
+    """Per episode: does a plain recipe score higher where its queries' [CLS] finds the target, and
+    does a FORT variant gain more where its loss moved [CLS] mass further?"""
+    out = [
+        "| recipe | r(accuracy, [CLS] on target) | FORT variant | r(accuracy gain, [CLS] change) "
+        "| episodes |",
+        "|---|---|---|---|---|",
+    ]
+    for m, base in PAIRS.items():
+        if m not in rows or base not in rows:
+            continue
+        eps = sorted(set(rows[m]) & set(rows[base]))
+        acc = [rows[base][e]["accuracy"] for e in eps]
+        mass = [rows[base][e].get("cls_target_mass", np.nan) for e in eps]
+        gain = [rows[m][e]["accuracy"] - rows[base][e]["accuracy"] for e in eps]
+        move = [
+            rows[m][e].get("cls_target_mass", np.nan) - rows[base][e].get("cls_target_mass", np.nan)
+            for e in eps
+        ]
+        out.append(f"| {base} | {_r(acc, mass)} | {m} | {_r(gain, move)} | {len(eps)} |")
+    return out
+
+
+def single_vs_clutter() -> list[str]:
+    """Frozen ProtoNet and logistic on world:single against world:clutter (run_single.sh): what the
+    distractors cost each backbone (independent episodes: the CI of a difference of two means)."""
+    out = ["| backbone | method | world:single | world:clutter | clutter - single |", "|---|---|---|---|---|"]
+    for bb in ("world-dino", "world-clip"):
+        runs = [HERE / f"{bb}_frozen_{s}_5w1s" for s in ("single", "clutter")]
+        if not all((r / "results.jsonl").is_file() for r in runs):
+            continue
+        single, clutter = (_rows(r) for r in runs)
+        for m in single:
+            a = np.array([r["accuracy"] for r in single[m].values()])
+            b = np.array([r["accuracy"] for r in clutter[m].values()])
+            d = b.mean() - a.mean()
+            h = 1.96 * np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+            out.append(f"| {bb} | {m} | {_mean(a)} | {_mean(b)} | {d:+.3f} ± {h:.3f} |")
+    return out
 
 
 def main() -> None:
@@ -165,12 +247,28 @@ def main() -> None:
     dino, clip = (HERE / f"{bb}_test_5w1s" for bb in ("world-dino", "world-clip"))
     if (dino / "results.jsonl").is_file() and (clip / "results.jsonl").is_file():
         print("## The claim: FORT helps more on world-dino than on world-clip (test episodes)\n")
-        ssf = [Path(f"{p}_ssf") for p in (dino, clip)]
-        print("\n".join(claim([dino, ssf[0]], [clip, ssf[1]])) + "\n")
-    five = HERE / "world-dino_clutter_5w5s"
-    if (five / "results.jsonl").is_file():
-        print("## 5 shots: world-dino against the stored world-clip runs (`world:clutter`, 15 queries)\n")
-        print("\n".join(claim_5shot(five)) + "\n")
+        one = [[p, Path(f"{p}_ssf"), Path(f"{p}_ft")] for p in (dino, clip)]
+        print("\n".join(claim(*one)) + "\n")
+        print("## Does attention limit accuracy? Episode-level correlations, 1 shot\n")
+        print("Pearson r over the test episodes, 95% CI by Fisher's z.\n")
+        for bb, runs in zip(("world-dino", "world-clip"), one, strict=True):
+            print(f"### {bb}\n")
+            print("\n".join(correlations(_merged(*runs))) + "\n")
+    if (HERE / "world-dino_clutter_5w5s" / "results.jsonl").is_file():
+        d5, c5 = five_shot()
+        print("## 5 shots: the claim on `world:clutter`, 15 queries\n")
+        print("world-clip's official LoRA and SSF rows are the stored runs of the same episodes in")
+        print("benchmarks/results/fort and .../tuning; the regime rows (`run_5shot_regime.sh`) have fewer.\n")
+        print("\n".join(CLAIM_HEADER + _claim_rows(d5, c5, PAIRS)) + "\n")
+        check = stored_rerun()
+        if check:
+            print("The stored world-clip rows against this code's reruns of the same episodes:\n")
+            print("\n".join(check) + "\n")
+    table_sc = single_vs_clutter()
+    if len(table_sc) > 2:
+        print("## What the distractors cost: frozen features, world:single against world:clutter\n")
+        print("5-way 1-shot, 10 queries, 100 episodes each (`run_single.sh`).\n")
+        print("\n".join(table_sc) + "\n")
     sys.stdout.flush()
 
 
