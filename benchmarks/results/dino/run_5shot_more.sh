@@ -6,15 +6,21 @@
 # the episode and the seed, not on which other methods share the run (the 20- and 100-episode
 # world-dino runs of run_5shot.sh agree row for row). Run after run_5shot_regime.sh.
 #
-#   bash benchmarks/results/dino/run_5shot_more.sh world-dino   # (and world-clip)
+#   bash benchmarks/results/dino/run_5shot_more.sh world-dino             # (and world-clip)
+#   GROUP=ft bash benchmarks/results/dino/run_5shot_more.sh world-dino    # official FT's rows
 #
 # Run from the checkout root; one thread.
 set -euo pipefail
 bb=${1:?backbone}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 src=benchmarks/results/dino/${bb}_clutter_5w5s_regime
-out=benchmarks/results/dino/${bb}_clutter_5w5s_regime100
-methods=ssf@lr5e2,ssf+fort@lr5e2cls_a5,ssf+fort@lr5e2cls_a5_box,ft@b2,ft+fort@b2,ft+fort@b2_box
+if [ "${GROUP:-}" = ft ]; then
+  out=benchmarks/results/dino/${bb}_clutter_5w5s_regime100ft
+  methods=ft,ft+fort,ft+fort@box
+else
+  out=benchmarks/results/dino/${bb}_clutter_5w5s_regime100
+  methods=ssf@lr5e2,ssf+fort@lr5e2cls_a5,ssf+fort@lr5e2cls_a5_box,ft@b2,ft+fort@b2,ft+fort@b2_box
+fi
 mkdir -p "$out"
 if [ ! -s "$out/results.jsonl" ]; then
   python3 -c '
@@ -24,6 +30,12 @@ for line in open(sys.argv[1]):
     if json.loads(line)["method"] in keep:
         sys.stdout.write(line)
 ' "$src/results.jsonl" "$methods" > "$out/results.jsonl"
+fi
+if [ "${GROUP:-}" = ft ]; then
+  focusshot evaluate --backbone "$bb" --data world:clutter --ways 5 --shots 5 --queries 15 \
+    --episodes 100 --seed 0 --quiet --no-report --method "$methods" --set ft+fort@box.prompts=box \
+    --output "$out"
+  exit
 fi
 opts=(--set ssf@lr5e2.lr=0.05 --set ft@b2.blocks=2 --set ft@b2.lr=0.001 --set ft@b2.epochs=25
       --set ft@b2.weight_decay=0)

@@ -152,8 +152,14 @@ def five_shot() -> tuple[dict, dict]:
     clip = _rows(fort / "world_clutter_5w5s")
     clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
     clip["ssf"] = _rows(HERE.parent / "tuning" / "world_clutter_5w5s")["ssf"]
-    clip.update(_merged(*(HERE / f"world-clip_clutter_5w5s{s}" for s in ("", "_regime", "_regime100"))))
-    dino = _merged(*(HERE / f"world-dino_clutter_5w5s{s}" for s in ("", "_regime", "_regime100")))
+    clip.update(
+        _merged(
+            *(HERE / f"world-clip_clutter_5w5s{s}" for s in ("", "_regime", "_regime100", "_regime100ft"))
+        )
+    )
+    dino = _merged(
+        *(HERE / f"world-dino_clutter_5w5s{s}" for s in ("", "_regime", "_regime100", "_regime100ft"))
+    )
     return dino, clip
 
 
