@@ -264,7 +264,7 @@ def main() -> None:
         d5, c5 = five_shot()
         print("## 5 shots: the claim on `world:clutter`, 15 queries\n")
         print("world-clip's official LoRA and SSF rows are the stored runs of the same episodes in")
-        print("benchmarks/results/fort and .../tuning; LoRA at lr 5e-2 and official FT have 50 episodes\n")
+        print("benchmarks/results/fort and .../tuning; LoRA at lr 5e-2 has 50 episodes\n")
         print("\n".join(CLAIM_HEADER + _claim_rows(d5, c5, PAIRS)) + "\n")
         check = stored_rerun()
         if check:
