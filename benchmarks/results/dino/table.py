@@ -145,6 +145,11 @@ def claim(dino: list[Path], clip: list[Path]) -> list[str]:
     return CLAIM_HEADER + _claim_rows(_merged(*dino), _merged(*clip), PAIRS)
 
 
+#: a backbone's 5-shot run folders (suffixes): run_5shot.sh, run_5shot_regime.sh, run_5shot_more.sh
+#: (default, then GROUP=ft); a later folder's rows of a method replace an earlier one's
+FIVE_SHOT_RUNS = ("", "_regime", "_regime100", "_regime100ft")
+
+
 def five_shot() -> tuple[dict, dict]:
     """The 5-shot rows of both backbones: run_5shot.sh's and run_5shot_regime.sh's, and for
     world-clip the stored runs of the same episodes (benchmarks/results/fort, .../tuning)."""
@@ -152,15 +157,8 @@ def five_shot() -> tuple[dict, dict]:
     clip = _rows(fort / "world_clutter_5w5s")
     clip["lora+fort@box"] = _rows(fort / "diag_5w5s_box")["lora+fort"]
     clip["ssf"] = _rows(HERE.parent / "tuning" / "world_clutter_5w5s")["ssf"]
-    clip.update(
-        _merged(
-            *(HERE / f"world-clip_clutter_5w5s{s}" for s in ("", "_regime", "_regime100", "_regime100ft"))
-        )
-    )
-    dino = _merged(
-        *(HERE / f"world-dino_clutter_5w5s{s}" for s in ("", "_regime", "_regime100", "_regime100ft"))
-    )
-    return dino, clip
+    clip.update(_merged(*(HERE / f"world-clip_clutter_5w5s{s}" for s in FIVE_SHOT_RUNS)))
+    return _merged(*(HERE / f"world-dino_clutter_5w5s{s}" for s in FIVE_SHOT_RUNS)), clip
 
 
 def stored_rerun() -> list[str]:
