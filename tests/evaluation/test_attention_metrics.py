@@ -49,6 +49,19 @@ def test_all_mass_on_target_and_uniform() -> None:
     assert out["patches_95"].dtype == torch.int64
 
 
+def test_a_row_with_no_patch_attention_is_marked_not_raised() -> None:
+    # image 0: every head's [CLS] row on [CLS] itself (softmax underflow after a wild fit); image 1
+    # normal. The first has no patch distribution: NaN mass, 0 patches, all mass on the prefix.
+    collapsed = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+    focused = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0])
+    rows = torch.stack([collapsed, focused]).unsqueeze(1).repeat(1, 2, 1)
+    out = cls_attention_metrics(_probs_from_cls_rows(rows, 5), _top_left_mask(2), 1, (2, 2))
+    assert torch.isnan(out["cls_target_mass"][0]) and out["cls_target_mass"][1].item() == pytest.approx(1.0)
+    assert out["patches_95"].tolist() == [0, 1]
+    assert out["prefix_mass"].tolist() == pytest.approx([1.0, 0.5])
+    assert out["target_area"].tolist() == pytest.approx([0.25, 0.25])
+
+
 def test_heads_are_averaged_and_partial_patches_weighted() -> None:
     # head 0 looks only at patch 0, head 1 only at patch 3 -> half the mass on patch 0
     rows = torch.tensor([[[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]])

@@ -210,6 +210,28 @@ def test_episodic_run_reports_attention_on_world_masks(tmp_path, monkeypatch) ->
     assert swin.attention == {"available": False, "reason": "the backbone has no global [CLS] attention row"}
 
 
+def test_frozen_attention_report_leaves_out_images_without_patch_attention(tmp_path, monkeypatch) -> None:
+    import focusshot.evaluation.attention_metrics as am
+    from focusshot.data.sources import open_source
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    pool = open_source("world:clutter?per_class=4&image_size=32")
+    backbone = focusshot.create_backbone("tiny-vit")
+    real, kept = am.measure_attention, []
+
+    def first_image_collapsed(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res["cls_target_mass"][0] = float("nan")  # as cls_attention_metrics marks a row on [CLS] only
+        kept.extend(res["cls_target_mass"][1:].tolist())
+        return res
+
+    monkeypatch.setattr(am, "measure_attention", first_image_collapsed)
+    rep = am.attention_report(backbone, pool, am.target_masks(pool), batch_size=8)
+    batches = -(-len(pool.paths) // 8)
+    assert rep["images"] == len(pool.paths) and rep["images_without_patch_attention"] == batches
+    assert rep["cls_target_mass"] == pytest.approx(sum(kept) / len(kept))
+
+
 def test_split_protocol_scores_every_fit_on_shift_test_sets(tmp_path, backbone) -> None:
     splits = from_folder(
         _write_dataset(tmp_path / "data", classes=4, per_class=6, splits=("train", "val", "test"))

@@ -53,6 +53,33 @@ def test_killed_tuning_run_resumes_to_the_same_results(tmp_path, world) -> None:
         )
 
 
+def test_queries_whose_cls_ignores_every_patch_are_counted_not_fatal(tmp_path, world, monkeypatch) -> None:
+    # LoRA at lr 5e-2 on world-dino once drove a query's last [CLS] row entirely onto [CLS]; the run
+    # must finish, leave that query out of the mean and say how many there were
+    import focusshot.evaluation.method_attention as ma
+
+    real, seen = ma.cls_attention_metrics, []
+
+    def first_query_collapsed(probs, *args, **kwargs):
+        seen.append(real(probs, *args, **kwargs)["cls_target_mass"])
+        probs = probs.clone()
+        probs[0, :, 0, :] = 0.0
+        probs[0, :, 0, 0] = 1.0
+        return real(probs, *args, **kwargs)
+
+    monkeypatch.setattr(ma, "cls_attention_metrics", first_query_collapsed)
+    cfg = EpisodicConfig(ways=3, shots=1, queries=2, episodes=2, seed=0)
+    out = run_episodic(
+        focusshot.create_backbone("tiny-clip-vit"), world, ["lora"], cfg, tmp_path / "run",
+        FeatureCache(tmp_path / "cache"), method_options={"lora": {"epochs": 1}},
+    )  # fmt: skip
+    assert len(out.rows) == 2 and len(seen) == 2
+    for row, mass in zip(out.rows, seen, strict=True):
+        assert row["cls_no_patch_queries"] == 1
+        assert row["cls_target_mass"] == pytest.approx(float(mass[1:].double().mean()))
+    assert out.summary[0]["cls_target_mass"] == pytest.approx(sum(r["cls_target_mass"] for r in out.rows) / 2)
+
+
 def test_cli_fit_predict_with_options_from_set_and_a_toml_file(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "fs"))
     support = class_folders(tmp_path / "support")

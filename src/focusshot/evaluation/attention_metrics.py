@@ -128,7 +128,9 @@ def cls_attention_metrics(
 
     Returns:
         a dict of float32 ``(B,)`` tensors ``cls_target_mass``, ``target_area``, ``prefix_mass``
-        and the int64 ``(B,)`` tensor ``patches_95``.
+        and the int64 ``(B,)`` tensor ``patches_95``. An image whose [CLS] row puts exactly no
+        attention on any patch (all of it on prefix tokens) has no patch distribution: its
+        ``cls_target_mass`` is NaN, its ``patches_95`` 0 and its ``prefix_mass`` 1.
     """
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"coverage must lie in (0, 1], got {coverage}")
@@ -157,14 +159,15 @@ def cls_attention_metrics(
     row = probs[:, :, 0, :].detach().to(torch.float32).mean(dim=1)  # (B, N)
     patch = row[:, prefix:]
     total = patch.sum(dim=1, keepdim=True)
-    if bool((total <= 0).any()):
-        raise ValueError("a [CLS] row puts no attention on any patch; cannot renormalise")
-    attn = patch / total  # (B, P), sums to 1
-    mass = (attn * weights).sum(dim=1)
+    # a row whose every head gives the patches exactly 0 (softmax underflow: [CLS] attends only to
+    # prefix tokens, seen after LoRA at lr 5e-2) has no patch distribution to measure
+    none = total[:, 0] <= 0
+    attn = patch / torch.where(total > 0, total, torch.ones_like(total))  # (B, P), sums to 1
+    mass = torch.where(none, torch.full_like(total[:, 0], float("nan")), (attn * weights).sum(dim=1))
     sorted_attn = attn.sort(dim=1, descending=True).values
     csum = sorted_attn.cumsum(dim=1)
     count = (csum < coverage - 1e-6).sum(dim=1) + 1
-    count = count.clamp(max=attn.shape[1]).to(torch.int64)
+    count = count.clamp(max=attn.shape[1]).to(torch.int64).masked_fill(none, 0)
     return {
         "cls_target_mass": mass,
         "patches_95": count,
@@ -247,7 +250,8 @@ def attention_report(
     Returns:
         ``cls_target_mass`` (mean share of [CLS]->patch attention on the target), ``target_area``
         (its chance level: the target's share of patches), ``patches_95`` (mean number of patches
-        holding 95% of the mass), ``images``.
+        holding 95% of the mass), ``images``, and ``images_without_patch_attention``: images whose
+        [CLS] row puts no attention on any patch, which the three means leave out.
     """
     require_global_cls(backbone)
     from focusshot.distributed import current
@@ -255,7 +259,7 @@ def attention_report(
     ctx = current()
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     tf = make_transform(backbone.preprocess)
-    keys = ("cls_target_mass", "target_area", "patches_95")
+    keys = ("cls_target_mass", "target_area", "patches_95", "measured")
     per_batch: dict[int, list[float]] = {}
     for i, s in enumerate(range(0, len(data.paths), batch_size)):
         if not ctx.owns(i):  # in a multi-process job each rank measures every W-th batch
@@ -264,7 +268,9 @@ def attention_report(
         images = torch.stack([tf(load_rgb(p)) for p in paths]).to(device)
         m = transform_masks(list(masks[s : s + batch_size]), backbone.preprocess).to(device)
         res = measure_attention(backbone, images, m)
-        per_batch[i] = [float(res[k].double().sum()) for k in keys]
+        ok = ~res["cls_target_mass"].isnan()  # images whose [CLS] row reaches the patches
+        res["measured"] = ok
+        per_batch[i] = [float(res[k][ok].double().sum()) for k in keys]
     if ctx.active:
         import torch.distributed as dist
 
@@ -275,5 +281,6 @@ def attention_report(
     for i in sorted(per_batch):  # batch order, so every job size adds the same floats in the same order
         for k, v in zip(keys, per_batch[i], strict=True):
             sums[k] += v
-    n = len(data.paths)
-    return {**{k: v / n for k, v in sums.items()}, "images": n}
+    n, measured = len(data.paths), int(sums.pop("measured"))
+    out = {k: v / measured if measured else float("nan") for k, v in sums.items()}
+    return {**out, "images": n, "images_without_patch_attention": n - measured}

@@ -48,6 +48,10 @@ class QueryAttention:
     ) -> dict[str, Any]:
         """``{"cls_target_mass": mean over queries}`` of the fitted model's last-layer [CLS] row.
 
+        A query whose [CLS] row puts no attention on any patch has no target mass: the mean leaves
+        it out, and ``cls_no_patch_queries`` counts such queries (absent when there are none;
+        ``cls_target_mass`` is absent when every query is one).
+
         Args:
             fitted: a fitted method; nothing is measured when it has no attention model.
             query: the queries' prefix ``(M, *prefix)``, as the method reads it.
@@ -67,7 +71,12 @@ class QueryAttention:
         res = cls_attention_metrics(
             probs, masks, b.num_prefix_tokens, grid, trailing_tokens=max(0, probs.shape[-1] - expected)
         )
-        return {"cls_target_mass": float(res["cls_target_mass"].double().mean())}
+        mass = res["cls_target_mass"].double()
+        ok = ~mass.isnan()  # queries whose [CLS] row reaches the patches
+        out: dict[str, Any] = {} if not ok.any() else {"cls_target_mass": float(mass[ok].mean())}
+        if not ok.all():
+            out["cls_no_patch_queries"] = int((~ok).sum())
+        return out
 
     def measure_prompts(self, fitted: Fitted, indices: Sequence[int]) -> dict[str, Any]:
         """FORT's position prompts against the support images' targets.
