@@ -101,11 +101,23 @@ def table(run: Path) -> list[str]:
         if base in rows:
             common = [e for e in eps if e in rows[base]]
             d_acc = _ci([per[e]["accuracy"] - rows[base][e]["accuracy"] for e in common])
-            d_mass = _ci([per[e]["cls_target_mass"] - rows[base][e]["cls_target_mass"] for e in common])
+            mass_of = lambda r: r.get("cls_target_mass", np.nan)  # noqa: E731 (absent: no patch attention)
+            d_mass = _ci([mass_of(per[e]) - mass_of(rows[base][e]) for e in common])
         out.append(
             f"| {m} | {_mean(acc)} | {d_acc} | {_mean(mass)} | {d_mass} | "
             f"{_mean(prompt) if prompt else ''} | {secs:.1f} |"
         )
+    blind = {
+        m: [per[e]["cls_no_patch_queries"] for e in per if per[e].get("cls_no_patch_queries")]
+        for m, per in rows.items()
+    }
+    blind = {m: v for m, v in blind.items() if v}
+    if blind:
+        out += [
+            "",
+            "Queries whose last [CLS] row put no attention on any patch (left out of the [CLS] mass): "
+            + "; ".join(f"{m}: {sum(v)} in {len(v)} episode(s)" for m, v in blind.items()),
+        ]
     return out
 
 
@@ -146,8 +158,8 @@ def claim(dino: list[Path], clip: list[Path]) -> list[str]:
 
 
 #: a backbone's 5-shot run folders (suffixes): run_5shot.sh, run_5shot_regime.sh, run_5shot_more.sh
-#: (default, then GROUP=ft); a later folder's rows of a method replace an earlier one's
-FIVE_SHOT_RUNS = ("", "_regime", "_regime100", "_regime100ft")
+#: (default, GROUP=ft, GROUP=lora); a later folder's rows of a method replace an earlier one's
+FIVE_SHOT_RUNS = ("", "_regime", "_regime100", "_regime100ft", "_regime100lora")
 
 
 def five_shot() -> tuple[dict, dict]:
@@ -262,7 +274,7 @@ def main() -> None:
         d5, c5 = five_shot()
         print("## 5 shots: the claim on `world:clutter`, 15 queries\n")
         print("world-clip's official LoRA and SSF rows are the stored runs of the same episodes in")
-        print("benchmarks/results/fort and .../tuning; LoRA at lr 5e-2 has 50 episodes\n")
+        print("benchmarks/results/fort and .../tuning\n")
         print("\n".join(CLAIM_HEADER + _claim_rows(d5, c5, PAIRS)) + "\n")
         check = stored_rerun()
         if check:
