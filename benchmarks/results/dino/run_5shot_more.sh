@@ -10,9 +10,10 @@
 #   GROUP=ft bash benchmarks/results/dino/run_5shot_more.sh world-dino    # official FT's rows
 #   GROUP=lora bash benchmarks/results/dino/run_5shot_more.sh world-dino  # LoRA at lr 5e-2's rows
 #
-# The default group carries SSF at lr 5e-2 and two-block FT. Once the run has written its run.json,
-# the script checks that the carried methods' options there equal those in the source run.json,
-# so a drift between this script's options and run_5shot_regime.sh's is caught, not averaged in.
+# The default group carries SSF at lr 5e-2 and two-block FT. The options are not spelled out here:
+# they are read from the source run's run.json (the carried methods' method_options, passed as an
+# options file), so they cannot drift from run_5shot_regime.sh's; after the run the script checks
+# that the new run.json records the same options.
 #
 # Run from the checkout root; one thread.
 set -euo pipefail
@@ -39,8 +40,16 @@ for line in open(sys.argv[1]):
         sys.stdout.write(line)
 ' "$src/results.jsonl" "$methods" > "$out/results.jsonl"
 fi
-check_options() {
-  python3 -c '
+opts_file=$(mktemp --suffix=.json)
+trap 'rm -f "$opts_file"' EXIT
+python3 -c '
+import json, sys
+options = json.load(open(sys.argv[1] + "/run.json"))["config"]["method_options"]
+json.dump({m: options[m] for m in sys.argv[2].split(",")}, open(sys.argv[3], "w"), indent=1)
+' "$src" "$methods" "$opts_file"
+focusshot evaluate --backbone "$bb" --data world:clutter --ways 5 --shots 5 --queries 15 \
+  --episodes 100 --seed 0 --quiet --no-report --method "$methods" --config "$opts_file" --output "$out"
+python3 -c '
 import json, sys
 src, out, methods = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 a = json.load(open(src + "/run.json"))["config"]["method_options"]
@@ -50,28 +59,3 @@ if bad:
     sys.exit(f"{out}/run.json: options of {bad} differ from {src}/run.json; the carried rows are not comparable")
 print(f"{out}: options of {len(methods)} methods equal those in {src}/run.json")
 ' "$src" "$out" "$methods"
-}
-opts=()
-if [ "${GROUP:-}" = ft ]; then
-  opts+=(--set ft+fort@box.prompts=box)
-elif [ "${GROUP:-}" = lora ]; then
-  opts+=(--set lora@lr5e2cls.lr=0.05)
-  for a in lora+fort@lr5e2cls lora+fort@lr5e2cls_box; do
-    opts+=(--set "$a.lr=0.05" --set "$a.rows=cls")
-  done
-  opts+=(--set lora+fort@lr5e2cls_box.prompts=box)
-else
-  opts+=(--set ssf@lr5e2.lr=0.05 --set ft@b2.blocks=2 --set ft@b2.lr=0.001 --set ft@b2.epochs=25
-         --set ft@b2.weight_decay=0)
-  for a in ssf+fort@lr5e2cls_a5 ssf+fort@lr5e2cls_a5_box; do
-    opts+=(--set "$a.lr=0.05" --set "$a.rows=cls" --set "$a.fort_alpha=0.5")
-  done
-  for a in ft+fort@b2 ft+fort@b2_box; do
-    opts+=(--set "$a.blocks=2" --set "$a.lr=0.001" --set "$a.epochs=25" --set "$a.weight_decay=0"
-           --set "$a.rows=cls" --set "$a.fort_alpha=0.5")
-  done
-  opts+=(--set ssf+fort@lr5e2cls_a5_box.prompts=box --set ft+fort@b2_box.prompts=box)
-fi
-focusshot evaluate --backbone "$bb" --data world:clutter --ways 5 --shots 5 --queries 15 \
-  --episodes 100 --seed 0 --quiet --no-report --method "$methods" "${opts[@]}" --output "$out"
-check_options

@@ -59,6 +59,12 @@ def _merged(*runs: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
+def _mass(row: dict) -> float:
+    """A row's query [CLS] mass on the target; NaN where it has none (a frozen method, or no query
+    whose [CLS] row reached the patches)."""
+    return row.get("cls_target_mass", np.nan)
+
+
 def _ci(values) -> str:
     m, h = mean_ci95(np.asarray(values, dtype=float))
     return f"{m:+.3f} ± {h:.3f}"
@@ -93,7 +99,7 @@ def table(run: Path) -> list[str]:
     for m, per in rows.items():
         eps = sorted(per)
         acc = [per[e]["accuracy"] for e in eps]
-        mass = [per[e].get("cls_target_mass", np.nan) for e in eps]
+        mass = [_mass(per[e]) for e in eps]
         prompt = [per[e]["prompt_target_mass"] for e in eps if "prompt_target_mass" in per[e]]
         secs = np.mean([per[e].get("seconds", np.nan) for e in eps])
         d_acc = d_mass = ""
@@ -101,17 +107,16 @@ def table(run: Path) -> list[str]:
         if base in rows:
             common = [e for e in eps if e in rows[base]]
             d_acc = _ci([per[e]["accuracy"] - rows[base][e]["accuracy"] for e in common])
-            mass_of = lambda r: r.get("cls_target_mass", np.nan)  # noqa: E731 (absent: no patch attention)
-            d_mass = _ci([mass_of(per[e]) - mass_of(rows[base][e]) for e in common])
+            d_mass = _ci([_mass(per[e]) - _mass(rows[base][e]) for e in common])
         out.append(
             f"| {m} | {_mean(acc)} | {d_acc} | {_mean(mass)} | {d_mass} | "
             f"{_mean(prompt) if prompt else ''} | {secs:.1f} |"
         )
-    blind = {
-        m: [per[e]["cls_no_patch_queries"] for e in per if per[e].get("cls_no_patch_queries")]
-        for m, per in rows.items()
-    }
-    blind = {m: v for m, v in blind.items() if v}
+    blind: dict[str, list[int]] = {}  # method -> its queries without patch attention, per episode
+    for m, per in rows.items():
+        for r in per.values():
+            if r.get("cls_no_patch_queries"):
+                blind.setdefault(m, []).append(r["cls_no_patch_queries"])
     if blind:
         out += [
             "",
@@ -141,8 +146,8 @@ def _claim_rows(a: dict, b: dict, pairs: dict[str, str]) -> list[str]:
             continue
         ga = [a[m][e]["accuracy"] - a[base][e]["accuracy"] for e in eps]
         gb = [b[m][e]["accuracy"] - b[base][e]["accuracy"] for e in eps]
-        ma = [a[m][e].get("cls_target_mass", np.nan) - a[base][e].get("cls_target_mass", np.nan) for e in eps]
-        mb = [b[m][e].get("cls_target_mass", np.nan) - b[base][e].get("cls_target_mass", np.nan) for e in eps]
+        ma = [_mass(a[m][e]) - _mass(a[base][e]) for e in eps]
+        mb = [_mass(b[m][e]) - _mass(b[base][e]) for e in eps]
         pa = _mean([a[m][e].get("prompt_target_mass", np.nan) for e in eps])
         pb = _mean([b[m][e].get("prompt_target_mass", np.nan) for e in eps])
         out.append(
@@ -221,12 +226,9 @@ def correlations(rows: dict) -> list[str]:
             continue
         eps = sorted(set(rows[m]) & set(rows[base]))
         acc = [rows[base][e]["accuracy"] for e in eps]
-        mass = [rows[base][e].get("cls_target_mass", np.nan) for e in eps]
+        mass = [_mass(rows[base][e]) for e in eps]
         gain = [rows[m][e]["accuracy"] - rows[base][e]["accuracy"] for e in eps]
-        move = [
-            rows[m][e].get("cls_target_mass", np.nan) - rows[base][e].get("cls_target_mass", np.nan)
-            for e in eps
-        ]
+        move = [_mass(rows[m][e]) - _mass(rows[base][e]) for e in eps]
         out.append(f"| {base} | {_r(acc, mass)} | {m} | {_r(gain, move)} | {len(eps)} |")
     return out
 

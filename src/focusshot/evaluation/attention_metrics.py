@@ -162,7 +162,7 @@ def cls_attention_metrics(
     # a row whose every head gives the patches exactly 0 (softmax underflow: [CLS] attends only to
     # prefix tokens, seen after LoRA at lr 5e-2) has no patch distribution to measure
     none = total[:, 0] <= 0
-    attn = patch / torch.where(total > 0, total, torch.ones_like(total))  # (B, P), sums to 1
+    attn = patch / total.masked_fill(none[:, None], 1.0)  # (B, P), sums to 1 (0 where none)
     mass = torch.where(none, torch.full_like(total[:, 0], float("nan")), (attn * weights).sum(dim=1))
     sorted_attn = attn.sort(dim=1, descending=True).values
     csum = sorted_attn.cumsum(dim=1)
