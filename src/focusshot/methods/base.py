@@ -395,7 +395,9 @@ def fitted_from_state(state: dict[str, Tensor], config: dict[str, Any], backbone
     name = config.get("method")
     if not isinstance(name, str):
         raise ValueError("the fitted method's config names no method")
-    return method_class(name).from_state(state, config, backbone)
+    fitted = method_class(name).from_state(state, config, backbone)
+    fitted.method = name  # an alias's fit loads under the alias it was saved with
+    return fitted
 
 
 def no_options() -> Any:

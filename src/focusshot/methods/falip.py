@@ -175,6 +175,10 @@ class RedCircleOptions:
             raise ValueError(f"width must be positive, got {self.width}")
         _check_common("box", self.missing_box, self.scale, self.batch_size)
 
+    def draw(self, rgb: Tensor, boxes: Tensor) -> Tensor:
+        """A red ellipse around each box on de-normalised crops ``(M, 3, H, W)``; same shape back."""
+        return red_ellipse(rgb, boxes, float(self.width))
+
 
 @dataclass(frozen=True)
 class BlurBoxOptions:
@@ -191,6 +195,10 @@ class BlurBoxOptions:
         if not self.blur >= 0:
             raise ValueError(f"blur must be >= 0, got {self.blur}")
         _check_common("box", self.missing_box, self.scale, self.batch_size)
+
+    def draw(self, rgb: Tensor, boxes: Tensor) -> Tensor:
+        """Blur outside each box on de-normalised crops ``(M, 3, H, W)``; same shape back."""
+        return blur_outside(rgb, boxes, float(self.blur) * int(rgb.shape[-1]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -502,10 +510,7 @@ class PromptFitted(_RegionHeadFitted):
         std = torch.tensor(pre.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         rgb = images * std + mean
         boxes = regions.to(images.device)
-        if self.method == "red_circle":
-            rgb = red_ellipse(rgb, boxes, float(self.options.width))
-        else:
-            rgb = blur_outside(rgb, boxes, float(self.options.blur) * int(images.shape[-1]))
+        rgb = self.options.draw(rgb, boxes)
         return (rgb - mean) / std
 
     @torch.inference_mode()
