@@ -1,4 +1,4 @@
-"""FALIP: a region prompt as a foveal attention bias, and the drawn visual prompts it replaces.
+"""FALIP: a region prompt as a foveal attention bias.
 
 Zhuang et al., "Visual Prompt as Foveal Attention Boosts CLIP Zero-Shot Performance" (ECCV 2024).
 Instead of drawing on the image, FALIP adds a foveal attention mask to the [CLS] row of the last
@@ -12,14 +12,13 @@ draws more of its value from the region while every pixel stays as it was. Metho
 * ``falip_tip``: Tip-Adapter (Zhang et al., ECCV 2022) whose cache keys *and* queries are FALIP
   features of the support and query images (each with its own region); alpha and beta are searched
   on validation data when the protocol has them (their regions included).
-* ``red_circle`` and ``blur_box``: zero-shot CLIP on images with a red ellipse drawn around the
-  region, or everything outside it blurred (:mod:`focusshot.data.prompts`); the image-space
-  prompts FALIP is compared against.
+
+The image-space prompts FALIP is compared against (``red_circle``, ``blur_box``) are in
+:mod:`focusshot.methods.drawn_prompts`.
 
 **Prefix.** FALIP changes nothing before its first biased block, so it reads the cached tokens
 entering block ``L - k`` (``Prefix.tokens(L - k)``) and runs only the last ``k`` blocks per image
-and region; the drawn prompts read the cached preprocessed crop (``Prefix.images()``), draw on it
-after de-normalising, and run the whole tower.
+and region.
 
 **Regions** come from the runner as ``(M, 4)`` boxes in ``[0, 1]`` coordinates of the evaluation
 crop (``FitContext.regions`` for the support set, ``logits(query, regions=...)`` for the queries),
@@ -64,58 +63,44 @@ in those blocks). Because the output projection is affine, this equals ``2 proj(
 the [CLS] row; every other token is left as the masked pass computed it.
 
 Backbones without a ViT token path and a global [CLS] row (Swin's windowed attention, CNNs, CLIP's
-ResNets) are refused by ``falip``/``falip_tip`` with a clear error; the drawn prompts work on any
-CLIP.
+ResNets) are refused by ``falip``/``falip_tip`` with a clear error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-import focusshot.methods.feature_heads  # noqa: F401  (the frozen-feature heads register, and list, first)
 from focusshot.attention.foveal import foveal_bias, rollout_box
 from focusshot.attention.record import record
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.vit import Block
-from focusshot.data.prompts import blur_outside, red_ellipse
 from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
-from focusshot.heads.zeroshot import ZeroShot
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
+from focusshot.methods.regions import (
+    RegionHeadFitted,
+    check_region_options,
+    device_dtype,
+    need_text,
+    resolve_regions,
+    zeroshot_classifier,
+)
 from focusshot.options import option
 
 __all__ = [
-    "BlurBoxOptions",
     "FalipFitted",
     "FalipOptions",
     "FalipTipOptions",
-    "PromptFitted",
-    "RedCircleOptions",
     "biased_layers",
     "falip_features",
     "require_falip_backbone",
 ]
-
-REGIONS = ("box", "whole", "auto")
-MISSING = ("error", "whole")
-
-
-def _check_common(region: str, missing_box: str, scale: float, batch_size: int) -> None:
-    if region not in REGIONS:
-        raise ValueError(f"region must be one of {list(REGIONS)}, got {region!r}")
-    if missing_box not in MISSING:
-        raise ValueError(f"missing_box must be one of {list(MISSING)}, got {missing_box!r}")
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +133,7 @@ class FalipOptions:
             raise ValueError(f"layers_fraction must lie in [0, 1], got {self.layers_fraction}")
         if not 0.0 < self.keep <= 1.0:
             raise ValueError(f"keep must lie in (0, 1], got {self.keep}")
-        _check_common(self.region, self.missing_box, self.scale, self.batch_size)
+        check_region_options(self.region, self.missing_box, self.scale, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -159,46 +144,6 @@ class FalipTipOptions(FalipOptions):
         1.0, "Tip-Adapter's residual ratio of the cache logits (used without validation)"
     )
     tip_beta: float = option(5.5, "Tip-Adapter's affinity sharpness (used without validation)")
-
-
-@dataclass(frozen=True)
-class RedCircleOptions:
-    """Options of ``red_circle``."""
-
-    width: float = option(2.0, "outline width in pixels of the evaluation crop")
-    missing_box: str = option("error", "an image without a box: error, or whole (drawn unprompted; counted)")
-    scale: float = option(100.0, "CLIP's logit scale on cosine similarities")
-    batch_size: int = option(64, "images per forward pass")
-
-    def __post_init__(self) -> None:
-        if not self.width > 0:
-            raise ValueError(f"width must be positive, got {self.width}")
-        _check_common("box", self.missing_box, self.scale, self.batch_size)
-
-    def draw(self, rgb: Tensor, boxes: Tensor) -> Tensor:
-        """A red ellipse around each box on de-normalised crops ``(M, 3, H, W)``; same shape back."""
-        return red_ellipse(rgb, boxes, float(self.width))
-
-
-@dataclass(frozen=True)
-class BlurBoxOptions:
-    """Options of ``blur_box``."""
-
-    blur: float = option(
-        0.15, "Gaussian std outside the box, as a fraction of the crop side (ReCLIP's 100 px ~ 0.15)"
-    )
-    missing_box: str = option("error", "an image without a box: error, or whole (left sharp; counted)")
-    scale: float = option(100.0, "CLIP's logit scale on cosine similarities")
-    batch_size: int = option(64, "images per forward pass")
-
-    def __post_init__(self) -> None:
-        if not self.blur >= 0:
-            raise ValueError(f"blur must be >= 0, got {self.blur}")
-        _check_common("box", self.missing_box, self.scale, self.batch_size)
-
-    def draw(self, rgb: Tensor, boxes: Tensor) -> Tensor:
-        """Blur outside each box on de-normalised crops ``(M, 3, H, W)``; same shape back."""
-        return blur_outside(rgb, boxes, float(self.blur) * int(rgb.shape[-1]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,11 +171,6 @@ def biased_layers(depth: int, layers: int = 4, layers_fraction: float = 0.0) -> 
     if layers_fraction > 0:
         return min(depth, max(1, round(layers_fraction * depth)))
     return min(int(layers), depth)
-
-
-def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(module.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
 def _blocks(backbone: Backbone) -> nn.ModuleList:
@@ -292,7 +232,7 @@ def falip_features(
         raise ValueError(f"the first biased block must lie in 0..{depth - 1}, got {start}")
     if boxes is not None and tuple(boxes.shape) != (tokens.shape[0], 4):
         raise ValueError(f"regions must be ({tokens.shape[0]}, 4), got {tuple(boxes.shape)}")
-    device, dtype = _device_dtype(backbone)
+    device, dtype = device_dtype(backbone)
     prefix = int(backbone.num_prefix_tokens)
     out = []
     for s in range(0, tokens.shape[0], batch_size):
@@ -319,31 +259,6 @@ def falip_features(
     return torch.cat(out)
 
 
-def _zeroshot(text: Tensor, scale: float) -> ZeroShot:
-    return cast(ZeroShot, create_head("zeroshot", text_embeddings=text, scale=scale))
-
-
-def _need_text(ctx: FitContext, method: str) -> Tensor:
-    if ctx.text is None:
-        raise ValueError(f"method {method!r} needs class text embeddings: use a CLIP backbone")
-    return ctx.text
-
-
-def _resolve_regions(method: str, region: str, missing_box: str, regions: Tensor | None) -> Tensor | None:
-    """The boxes a fit uses: ``None`` for whole/auto; the given ones for box (or ``None`` when the
-    caller has none and ``missing_box`` is ``whole``)."""
-    if region != "box":
-        return None
-    if regions is None:
-        if missing_box == "whole":
-            return None
-        raise ValueError(
-            f"method {method!r} (region='box') needs a region per image: pass regions=(M, 4) boxes in "
-            "[0, 1] crop coordinates, or use region='auto' / missing_box='whole'"
-        )
-    return regions.detach().to(torch.float32).cpu()
-
-
 def _encode(
     method: str, backbone: Backbone, start: int, o: FalipOptions, tokens: Tensor, regions: Tensor | None
 ) -> Tensor:
@@ -351,7 +266,7 @@ def _encode(
     return falip_features(
         backbone,
         tokens,
-        _resolve_regions(method, o.region, o.missing_box, regions),
+        resolve_regions(method, o.region, o.missing_box, regions),
         start,
         alpha=o.alpha,
         sigma=o.sigma,
@@ -361,32 +276,7 @@ def _encode(
     )
 
 
-class _RegionHeadFitted(Fitted):
-    """A head over region-dependent features: ``logits(query, regions) = head(features(query, regions))``."""
-
-    head: FittedHead
-
-    @abstractmethod
-    def features(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
-        """Features ``(M, D)`` of the query prefix under ``regions`` ``(M, 4)``."""
-
-    def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
-        return self.head.logits(self.features(query, regions))
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.num_classes
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.head.state_dict()
-
-    def attention_model(self) -> Backbone | None:
-        """The backbone, whose attention under this method's region (bias or drawn prompt) is recorded
-        while :meth:`logits` runs."""
-        return getattr(self, "backbone", None)
-
-
-class FalipFitted(_RegionHeadFitted):
+class FalipFitted(RegionHeadFitted):
     """A fitted ``falip``/``falip_tip``: ``logits(tokens (M, N, C), regions (M, 4)) -> (M, C)``."""
 
     def __init__(
@@ -459,10 +349,8 @@ class FalipMethod(_FalipMethod):
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Nothing to learn: the zero-shot classifier of the class texts (the support set is unused)."""
-        head = _zeroshot(_need_text(ctx, self.name), self.options.scale)
-        return FalipFitted(
-            self.name, ctx.backbone, self._start(ctx.backbone), self.options, head.classifier()
-        )
+        head = zeroshot_classifier(ctx, self.name, self.options.scale)
+        return FalipFitted(self.name, ctx.backbone, self._start(ctx.backbone), self.options, head)
 
 
 @register_method("falip_tip")
@@ -476,7 +364,7 @@ class FalipTipMethod(_FalipMethod):
         """Cache keys: FALIP features of the support tokens ``(N, T, C)`` with ``ctx.regions``; alpha
         and beta searched on ``ctx.val`` (with ``ctx.val_regions``) when given."""
         o = self.options
-        text = _need_text(ctx, self.name)
+        text = need_text(ctx, self.name)
         start = self._start(ctx.backbone)
         keys = _encode(self.name, ctx.backbone, start, o, support, ctx.regions)
         val_f = val_l = None
@@ -488,88 +376,3 @@ class FalipTipMethod(_FalipMethod):
         )
         fitted = head.fit(keys, labels, ctx.num_classes, val_features=val_f, val_labels=val_l)
         return FalipFitted(self.name, ctx.backbone, start, o, fitted)
-
-
-# ------------------------------------------------------------------------------------------------
-# drawn visual prompts (the baselines)
-
-
-class PromptFitted(_RegionHeadFitted):
-    """A fitted ``red_circle``/``blur_box``: ``logits(images (M, 3, H, W), regions (M, 4)) -> (M, C)``."""
-
-    def __init__(self, method: str, backbone: Backbone, options: Any, head: FittedHead) -> None:
-        self.method = method
-        self.backbone = backbone
-        self.options = options
-        self.head = head
-
-    def prompted(self, images: Tensor, regions: Tensor) -> Tensor:
-        """Draw the prompt on preprocessed images ``(M, 3, H, W)`` (normalised); same shape back."""
-        pre = self.backbone.preprocess
-        mean = torch.tensor(pre.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        rgb = images * std + mean
-        boxes = regions.to(images.device)
-        rgb = self.options.draw(rgb, boxes)
-        return (rgb - mean) / std
-
-    @torch.inference_mode()
-    def features(self, images: Tensor, regions: Tensor | None = None) -> Tensor:
-        """Pooled CLIP features ``(M, D)`` of the prompted images (float32, on the CPU)."""
-        boxes = _resolve_regions(self.method, "box", self.options.missing_box, regions)
-        if boxes is None:
-            boxes = torch.full((images.shape[0], 4), float("nan"))
-        if tuple(boxes.shape) != (images.shape[0], 4):
-            raise ValueError(f"regions must be ({images.shape[0]}, 4), got {tuple(boxes.shape)}")
-        device, dtype = _device_dtype(self.backbone)
-        out = []
-        bs = int(self.options.batch_size)
-        for s in range(0, images.shape[0], bs):
-            x = self.prompted(images[s : s + bs].to(torch.float32), boxes[s : s + bs])
-            out.append(self.backbone.forward_features(x.to(device=device, dtype=dtype)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, int(self.backbone.num_features))
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "options": dataclasses.asdict(self.options),
-            "head": self.head.config(),
-        }
-
-
-class _PromptMethod(Method):
-    needs_text: ClassVar[bool] = True
-    needs_regions: ClassVar[bool] = True
-
-    def missing_box(self) -> str:
-        return self.options.missing_box
-
-    def prefix(self, backbone: Backbone) -> Prefix:
-        """The preprocessed crop: the prompt is drawn on it, then the whole tower runs."""
-        return Prefix.images()
-
-    def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
-        """Nothing to learn: the zero-shot classifier of the class texts (the support set is unused)."""
-        head = _zeroshot(_need_text(ctx, self.name), self.options.scale)
-        return PromptFitted(self.name, ctx.backbone, self.options, head.classifier())
-
-    @classmethod
-    def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
-        options = options_from_dict(cls.Options, config["options"], cls.name)
-        return PromptFitted(cls.name, backbone, options, head_from_state(state, config["head"]))
-
-
-@register_method("red_circle")
-class RedCircleMethod(_PromptMethod):
-    """Zero-shot CLIP on images with a red ellipse drawn around the region (Shtedritski et al., 2023)."""
-
-    Options: ClassVar[type] = RedCircleOptions
-    summary = "zero-shot CLIP with a red ellipse drawn around the region (Shtedritski et al., 2023)"
-
-
-@register_method("blur_box")
-class BlurBoxMethod(_PromptMethod):
-    """Zero-shot CLIP on images blurred outside the region (ReCLIP / FGVP's blur prompt)."""
-
-    Options: ClassVar[type] = BlurBoxOptions
-    summary = "zero-shot CLIP with everything outside the region blurred (ReCLIP, Subramanian et al., 2022)"
