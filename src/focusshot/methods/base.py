@@ -240,15 +240,33 @@ def unregister_method(name: str) -> None:
     _METHODS.pop(name, None)
 
 
-#: recipe modules in registration order: frozen-feature heads first, then the tuning baselines,
-#: FORT, the training-free attention methods, and the CLIP adaptation methods
-_RECIPES = ("feature_heads", "tuning", "fort", "falip", "sav", "coop", "clip_lora", "safe", "apt")
+#: recipe modules in listing order: frozen-feature heads first, then the tuning baselines, FORT,
+#: the training-free attention methods, and the CLIP adaptation methods
+_RECIPES = (
+    "feature_heads",
+    "tuning",
+    "fort",
+    "falip",
+    "drawn_prompts",
+    "sav",
+    "coop",
+    "clip_lora",
+    "safe",
+    "apt",
+)
 
 
 def _load_all() -> None:
-    """Import every recipe module so their registrations run."""
+    """Import every recipe module so their registrations run, and order the registry as
+    :data:`_RECIPES` lists the modules (whichever was imported first), each module's methods in the
+    order it registers them; methods registered elsewhere (plug-ins, tests) come last."""
     for name in _RECIPES:
         importlib.import_module(f"focusshot.methods.{name}")
+    rank = {f"focusshot.methods.{name}": i for i, name in enumerate(_RECIPES)}
+    ordered = sorted(_METHODS.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    if list(_METHODS.items()) != ordered:
+        _METHODS.clear()
+        _METHODS.update(ordered)
 
 
 def list_methods() -> list[str]:
