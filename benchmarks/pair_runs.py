@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from focusshot.evaluation.results import paired
+from focusshot.evaluation.results import paired, read_results
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="run folders (results.jsonl + run.json)")
+    ap.add_argument("runs", nargs="+", help="run folders (results.jsonl or results.jsonl.gz, and run.json)")
     ap.add_argument("--baseline", required=True, help="the method every other is compared with")
     ap.add_argument("--output", required=True, help="markdown table to write")
     args = ap.parse_args()
@@ -32,7 +32,7 @@ def main() -> int:
         if fingerprint is not None and fp != fingerprint:
             raise SystemExit(f"{run}: different episodes ({fp} vs {fingerprint})")
         fingerprint = fp
-        new = [json.loads(line) for line in (Path(run) / "results.jsonl").read_text().splitlines() if line]
+        new = read_results(run)  # results.jsonl or results.jsonl.gz
         seen = {r["method"] for r in rows}
         for r in new:  # a method already taken from an earlier run is named after its run folder
             if r["method"] in seen:

@@ -13,12 +13,11 @@ it lowered ECE in).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from focusshot.evaluation.results import paired_split
+from focusshot.evaluation.results import paired_split, read_results, results_file
 
 HERE = Path(__file__).parent
 SUITES = ("fine", "clutter")
@@ -34,9 +33,8 @@ def _rows(suite: str) -> list[dict]:
     """The suite's rows, plus CoOp's from ``<suite>_coop`` (run separately on clutter)."""
     rows = []
     for folder in (HERE / suite, HERE / f"{suite}_coop"):
-        path = folder / "results.jsonl"
-        if path.is_file():
-            new = [json.loads(line) for line in path.read_text().splitlines() if line]
+        if results_file(folder):
+            new = read_results(folder)
             rows += [r for r in new if folder.name == suite or r["method"] == "coop"]
     return rows
 

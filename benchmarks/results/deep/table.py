@@ -4,11 +4,11 @@ python benchmarks/results/deep/table.py > benchmarks/results/deep/summary.md
 python benchmarks/results/deep/table.py --best-falip    # "ALPHA BLOCKS" chosen on validation
 """
 
-import json
 import sys
 from pathlib import Path
 
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
+from focusshot.evaluation.results import read_results
 
 HERE = Path(__file__).parent
 ALPHAS, BLOCKS = ("0.2", "1", "3", "10", "30", "100"), (2, 4, 6, 12)
@@ -16,8 +16,7 @@ ALPHAS, BLOCKS = ("0.2", "1", "3", "10", "30", "100"), (2, 4, 6, 12)
 
 def rows(run: str) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
-    for line in (HERE / run / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_results(HERE / run):
         out.setdefault(r["method"], {})[r["episode"]] = r
     return out
 

@@ -31,14 +31,16 @@ else
   methods=ssf@lr5e2,ssf+fort@lr5e2cls_a5,ssf+fort@lr5e2cls_a5_box,ft@b2,ft+fort@b2,ft+fort@b2_box
 fi
 mkdir -p "$out"
-if [ ! -s "$out/results.jsonl" ]; then
+# the stored logs are results.jsonl.gz (benchmarks/compress_runs.py); evaluate resumes from either form
+if [ ! -s "$out/results.jsonl" ] && [ ! -s "$out/results.jsonl.gz" ]; then
   python3 -c '
 import json, sys
+from focusshot.evaluation.results import results_lines
 keep = set(sys.argv[2].split(","))
-for line in open(sys.argv[1]):
+for line in results_lines(sys.argv[1]):
     if json.loads(line)["method"] in keep:
-        sys.stdout.write(line)
-' "$src/results.jsonl" "$methods" > "$out/results.jsonl"
+        sys.stdout.write(line + "\n")
+' "$src" "$methods" > "$out/results.jsonl"
 fi
 opts_file=$(mktemp --suffix=.json)
 trap 'rm -f "$opts_file"' EXIT

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from focusshot.evaluation.metrics import mean_ci95
+from focusshot.evaluation.results import read_results, results_file
 
 HERE = Path(__file__).parent
 #: FORT variant -> its plain recipe at the same regime
@@ -44,8 +45,7 @@ PAIRS = {
 
 def _rows(run: Path) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
-    for line in (run / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_results(run):
         out.setdefault(r["method"], {})[r["episode"]] = r
     return out
 
@@ -54,7 +54,7 @@ def _merged(*runs: Path) -> dict[str, dict[int, dict]]:
     """The rows of several runs of one backbone on the same episodes (run.sh's and run_ssf.sh's)."""
     out: dict[str, dict[int, dict]] = {}
     for run in runs:
-        if (run / "results.jsonl").is_file():
+        if results_file(run):
             out.update(_rows(run))
     return out
 
@@ -188,7 +188,7 @@ def stored_rerun() -> list[str]:
     checks += [(recheck, "ssf+fort", fort), (regime, "ft", tuning), (regime, "ft+fort", fort)]
     out = []
     for run, m, stored in checks:
-        if not (run / "results.jsonl").is_file():
+        if not results_file(run):
             continue
         new, old = _rows(run).get(m, {}), _rows(stored).get(m, {})
         common = sorted(set(old) & set(new))
@@ -239,7 +239,7 @@ def single_vs_clutter() -> list[str]:
     out = ["| backbone | method | world:single | world:clutter | clutter - single |", "|---|---|---|---|---|"]
     for bb in ("world-dino", "world-clip"):
         runs = [HERE / f"{bb}_frozen_{s}_5w1s" for s in ("single", "clutter")]
-        if not all((r / "results.jsonl").is_file() for r in runs):
+        if not all(results_file(r) for r in runs):
             continue
         single, clutter = (_rows(r) for r in runs)
         for m in single:
@@ -252,7 +252,7 @@ def single_vs_clutter() -> list[str]:
 
 
 def main() -> None:
-    runs = sorted(p for p in HERE.iterdir() if (p / "results.jsonl").is_file())
+    runs = sorted(p for p in HERE.iterdir() if results_file(p))
     print("# FORT where its premise holds: world-dino against world-clip\n")
     print("5-way 1-shot, 5 queries, `world:clutter?split=1` (`run.sh`); ± is the 95% CI over episodes.\n")
     premise = HERE / "premise" / "premise.md"
@@ -263,7 +263,7 @@ def main() -> None:
         print(f"## {run.name}\n")
         print("\n".join(table(run)) + "\n")
     dino, clip = (HERE / f"{bb}_test_5w1s" for bb in ("world-dino", "world-clip"))
-    if (dino / "results.jsonl").is_file() and (clip / "results.jsonl").is_file():
+    if results_file(dino) and results_file(clip):
         print("## The claim: FORT helps more on world-dino than on world-clip (test episodes)\n")
         one = [[p, Path(f"{p}_ssf"), Path(f"{p}_ft")] for p in (dino, clip)]
         print("\n".join(claim(*one)) + "\n")
@@ -272,7 +272,7 @@ def main() -> None:
         for bb, runs in zip(("world-dino", "world-clip"), one, strict=True):
             print(f"### {bb}\n")
             print("\n".join(correlations(_merged(*runs))) + "\n")
-    if (HERE / "world-dino_clutter_5w5s" / "results.jsonl").is_file():
+    if results_file(HERE / "world-dino_clutter_5w5s"):
         d5, c5 = five_shot()
         print("## 5 shots: the claim on `world:clutter`, 15 queries\n")
         print("world-clip's official LoRA and SSF rows are the stored runs of the same episodes in")

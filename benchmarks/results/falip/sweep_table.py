@@ -3,17 +3,17 @@
 python benchmarks/results/falip/sweep_table.py > benchmarks/results/falip/sweep.md
 """
 
-import json
 from pathlib import Path
 
 from focusshot.evaluation.metrics import paired_difference
+from focusshot.evaluation.results import read_results
 
 HERE = Path(__file__).parent
 ALPHAS, BLOCKS = ("0.2", "1", "3", "10", "30", "100"), (2, 3, 6)
 
 
 def gain(run: Path) -> tuple[float, float]:
-    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines() if x]
+    rows = read_results(run)
     acc = {m: {r["episode"]: r["accuracy"] for r in rows if r["method"] == m} for m in ("falip", "zeroshot")}
     eps = sorted(acc["falip"])
     res = paired_difference([acc["falip"][e] for e in eps], [acc["zeroshot"][e] for e in eps])

@@ -12,22 +12,21 @@ chance (the target's share of the patches); seconds per episode.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
 from focusshot.evaluation.metrics import paired_difference
+from focusshot.evaluation.results import read_results, results_file
 
 HERE = Path(__file__).parent
 TUNING = HERE.parent / "tuning"
 
 
 def _rows(folder: Path, rename: str = "") -> list[dict]:
-    path = folder / "results.jsonl"
-    if not path.is_file():
+    if not results_file(folder):
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_results(folder)
     for r in rows:
         r["method"] = r["method"] + rename
     return rows

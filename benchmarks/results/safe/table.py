@@ -12,12 +12,11 @@ and SAFE against both of its ends (beta = 0: the tuned pool alone; zero-shot: th
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from focusshot.evaluation.results import paired_split
+from focusshot.evaluation.results import paired_split, read_results, results_file
 
 HERE = Path(__file__).parent
 SUITES = ("single", "clutter")
@@ -30,10 +29,9 @@ BETA = {
 
 
 def _rows(suite: str) -> list[dict]:
-    path = HERE / suite / "results.jsonl"
-    if not path.is_file():
+    if not results_file(HERE / suite):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return read_results(HERE / suite)
 
 
 def _acc(rows: list[dict], method: str, k: int, test: str, key: str = "accuracy") -> str:

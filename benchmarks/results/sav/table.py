@@ -3,17 +3,17 @@
 python benchmarks/results/sav/table.py > benchmarks/results/sav/summary.md
 """
 
-import json
 from pathlib import Path
 
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
+from focusshot.evaluation.results import read_results
 
 HERE = Path(__file__).parent
 
 
 def acc(suite: str, k: int, cfg: str, method: str) -> dict[int, float]:
-    rows = (HERE / f"{suite}_5w{k}s_{cfg}" / "results.jsonl").read_text().splitlines()
-    return {r["episode"]: r["accuracy"] for r in map(json.loads, rows) if r["method"] == method}
+    rows = read_results(HERE / f"{suite}_5w{k}s_{cfg}")
+    return {r["episode"]: r["accuracy"] for r in rows if r["method"] == method}
 
 
 def diff(a: dict[int, float], b: dict[int, float]) -> str:

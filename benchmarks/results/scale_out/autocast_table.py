@@ -8,7 +8,6 @@ Runs (world-clip, world:clutter, 5-way 1-shot, 200 episodes, seed 0; CPU autocas
     python benchmarks/results/scale_out/autocast_table.py > benchmarks/results/scale_out/autocast.md
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,14 +17,14 @@ from focusshot.api import default_cache_dir
 from focusshot.data.sources import open_source
 from focusshot.evaluation.cache import FeatureCache, Prefix
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
+from focusshot.evaluation.results import read_results
 
 HERE = Path(__file__).parent
 
 
 def rows(run: str) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
-    for line in (HERE / run / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_results(HERE / run):
         out.setdefault(r["method"], {})[r["episode"]] = r["accuracy"]
     return out
 

@@ -9,12 +9,18 @@ In a multi-process run (:mod:`focusshot.distributed`) each rank appends to its o
 ``shards/rank<r>.jsonl``; every rank's view of what is done is ``results.jsonl`` plus every
 shard, so a rerun with any number of ranks resumes, and :meth:`ResultLog.merge` (rank 0, at the
 end) folds the shards into ``results.jsonl`` in a one-process run's order.
+
+A finished run folder may store its log gzip-compressed, as ``results.jsonl.gz`` (the benchmark
+folders do): :func:`read_results` reads either form, and a :class:`ResultLog` opened on such a
+folder (a resumed run) decompresses it into ``results.jsonl`` first. Where both exist, the plain
+file is the current one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
@@ -26,6 +32,66 @@ from typing import Any
 import numpy as np
 
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
+
+RESULTS = "results.jsonl"
+COMPRESSED = RESULTS + ".gz"
+
+
+def results_file(directory: str | os.PathLike[str]) -> Path | None:
+    """The run folder's result log: ``results.jsonl``, else ``results.jsonl.gz``; ``None`` when
+    the folder holds neither."""
+    for name in (RESULTS, COMPRESSED):
+        path = Path(directory) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def results_lines(directory: str | os.PathLike[str]) -> list[str]:
+    """The non-empty lines of a run folder's ``results.jsonl`` or ``results.jsonl.gz``.
+
+    Args:
+        directory: a folder written by ``focusshot evaluate``.
+
+    Raises:
+        FileNotFoundError: the folder holds neither file.
+    """
+    path = results_file(directory)
+    if path is None:
+        raise FileNotFoundError(f"{directory}: no {RESULTS} or {COMPRESSED}")
+    data = gzip.decompress(path.read_bytes()) if path.name == COMPRESSED else path.read_bytes()
+    return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def read_results(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a run folder's ``results.jsonl`` or ``results.jsonl.gz``, in file order.
+
+    Args:
+        directory: a folder written by ``focusshot evaluate``.
+
+    Raises:
+        FileNotFoundError: the folder holds neither file.
+    """
+    return [json.loads(line) for line in results_lines(directory)]
+
+
+def _inflate(directory: Path) -> None:
+    """Decompress ``results.jsonl.gz`` into ``results.jsonl`` (then remove it) so a resumed run
+    appends to a plain log; nothing to do when the plain file exists or neither does. The ranks of
+    a multi-process run may all call it at once: each writes its own temporary copy (equal bytes)."""
+    plain, packed = directory / RESULTS, directory / COMPRESSED
+    if plain.exists() or not packed.is_file():
+        return
+    try:
+        data, mode = gzip.decompress(packed.read_bytes()), packed.stat().st_mode & 0o777
+    except FileNotFoundError:  # another rank inflated it just now
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results.", suffix=".jsonl.tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)  # the log's permissions, not mkstemp's 0600
+    os.replace(tmp, plain)
+    packed.unlink(missing_ok=True)
 
 
 class ResultLog:
@@ -78,6 +144,7 @@ class ResultLog:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(run_info, indent=2, default=str) + "\n")
             os.replace(tmp, info_path)
+        _inflate(self.directory)
         self.rows: list[dict[str, Any]] = []
         self.done: set[tuple] = set()
         self._counted: dict[Path, tuple[int, int]] = {}  # count_all: file -> (bytes read, lines)
@@ -184,7 +251,7 @@ def comparable_rows(directory: str | os.PathLike[str]) -> list[str]:
     runs of one config may write differently): equal lists mean equal results, in the same order
     (a one-process run against a merged multi-process run, a resumed run against an uninterrupted one)."""
     out = []
-    for line in (Path(directory) / "results.jsonl").read_text().splitlines():
+    for line in results_lines(directory):
         row = json.loads(line)
         row.pop("seconds", None)
         out.append(_line(row))

@@ -1,13 +1,13 @@
 """One self-contained HTML page per run: ``focusshot report RUN_DIR`` (and the end of ``evaluate``).
 
-Reads only what the run wrote (``run.json``, ``summary.csv``, ``paired.csv``, ``results.jsonl``,
-``attention.json``, the PNG figures, ``*.auto.json``) and writes ``RUN_DIR/report.html``: the
-config, the backbone's identity and versions, the summary table, paired differences as a
-forest plot, accuracy against shots for split runs, reliability diagrams, attention maps and
-metrics, and ``fit --method auto`` candidates when the folder holds them. Every image is inlined
-(base64), styles are inline, there is no script from anywhere and no network access; the page
-follows the reader's light or dark mode and narrows to a phone. Figures are drawn with matplotlib
-(Agg).
+Reads only what the run wrote (``run.json``, ``summary.csv``, ``paired.csv``, ``results.jsonl``
+or ``results.jsonl.gz``, ``attention.json``, the PNG figures, ``*.auto.json``) and writes
+``RUN_DIR/report.html``: the config, the backbone's identity and versions, the summary table,
+paired differences as a forest plot, accuracy against shots for split runs, reliability
+diagrams, attention maps and metrics, and ``fit --method auto`` candidates when the folder holds
+them. Every image is inlined (base64), styles are inline, there is no script from anywhere and no
+network access; the page follows the reader's light or dark mode and narrows to a phone. Figures
+are drawn with matplotlib (Agg).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import io
 import json
 from pathlib import Path
 from typing import Any
+
+from focusshot.evaluation.results import read_results, results_file
 
 __all__ = ["write_report"]
 
@@ -146,11 +148,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{run_dir}: no run.json, so not a focusshot run folder")
     info = json.loads(info_path.read_text())
     cfg = info.get("config", {})
-    rows = (
-        [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines() if x]
-        if (run_dir / "results.jsonl").is_file()
-        else []
-    )
+    rows = read_results(run_dir) if results_file(run_dir) else []  # results.jsonl or .jsonl.gz
     summary, pairs = _csv(run_dir / "summary.csv"), _csv(run_dir / "paired.csv")
     parts = [f"<h1>focusshot run: {html.escape(run_dir.name)}</h1>"]
     ident = info.get("backbone", {})
