@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.data.images import list_images
+from focusshot.data.labelled import Box, LabelledImages
 from focusshot.embedding import Embeddings, embed_images
 from focusshot.methods.base import Fitted, create_method, fitted_from_state
 from focusshot.versions import versions
@@ -65,7 +66,12 @@ class Classifier:
         self.method = method
         self.backbone_spec = backbone_spec
         self.info = info or {}
-        self.prefix = create_method(method, fitted.config().get("options")).prefix(backbone)
+        recipe = create_method(method, fitted.config().get("options"))
+        self.prefix = recipe.prefix(backbone)
+        #: the fit reads a region per image (FALIP, drawn prompts, FORT with box prompts)
+        self.needs_regions = recipe.needs_regions
+        #: ... and takes it from a box per image (``predict(..., boxes=)``); else it finds its own
+        self.uses_boxes = recipe.needs_regions and recipe.uses_boxes()
 
     def embed(
         self,
@@ -90,10 +96,42 @@ class Classifier:
         calibrate=True)`` fits it on the validation images, Guo et al., 2017)."""
         return float(self.info.get("calibration", {}).get("temperature", 1.0))
 
-    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied)."""
+    def probabilities(self, features: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied);
+        ``regions`` ``(N, 4)`` in ``[0, 1]`` crop coordinates for a method that reads them
+        (:meth:`regions`)."""
+        kw = {"regions": regions} if self.needs_regions else {}
         with torch.inference_mode():
-            return (self.fitted.logits(features).double() / self.temperature).softmax(-1).float()
+            return (self.fitted.logits(features, **kw).double() / self.temperature).softmax(-1).float()
+
+    def regions(
+        self, paths: Sequence[str], boxes: Sequence[Box | None] | Mapping[str, Box | None] | None
+    ) -> torch.Tensor | None:
+        """The boxes of the images ``paths`` (original pixels ``x0, y0, x1, y1``; one per path, or a
+        mapping path -> box) in ``[0, 1]`` coordinates of the backbone's crop: ``(N, 4)``, a NaN row
+        where an image has none; ``None`` when the method reads no boxes or none are given.
+
+        Raises:
+            ValueError: the method reads boxes and ``boxes`` is ``None`` (unless its
+                ``missing_box`` lets an image go without), or their count differs from the paths'.
+        """
+        if not self.uses_boxes:
+            return None
+        if boxes is None:
+            if create_method(self.method, self.fitted.config().get("options")).missing_box() == "whole":
+                return None
+            raise ValueError(
+                f"method {self.method!r} reads a box per image: pass boxes (focusshot predict --boxes "
+                "MANIFEST), or fit it with missing_box='whole'"
+            )
+        if isinstance(boxes, Mapping):
+            boxes = [boxes.get(p) for p in paths]
+        if len(boxes) != len(paths):
+            raise ValueError(f"{len(paths)} images but {len(boxes)} boxes")
+        from focusshot.evaluation.prepare import region_tensor
+
+        named = LabelledImages(list(paths), [0] * len(paths), ["?"], list(boxes), None)
+        return region_tensor(self.backbone, named)
 
     def uncertainty(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image uncertainty ``(N,)`` the method offers beyond its probabilities (APT's MC
@@ -102,11 +140,22 @@ class Classifier:
         return dict(fn(features)) if callable(fn) else {}
 
     def predict_proba(
-        self, images: Sequence[str | os.PathLike[str]], batch_size: int = 32, progress: bool = False
+        self,
+        images: Sequence[str | os.PathLike[str]],
+        batch_size: int = 32,
+        progress: bool = False,
+        boxes: Sequence[Box | None] | Mapping[str, Box | None] | None = None,
     ) -> tuple[torch.Tensor, list[str], list]:
-        """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files."""
+        """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files.
+
+        ``boxes``: one box per image (original pixels), or a mapping path -> box, for a method
+        that reads regions (:meth:`regions`)."""
+        if boxes is not None and not isinstance(boxes, Mapping):
+            if len(boxes) != len(images):
+                raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+            boxes = {str(p): b for p, b in zip(images, boxes, strict=True)}
         emb = self.embed(images, batch_size, progress)
-        return self.probabilities(emb.features), emb.paths, emb.bad
+        return self.probabilities(emb.features, self.regions(emb.paths, boxes)), emb.paths, emb.bad
 
     def predict(
         self,
@@ -114,12 +163,14 @@ class Classifier:
         top_k: int = 5,
         batch_size: int = 32,
         progress: bool = False,
+        boxes: Mapping[str, Box | None] | None = None,
     ) -> list[Prediction]:
-        """Predictions for image files or folders (undecodable files raise :class:`ImageError`)."""
+        """Predictions for image files or folders (undecodable files raise :class:`ImageError`);
+        ``boxes`` maps an image path to its box, for a method that reads regions."""
         paths = list_images(images)
         if not paths:
             raise ValueError(f"no image files in {images}")
-        probs, kept, bad = self.predict_proba(paths, batch_size, progress)
+        probs, kept, bad = self.predict_proba(paths, batch_size, progress, boxes=boxes)
         if bad:
             raise bad[0]
         k = min(top_k, len(self.class_names))

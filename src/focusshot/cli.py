@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import focusshot
 
@@ -204,8 +205,16 @@ def _print_auto(report: dict, classifier: Path) -> None:
         for r in report["candidates"]:
             cells = f"{r['accuracy']:.3f} | ±{r['ci95']:.3f} | {r['nll']:.3f} | {r['seconds']:.2f}"
             print(f"| {r['method']} | {cells} |")
+    b = report.get("budget")
     for name, why in report.get("skipped", {}).items():
-        print(f"  not tried: {name} ({why})")
+        used = b["seconds"].get(name) if b else None
+        print(f"  skipped: {name} ({why})" + ("" if used is None else f" [{used:.1f} s]"))
+    if b:
+        print(
+            f"budget {b['budget_s']:g} s: {b['spent_s']:.1f} s cross-validating, "
+            f"~{b['final_fit_s']:.1f} s kept for the final fit, {b['left_s']:.1f} s left "
+            f"(shared features: {b['shared_s']:.1f} s, outside the budget)"
+        )
     print(f"auto chose {report['method']!r}: {report['reason']} (report: {out})")
 
 
@@ -268,6 +277,21 @@ def _fit_and_save(args: argparse.Namespace, opts: dict[str, dict]) -> int:
     return 0
 
 
+def _boxes_by_path(manifest: str, paths: list[str]) -> dict[str, Any]:
+    """``paths`` -> their box in ``manifest`` (a CSV/JSONL manifest as ``fit`` reads; paths compared
+    resolved, labels ignored); a path the manifest does not list gets ``None``."""
+    from focusshot.data.sources import open_source
+
+    data = open_source(manifest)
+    parts = data.values() if isinstance(data, dict) else [data]
+    known = {
+        str(Path(p).resolve()): b
+        for part in parts
+        for p, b in zip(part.paths, part.boxes or [None] * len(part.paths), strict=True)
+    }
+    return {p: known.get(str(Path(p).resolve())) for p in paths}
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
@@ -280,7 +304,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
         return 2
     emb = clf.embed(paths, progress=not args.quiet)
-    probs, kept, bad = clf.probabilities(emb.features), emb.paths, emb.bad
+    regions = clf.regions(emb.paths, _boxes_by_path(args.boxes, emb.paths) if args.boxes else None)
+    probs, kept, bad = clf.probabilities(emb.features, regions), emb.paths, emb.bad
     extra = {k: v.tolist() for k, v in clf.uncertainty(emb.features).items()}
     for err in bad:
         print(f"could not read {err.path}: {err.reason}", file=sys.stderr)
@@ -456,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=_budget,
         default=60.0,
-        help="--method auto: time for methods that train (e.g. 90s, 10m; default 60s)",
+        help="--method auto: time for choosing, every candidate and the final fit included "
+        "(e.g. 90s, 10m; default 60s)",
     )
     p.add_argument("--output", required=True, help="classifier file to write (.safetensors)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random in the fit")
@@ -491,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mutual_information), top-k",
     )
     p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
+    p.add_argument(
+        "--boxes",
+        metavar="MANIFEST",
+        help="a manifest (CSV or JSONL, as fit reads; labels ignored) giving each image's box, for a "
+        "method that reads a box per image (FALIP, the drawn prompts, FORT with box prompts)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
 
