@@ -20,6 +20,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "focusshot_options",
+    "focusshot_cli",
+    "focusshot_tables",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build"]
@@ -31,3 +33,8 @@ autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 nitpicky = False
+# text as written: "--workers" stays two hyphens (no en dash), quotes and "..." stay as typed
+smartquotes = False
+# wide tables scroll inside their wrapper, with a scrollbar and an edge shadow that show it
+html_static_path = ["_static"]
+html_css_files = ["focusshot.css"]
