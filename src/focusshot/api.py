@@ -74,7 +74,19 @@ def _pick_split(
 def resolve_methods(methods: Sequence[str], backbone: Backbone) -> list[str]:
     """Expand method groups (:func:`~focusshot.methods.base.method_groups`: ``all``, the
     training-free methods ``backbone`` runs without boxes, and the groups methods declare, such as
-    ``tuning`` and ``fort``) into method names, each once, in the order given."""
+    ``tuning`` and ``fort``) into method names, each once, in the order given.
+
+    Args:
+        methods: method names, aliases (``name@x``) and group names.
+        backbone: the backbone the methods will run on (a group keeps the methods it supports).
+
+    Returns:
+        The method names, without duplicates.
+
+    Raises:
+        ValueError: a name that is neither a registered method nor a group (the error lists
+            the valid names).
+    """
     from focusshot.methods.base import method_class, method_groups, methods_in_group
 
     groups = method_groups()
@@ -166,6 +178,50 @@ def evaluate(
     there is one) or a torch device. ``compile`` (``auto``, ``always``, ``never``) and
     ``autocast`` (``none``, ``bf16``, ``fp16``) set how features are extracted
     (:class:`~focusshot.evaluation.cache.FeatureCache`).
+
+    Args:
+        backbone: a registry name (``focusshot backbones`` lists them), ``hf:<repo id>``, a local
+            checkpoint file, or a :class:`~focusshot.backbones.base.Backbone`.
+        data: class folders (optionally under ``train/``, ``val/``, ``test/``), a manifest, a
+            JSONL file, a CoOp split file, a ``world:`` spec, a
+            :class:`~focusshot.data.labelled.LabelledImages`, or a dict of them by split name.
+        methods: method names, aliases (``name@x``) and groups (``all``, ``tuning``, ``fort``);
+            :func:`resolve_methods` expands them.
+        protocol: ``episodic`` (N-way K-shot episodes from one split) or ``split`` (a fixed
+            K-shot training set per seed, scored on the whole test split).
+        output: the run folder; a rerun with the same configuration resumes it, one with another
+            configuration is refused.
+        ways: N, classes per episode (episodic).
+        shots: K, labelled images per class; the split protocol takes a list (``[1, 2, 4]``).
+        queries: Q, query images per class and episode (episodic).
+        episodes: E, the number of episodes (episodic).
+        seed: the episode sampler's seed; also seeds the backbone's random weights when
+            ``pretrained`` is false.
+        split: episodic: the split to draw episodes from (default ``test`` when the data has
+            splits).
+        seeds: split protocol: the few-shot sampling seeds, one training set each.
+        cache_dir: the feature cache (default ``$FOCUSSHOT_CACHE/features``).
+        pretrained: load the backbone's pretrained weights; false: random weights from ``seed``.
+        progress: show progress bars.
+        method_options: ``{method: {option: value}}``; ``focusshot methods`` lists the options.
+        figures: write the reliability diagram and, with target masks, the attention figures.
+        test_data: split protocol: distribution-shift test sets every fit is also scored on.
+        strict: duplicate images are an error instead of a warning.
+        report: write ``report.html`` in ``output``.
+        device: ``cpu``, ``auto`` (each rank's local GPU where there is one) or a torch device.
+        compile: ``auto``, ``always`` or ``never``: when to ``torch.compile`` the frozen forward
+            for extraction.
+        autocast: ``none`` (float32), ``bf16`` or ``fp16``: the precision features are
+            extracted in (cached apart from float32 ones).
+
+    Returns:
+        The run: its folder, result rows, summary, paired differences and attention metrics
+        (on ranks other than 0 of a multi-process run, no rows).
+
+    Raises:
+        ValueError: an unknown method, protocol or split, data the protocol cannot use, or a
+            run folder that holds a run of another configuration.
+        focusshot.locking.OutputBusy: another process is writing to ``output``.
     """
     from focusshot.distributed import ensure
 
@@ -282,6 +338,32 @@ def fit(
     ``method="auto"`` chooses the method by cross-validation on the support (train) images only
     (:func:`focusshot.auto.choose_method`; methods that train only within ``budget_s`` seconds);
     the report is ``info["auto"]``.
+
+    Args:
+        support: a folder with one sub-folder per class (optionally under ``train/`` and
+            ``val/``), a manifest, or a :class:`~focusshot.data.labelled.LabelledImages`.
+        backbone: a registry name, ``hf:<repo id>``, a local checkpoint file, or a
+            :class:`~focusshot.backbones.base.Backbone`.
+        method: a method name or alias (``focusshot methods`` lists them), or ``auto``.
+        options: the method's options, ``{option: value}``.
+        pretrained: load the backbone's pretrained weights; false: random weights from ``seed``.
+        seed: the seed of everything random in the fit.
+        batch_size: images per forward pass when extracting features.
+        progress: show progress bars.
+        cache_dir: the feature cache (default ``$FOCUSSHOT_CACHE/features``).
+        calibrate: fit a temperature on the validation split that ``predict`` applies.
+        skip_bad: leave out unreadable images (counted) instead of failing.
+        strict: duplicate images are an error instead of a warning.
+        budget_s: ``method="auto"``: the seconds the whole choice may take.
+
+    Returns:
+        The fitted classifier: :meth:`~focusshot.classifier.Classifier.predict` classifies new
+        images, :meth:`~focusshot.classifier.Classifier.save` writes it to one file.
+
+    Raises:
+        ValueError: an unknown method or option, ``calibrate`` without a validation split,
+            options given with ``method="auto"``, or duplicate images with ``strict``.
+        focusshot.data.images.ImageErrors: unreadable images (without ``skip_bad``).
     """
     model, spec = _backbone(backbone, pretrained, seed)
     data = support if isinstance(support, LabelledImages) else open_source(support)
