@@ -121,7 +121,7 @@ def test_method_on_family(
         message = str(exc)
         assert family != "tiny-clip-vit", f"{method} must run on a CLIP ViT: {message}"
         assert not runs_on(name, backbone), f"the registry says {name} runs on {family}: {message}"
-        assert name in message or type(backbone).__name__ in message or "CLIP" in message, message
+        assert method in message, f"the refusal does not name the method: {message}"
         return
     assert clf.method == method
     emb = clf.embed(query.paths)

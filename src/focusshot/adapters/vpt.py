@@ -165,6 +165,23 @@ def _blocks_owner(model: nn.Module) -> tuple[nn.Module, str]:
     return model, ""
 
 
+def check_vpt_model(vit: nn.Module) -> nn.ModuleList:
+    """The ``blocks`` VPT wraps in ``vit`` (or its ``visual``); raises :class:`AdapterError` when it
+    has no list of focusshot ViT blocks (CNNs, Swin)."""
+    owner, _ = _blocks_owner(vit)
+    blocks = getattr(owner, "blocks", None)
+    if (
+        not isinstance(blocks, nn.ModuleList)
+        or len(blocks) == 0
+        or not all(isinstance(b, (Block, PromptedBlock)) for b in blocks)
+    ):
+        raise AdapterError(
+            f"no ViT blocks (a .blocks nn.ModuleList of focusshot Blocks) in {describe_model(vit)}; "
+            "VPT needs a ViT whose global attention runs over one token sequence (not a CNN or Swin)"
+        )
+    return blocks
+
+
 def inject_vpt(
     vit: nn.Module,
     cfg: VPTConfig | None = None,
@@ -196,15 +213,7 @@ def inject_vpt(
     blocks = getattr(owner, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and any(isinstance(b, PromptedBlock) for b in blocks):
         raise AdapterError(f"{describe_model(vit)} already has VPT prompts; inject them only once")
-    if (
-        not isinstance(blocks, nn.ModuleList)
-        or len(blocks) == 0
-        or not all(isinstance(b, Block) for b in blocks)
-    ):
-        raise AdapterError(
-            f"no ViT blocks (a .blocks nn.ModuleList of focusshot Blocks) in {describe_model(vit)}; "
-            "VPT needs a ViT whose global attention runs over one token sequence (not a CNN or Swin)"
-        )
+    blocks = check_vpt_model(vit)
     depth = len(blocks)
     if not -depth <= start < depth:
         raise ValueError(f"start={start} out of range for a ViT with {depth} blocks")

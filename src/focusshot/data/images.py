@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from focusshot.data.extensions import IMAGE_EXTENSIONS
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "load_rgb", "to_rgb"]
 
-#: File name endings (lower case) that ``list_images`` treats as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
-)
 
 #: Modes that carry an alpha channel (or a palette/transparency that becomes one).
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
