@@ -85,19 +85,62 @@ def alias_options(name: str) -> tuple[str, dict[str, Any]]:
     return f"{name}@same", base
 
 
-@pytest.fixture(scope="module")
-def support(tmp_path_factory: pytest.TempPathFactory) -> tuple[LabelledImages, LabelledImages, Path]:
-    """3 classes x 3 support images and 2 query images per class, every one with a box."""
-    root = tmp_path_factory.mktemp("contract")
-    class_folders(root / "support", classes=3, per_class=3)
-    class_folders(root / "query", classes=3, per_class=2)
+@dataclasses.dataclass
+class Case:
+    """One method (or alias) fitted on one tiny backbone, shared by every contract test of it."""
 
-    def images(folder: Path) -> LabelledImages:
-        paths = sorted(str(p) for p in folder.rglob("*.png"))
-        labels = [int(Path(p).parent.name.split("_")[1]) for p in paths]
-        return LabelledImages(paths, labels, CLASSES, [(4.0, 4.0, 30.0, 30.0)] * len(paths), None)
+    method: str
+    family: str
+    query: LabelledImages
+    #: the fitted classifier, or ``None`` when the method refused the backbone
+    clf: Classifier | None
+    #: the refusal's message (``""`` when it fitted)
+    refusal: str = ""
+    #: the query regions ``(M, 4)`` for a method that reads them, else ``None``
+    regions: torch.Tensor | None = None
 
-    return images(root / "support"), images(root / "query"), root / "cache"
+
+_DATA: dict[str, tuple[LabelledImages, LabelledImages, Path]] = {}
+_FITTED: dict[tuple[str, bool, str], Case] = {}
+
+
+def contract_data(root: Path) -> tuple[LabelledImages, LabelledImages, Path]:
+    """3 classes x 3 support images and 2 query images per class, every one with a box (written
+    once per test session under ``root``), and the feature cache folder."""
+    if "data" not in _DATA:
+        class_folders(root / "support", classes=3, per_class=3)
+        class_folders(root / "query", classes=3, per_class=2)
+
+        def images(folder: Path) -> LabelledImages:
+            paths = sorted(str(p) for p in folder.rglob("*.png"))
+            labels = [int(Path(p).parent.name.split("_")[1]) for p in paths]
+            return LabelledImages(paths, labels, CLASSES, [(4.0, 4.0, 30.0, 30.0)] * len(paths), None)
+
+        _DATA["data"] = (images(root / "support"), images(root / "query"), root / "cache")
+    return _DATA["data"]
+
+
+def fitted_case(name: str, alias: bool, family: str, root: Path) -> Case:
+    """Method ``name`` (or its alias) fitted through the public API on ``family``'s tiny backbone,
+    once per test session: contract tests in other files reuse it (``tests/test_contract_*.py``)."""
+    key = (name, alias, family)
+    if key not in _FITTED:
+        train, query, cache = contract_data(root)
+        method, options = alias_options(name) if alias else (name, _shrunk(name))
+        try:
+            clf = focusshot.fit(train, backbone=family, method=method, options=options, cache_dir=cache)
+        except ValueError as exc:
+            _FITTED[key] = Case(method, family, query, None, str(exc))
+        else:
+            regions = region_tensor(clf.backbone, query) if clf.needs_regions else None
+            _FITTED[key] = Case(method, family, query, clf, "", regions)
+    return _FITTED[key]
+
+
+@pytest.fixture(scope="session")
+def contract_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the contract's images and feature cache live for the session."""
+    return tmp_path_factory.mktemp("contract")
 
 
 CASES = [
@@ -109,26 +152,22 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "alias", "family"), CASES)
-def test_method_on_family(
-    name: str, alias: bool, family: str, support: tuple[LabelledImages, LabelledImages, Path], tmp_path: Path
-) -> None:
-    train, query, cache = support
-    method, options = alias_options(name) if alias else (name, _shrunk(name))
-    backbone = create_backbone(family)
-    try:
-        clf = focusshot.fit(train, backbone=family, method=method, options=options, cache_dir=cache)
-    except ValueError as exc:
-        message = str(exc)
+def test_method_on_family(name: str, alias: bool, family: str, contract_root: Path, tmp_path: Path) -> None:
+    case = fitted_case(name, alias, family, contract_root)
+    method, query, clf = case.method, case.query, case.clf
+    if clf is None:
+        message = case.refusal
         assert family != "tiny-clip-vit", f"{method} must run on a CLIP ViT: {message}"
-        assert not runs_on(name, backbone), f"the registry says {name} runs on {family}: {message}"
+        assert not runs_on(name, create_backbone(family)), (
+            f"the registry says {name} runs on {family}: {message}"
+        )
         assert method in message, f"the refusal does not name the method: {message}"
         return
     assert clf.method == method
     emb = clf.embed(query.paths)
     assert not emb.bad
-    regions = region_tensor(backbone, query) if clf.needs_regions else None
     with torch.inference_mode():
-        logits = clf.fitted.logits(emb.features, regions=regions)
+        logits = clf.fitted.logits(emb.features, regions=case.regions)
     assert logits.shape == (len(query.paths), len(CLASSES))
     assert torch.isfinite(logits).all()
     path = clf.save(tmp_path / "clf.safetensors")
@@ -136,7 +175,7 @@ def test_method_on_family(
     assert again.method == method and again.fitted.method == method
     assert again.class_names == CLASSES
     with torch.inference_mode():
-        loaded = again.fitted.logits(again.embed(query.paths).features, regions=regions)
+        loaded = again.fitted.logits(again.embed(query.paths).features, regions=case.regions)
     torch.testing.assert_close(loaded, logits, atol=1e-6, rtol=0)
     probs, paths, bad = again.predict_proba(query.paths, boxes=query.boxes)
     assert paths == query.paths and not bad
