@@ -105,3 +105,18 @@ def test_register_twice_fails() -> None:
     spec = registry.REGISTRY["tiny-vit"]
     with pytest.raises(ValueError, match="already registered"):
         registry.register_backbone(spec)
+
+
+def test_one_source_parser(tmp_path) -> None:
+    from focusshot.adapters.export_peft import hf_base_model_name
+    from focusshot.backbones.registry import parse_source
+
+    assert parse_source("clip-vit-b16").hf_repo == "openai/clip-vit-base-patch16"
+    assert parse_source("hf:org/model").kind == "hf" and parse_source("hf:org/model").value == "org/model"
+    assert parse_source(str(tmp_path)).kind == "path"
+    with pytest.raises(ValueError, match="hf: needs a repository id"):
+        parse_source("hf:")
+    with pytest.raises(ValueError, match="unknown backbone source 'nope'"):
+        parse_source("nope")
+    assert hf_base_model_name("clip-vit-b16") == "openai/clip-vit-base-patch16"
+    assert hf_base_model_name("tiny-vit") == "tiny-vit" and hf_base_model_name("hf:a/b") == "a/b"

@@ -238,14 +238,13 @@ def hf_base_model_name(source: str) -> str:
     ``openai/clip-vit-base-patch16``), ``hf:<repo>`` gives ``<repo>``, an existing local path its
     absolute form; anything else (random ``tiny-*`` models) is returned as it is.
     """
-    from focusshot.backbones.registry import REGISTRY
+    from focusshot.backbones.registry import parse_source
 
-    if source in REGISTRY:
-        return REGISTRY[source].hf_repo or source
-    if source.startswith("hf:"):
-        return source[3:]
-    path = Path(source)
-    return str(path.resolve()) if path.exists() else source
+    try:
+        parsed = parse_source(source)
+    except ValueError:
+        return source
+    return parsed.hf_repo or parsed.value
 
 
 def _check_layer(name: str, layer: LoRALinear, rank: int, alpha: float) -> None:

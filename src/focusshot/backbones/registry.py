@@ -319,6 +319,46 @@ def _seeded_build(spec: BackboneSpec, seed: int) -> Backbone:
         return spec.build()
 
 
+@dataclass(frozen=True)
+class Source:
+    """A backbone source parsed once: ``kind`` is ``"registry"`` (``value`` the name), ``"hf"``
+    (``value`` the repository id) or ``"path"`` (``value`` the absolute path)."""
+
+    kind: str
+    value: str
+
+    @property
+    def hf_repo(self) -> str | None:
+        """The Hugging Face repository it loads from, if any (a registry name's, or ``hf:``'s)."""
+        if self.kind == "registry":
+            return REGISTRY[self.value].hf_repo
+        return self.value if self.kind == "hf" else None
+
+
+def parse_source(source: str) -> Source:
+    """The one reader of the backbone-source grammar: a registry name, ``hf:<repo id>``, or an
+    existing local file or directory.
+
+    Raises:
+        ValueError: ``hf:`` without a repository, or a source that is none of the three (listing
+            the registry names).
+    """
+    if source in REGISTRY:
+        return Source("registry", source)
+    if source.startswith("hf:"):
+        repo = source[3:]
+        if not repo:
+            raise ValueError("hf: needs a repository id, e.g. hf:openai/clip-vit-base-patch16")
+        return Source("hf", repo)
+    if Path(source).exists():
+        return Source("path", str(Path(source).resolve()))
+    valid = ", ".join(REGISTRY)
+    raise ValueError(
+        f"unknown backbone source {source!r}: not a registry name ({valid}), not hf:<repo id>, "
+        "and no such local file or directory"
+    )
+
+
 def create_backbone(source: str, pretrained: bool = True, seed: int = 0) -> Backbone:
     """Build a backbone from a registry name, ``hf:<repo id>``, or a local directory / file.
 
@@ -332,7 +372,8 @@ def create_backbone(source: str, pretrained: bool = True, seed: int = 0) -> Back
     Returns:
         The backbone in eval mode, its ``identity`` filled in (name, family, source, weights hash).
     """
-    if source in REGISTRY:
+    parsed = parse_source(source)
+    if parsed.kind == "registry":
         spec = REGISTRY[source]
         if spec.tiny or not pretrained:
             model, origin = _seeded_build(spec, seed), f"random(seed={seed})"
@@ -343,21 +384,13 @@ def create_backbone(source: str, pretrained: bool = True, seed: int = 0) -> Back
         else:  # pragma: no cover - every real entry has one of the two
             raise CheckpointError(f"{source}: no pretrained weights are known")
         name, family = spec.name, spec.family
-    elif source.startswith("hf:"):
-        repo = source[3:]
-        if not repo:
-            raise ValueError("hf: needs a repository id, e.g. hf:openai/clip-vit-base-patch16")
+    elif parsed.kind == "hf":
+        repo = parsed.value
         model, origin, name, family = load_hf_repo_dir(download_hf(repo)), source, repo, ""
-    elif Path(source).exists():
-        path = Path(source)
-        model = load_hf_repo_dir(path) if path.is_dir() else load_file(path)
-        origin, name, family = str(path.resolve()), path.name, ""
     else:
-        valid = ", ".join(REGISTRY)
-        raise ValueError(
-            f"unknown backbone source {source!r}: not a registry name ({valid}), not hf:<repo id>, "
-            "and no such local file or directory"
-        )
+        path = Path(parsed.value)
+        model = load_hf_repo_dir(path) if path.is_dir() else load_file(path)
+        origin, name, family = parsed.value, path.name, ""
     model.eval()
     model.identity.name = name
     model.identity.family = family or _family_of(model)
