@@ -336,8 +336,8 @@ def fit(
     :func:`evaluate` does (``strict``: an error), and counted in ``info["fitted_on"]``.
 
     ``method="auto"`` chooses the method by cross-validation on the support (train) images only
-    (:func:`focusshot.auto.choose_method`; methods that train only within ``budget_s`` seconds);
-    the report is ``info["auto"]``.
+    (:func:`focusshot.auto.choose_method`) within ``budget_s`` seconds, every candidate and the
+    final fit of the winner included; the report is ``info["auto"]``.
 
     Args:
         support: a folder with one sub-folder per class (optionally under ``train/`` and

@@ -10,10 +10,21 @@ accuracy on the support set alone -- never on validation or test images -- and p
   exists: the choice falls back to the method registered with ``auto_fallback`` (``text``: a
   CLIP backbone's Tip-Adapter; ``any``: ProtoNet) and says so.
 * **Candidates** (:func:`~focusshot.methods.base.auto_candidates`: every method registered with
-  an ``auto_order``): the frozen-feature methods the backbone supports (cheap: the shared cache pays
-  for each image once), then methods that train, each only while the time ``budget_s`` they may
-  use together lasts (one fold is timed first; the method is dropped if all its folds would
-  overrun).
+  an ``auto_order``) that run on the backbone (:func:`~focusshot.methods.base.cannot_run` says why
+  the others do not; methods that need augmented views are left out too), cheapest first: the
+  frozen-feature methods, then those that train.
+* **The budget** ``budget_s`` bounds the whole choice, every candidate included: the seconds its
+  own prefix (and its folds) take, and the final fit of the winner on every image, which is kept
+  from the budget (estimated from the winner's folds). Only the shared start -- the frozen
+  candidates' features (pooled, through the cache) and the class text -- is outside it. A
+  candidate starts while time is left; after each fold its mean fold time says whether its other
+  folds and a final fit still end within the budget, and it is stopped if not. Training
+  (:func:`~focusshot.training.loop.train`) runs under the budget's deadline: it is stopped in
+  mid-fold when the deadline passes, or as soon as the pace of its steps says that this fold and
+  those to come will not end by it. A frozen head's fold and a candidate's own feature extraction
+  are never interrupted, so one of them can overrun the budget. A stopped candidate is listed
+  under ``skipped`` with the fold it stopped at and why; the report's ``budget`` says where the
+  time went.
 * **The winner** has the most held-out images right; a tie goes to the cheaper method (the
   candidates are listed cheapest first, so the choice does not depend on timing noise). Every
   candidate's accuracy (with a 95% interval over held-out images), NLL and time are returned,
@@ -23,8 +34,8 @@ accuracy on the support set alone -- never on validation or test images -- and p
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +45,8 @@ from focusshot.data.sources import LabelledImages
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
-from focusshot.methods.base import auto_candidates, auto_fallback, create_method
+from focusshot.methods.base import Method, auto_candidates, auto_fallback, cannot_run, create_method
+from focusshot.training.loop import DeadlineExceeded, deadline, now
 
 __all__ = ["choose_method", "cv_folds"]
 
@@ -62,23 +74,109 @@ def cv_folds(labels: Sequence[int], seed: int, loo_max: int = 40) -> list[list[i
 
 
 def _candidates(backbone: Backbone, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The names that can run on ``backbone`` without regions, and why the others cannot."""
+    """The names that run on ``backbone`` with no more input and no augmented views, and why the
+    others do not."""
     ok, skipped = [], {}
     for name in names:
-        m = create_method(name)
-        if m.needs_text and not backbone.capabilities.text:
-            skipped[name] = "needs a CLIP backbone"
-            continue
-        if m.needs_regions or m.augment_views():
-            skipped[name] = "needs regions or augmented views"
-            continue
-        try:
-            m.prefix(backbone).resolve(backbone)
-        except ValueError as exc:
-            skipped[name] = str(exc).split(";")[0]
-            continue
-        ok.append(name)
+        why = cannot_run(name, backbone)
+        if not why and create_method(name).augment_views():
+            why = "needs augmented views of the support images (auto computes none)"
+        if why:
+            skipped[name] = why
+        else:
+            ok.append(name)
     return ok, skipped
+
+
+@dataclass
+class _Budget:
+    """The time ``budget_s`` from ``start`` (a :func:`now` time); ``reserve``: seconds kept for the
+    final fit of the best candidate so far."""
+
+    budget_s: float
+    start: float
+    reserve: float = 0.0
+
+    @property
+    def end(self) -> float:
+        return self.start + self.budget_s
+
+    def left(self) -> float:
+        """Seconds a candidate may still use (the reserve kept back)."""
+        return self.end - self.reserve - now()
+
+    def spent(self, why: str) -> str:
+        return f"{why}: the budget of {self.budget_s:g} s was spent"
+
+
+def _cross_validate(
+    method: Method,
+    images: PreparedImages,
+    folds: list[list[int]],
+    seed: int,
+    budget: _Budget,
+    to_beat: int,
+) -> tuple[dict[str, Any] | None, str, float]:
+    """One candidate within ``budget``: its row (``None``: skipped), why it was skipped, and the
+    estimated seconds of its final fit on every image (needed only if it gets more than
+    ``to_beat`` held-out images right)."""
+    labels = images.labels
+    n, k = len(labels), len(folds)
+    images.add([method])  # its prefix (once per distinct prefix), the text if it needs text
+    if budget.left() <= 0:
+        return None, budget.spent(f"stopped before fold 1 of {k}, computing its features"), 0.0
+    t0 = now()
+    correct, losses = 0, []
+    for f, held in enumerate(folds, 1):
+        out = set(held)
+        keep = torch.tensor([i for i in range(n) if i not in out])
+        try:
+            feats, fold_labels, ctx = prepare_fit(method, images, keep, seed=seed)
+            # training stops at the deadline (the reserve kept back), or once the pace of its steps
+            # says that this fold and the k - f to come will not end by it
+            with deadline(budget.end - budget.reserve, repeats=k - f):
+                fitted = method.fit(feats, fold_labels, ctx)
+            with torch.inference_mode():
+                logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
+        except DeadlineExceeded as exc:
+            if not exc.projected:
+                return None, budget.spent(f"stopped in fold {f} of {k}"), 0.0
+            why = (
+                f"stopped in fold {f} of {k}: at the pace of its training, its {k - f + 1} folds "
+                f"would not end within the budget of {budget.budget_s:g} s"
+            )
+            return None, why, 0.0
+        except (ValueError, RuntimeError) as exc:  # e.g. an adapter with nothing to wrap here
+            return None, "failed: " + (str(exc).splitlines() or [type(exc).__name__])[0][:120], 0.0
+        correct += int((logits.argmax(-1) == labels[held]).sum())
+        losses.append(nll(logits, labels[held], from_logits=True) * len(held))
+        # do the other folds and a final fit on all n images (if it can win) still fit?
+        per_fold = (now() - t0) / f
+        final = per_fold * n / (n - n / k)  # a fold trains on n - n/k images on average
+        if f == k and correct <= to_beat:
+            break  # done, and it cannot win: no final fit of its own to make room for
+        need = per_fold * (k - f) + max(0.0, final - budget.reserve)
+        if need > budget.left():
+            left = max(0.0, budget.left())
+            rest = {0: "", 1: "its last fold and "}.get(k - f, f"its other {k - f} folds and ")
+            then = rest + "a final fit"
+            why = (
+                f"stopped after fold {f} of {k}: at ~{per_fold:.1f} s a fold, {then} (~{need:.1f} s) "
+                f"would not end within the budget of {budget.budget_s:g} s ({left:.1f} s left)"
+            )
+            return None, why, final
+    acc = correct / n
+    row = {
+        "method": method.name,
+        "accuracy": acc,
+        "ci95": 1.96 * math.sqrt(acc * (1 - acc) / n),
+        "nll": sum(losses) / n,
+        "seconds": 0.0,  # set by the caller: the candidate's whole time, its prefix included
+        "correct": correct,
+        "held_out": n,
+        "trains": method.trains,
+    }
+    return row, "", final
 
 
 def choose_method(
@@ -92,12 +190,20 @@ def choose_method(
     loo_max: int = 40,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Cross-validate candidates on ``support`` only; returns the report (``method`` is the winner).
+    """Cross-validate candidates on ``support`` only, within ``budget_s`` seconds; returns the
+    report (``method`` is the winner).
 
     The report: ``method``, ``estimated`` (False when no estimate was possible), ``reason``,
     ``folds`` (``"leave-one-out"`` or ``"stratified k-fold"``, ``k``), ``candidates`` (one row per
-    method: accuracy, ci95, nll, seconds, correct, held_out), ``skipped`` (method -> why).
+    method that finished its folds: accuracy, ci95, nll, seconds, correct, held_out, trains),
+    ``skipped`` (method -> why: it does not run here, it failed, or the budget stopped it, saying
+    at which fold), ``budget`` (``budget_s``; ``shared_s``: the shared features and text, outside
+    the budget; ``spent_s``: what the candidates used; ``final_fit_s``: kept for the winner's fit
+    on every image, estimated from its folds; ``left_s``; ``seconds``: each candidate that
+    started -> its seconds, stopped ones included).
     """
+    if not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0 seconds, got {budget_s!r}")
     labels = list(support.labels)
     names = list(candidates) if candidates is not None else auto_candidates()
     runnable, skipped = _candidates(backbone, names)
@@ -112,65 +218,54 @@ def choose_method(
             "candidates": [],
             "skipped": skipped,
         }
+    t_shared = now()
     images = PreparedImages(backbone, cache, support, progress=progress)  # each candidate adds itself
-    y = images.labels
-    spent = 0.0  # seconds the methods that train have used (the frozen ones are not counted)
+    images.add([m for m in map(create_method, runnable) if not m.trains])  # the shared start
+    budget = _Budget(budget_s, now())
+    seconds: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
     for name in runnable:
-        method = create_method(name)
-        if method.trains and spent >= budget_s:
-            skipped[name] = f"time budget of {budget_s:.0f} s spent"
+        if budget.left() <= 0:
+            kept = f" ({budget.reserve:.1f} s of it kept for the final fit)" if budget.reserve >= 0.05 else ""
+            skipped[name] = budget.spent("not started") + kept
             continue
-        t0 = time.perf_counter()
-        images.add([method])  # its prefix (once per distinct prefix), the text if it needs text
-        correct = 0
-        losses: list[float] = []
-        for f, held in enumerate(folds):
-            out = set(held)
-            keep = torch.tensor([i for i in range(len(labels)) if i not in out])
-            try:
-                feats, fold_labels, ctx = prepare_fit(method, images, keep, seed=seed)
-                fitted = method.fit(feats, fold_labels, ctx)
-                with torch.inference_mode():
-                    logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
-            except (ValueError, RuntimeError) as exc:  # e.g. an adapter with nothing to wrap here
-                skipped[name] = "failed: " + (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-                break
-            correct += int((logits.argmax(-1) == y[held]).sum())
-            losses.append(nll(logits, y[held], from_logits=True) * len(held))
-            if method.trains and f == 0:  # would the other folds fit in the budget?
-                per_fold = time.perf_counter() - t0
-                if spent + per_fold * len(folds) > budget_s:
-                    skipped[name] = f"{len(folds)} folds of ~{per_fold:.1f} s exceed the time budget"
-                    spent += per_fold
-                    break
-        else:
-            if method.trains:
-                spent += time.perf_counter() - t0
-            n = len(labels)
-            acc = correct / n
-            rows.append(
-                {
-                    "method": name,
-                    "accuracy": acc,
-                    "ci95": 1.96 * math.sqrt(acc * (1 - acc) / n),
-                    "nll": sum(losses) / n,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "correct": correct,
-                    "held_out": n,
-                    "trains": method.trains,
-                }
-            )
-    if not rows:
+        t0 = now()
+        to_beat = -1 if best is None else best["correct"]
+        row, why, final = _cross_validate(create_method(name), images, folds, seed, budget, to_beat)
+        seconds[name] = round(now() - t0, 3)
+        if row is None:
+            skipped[name] = why
+            continue
+        row["seconds"] = seconds[name]
+        rows.append(row)
+        if best is None or row["correct"] > best["correct"]:  # ties go to the cheaper (earlier) one
+            best = row
+            budget.reserve = final
+    spent = sum(seconds.values())
+    report_budget = {
+        "budget_s": budget_s,
+        "shared_s": round(budget.start - t_shared, 3),
+        "spent_s": round(spent, 3),
+        "final_fit_s": round(budget.reserve, 3),
+        "left_s": round(budget_s - spent - budget.reserve, 3),
+        "seconds": seconds,
+    }
+    loo = len(folds) == len(labels)
+    scheme = {"scheme": "leave-one-out" if loo else "stratified k-fold", "k": len(folds)}
+    if best is None:
         return {
             "method": default,
             "estimated": False,
             "reason": f"no candidate could be cross-validated; the default {default!r} is used",
+            "folds": scheme,
             "candidates": [],
             "skipped": skipped,
+            "seed": seed,
+            "budget_s": budget_s,
+            "budget": report_budget,
         }
     order = {r["method"]: i for i, r in enumerate(rows)}  # candidates are listed cheapest first
-    best = max(rows, key=lambda r: (r["correct"], -order[r["method"]]))
     tied = [r["method"] for r in rows if r["correct"] == best["correct"] and r is not best]
     second = sorted(rows, key=lambda r: -r["correct"])[1] if len(rows) > 1 else None
     why = f"most held-out images right ({best['correct']} of {best['held_out']})"
@@ -182,12 +277,10 @@ def choose_method(
         "method": best["method"],
         "estimated": True,
         "reason": why,
-        "folds": {
-            "scheme": "leave-one-out" if len(folds) == len(labels) else "stratified k-fold",
-            "k": len(folds),
-        },
+        "folds": scheme,
         "candidates": sorted(rows, key=lambda r: (-r["correct"], order[r["method"]])),
         "skipped": skipped,
         "seed": seed,
         "budget_s": budget_s,
+        "budget": report_budget,
     }

@@ -1,4 +1,5 @@
-"""The few-shot training loop: learning, determinism, divergence, validation, schedule, decay, config."""
+"""The few-shot training loop: learning, determinism, divergence, validation, schedule, decay,
+deadline, config."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from focusshot.training.loop import TrainConfig, TrainResult, learning_rate, total_steps, train
+from focusshot.training import loop
+from focusshot.training.loop import (
+    DeadlineExceeded,
+    TrainConfig,
+    TrainResult,
+    deadline,
+    learning_rate,
+    total_steps,
+    train,
+)
 
 
 def _blobs(n_per_class: int = 12, classes: int = 3, dim: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -368,6 +378,81 @@ def test_grad_clip_bounds_the_global_update() -> None:
     assert res.history[0]["grad_norm"] > 2000.0 * math.sqrt(2)  # recorded before clipping
     assert float((after - before).norm()) == pytest.approx(0.5, rel=1e-4)
     assert torch.equal(a, b) and float(a.detach()[0]) < 0
+
+
+# -------------------------------------------------------------------------------------------- deadline
+
+
+def test_a_deadline_in_the_past_stops_training_before_its_first_step() -> None:
+    x, y = _blobs()
+    model = _model(dropout=0.5)
+    model.eval()
+    before = _snapshot(list(model.parameters()))
+    calls: list[int] = []
+
+    def forward(b: Tensor) -> Tensor:
+        calls.append(1)
+        return model(b)
+
+    with deadline(loop.now() - 1.0), pytest.raises(DeadlineExceeded, match="step 1 of 20") as info:
+        train(forward, list(model.parameters()), x, y, TrainConfig(steps=20), modules=[model])
+    assert isinstance(info.value, RuntimeError) and not isinstance(info.value, ValueError)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not model.training and not model[0].training  # modes come back as on any exception
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_deadline_passed_mid_training_stops_at_that_step(monkeypatch) -> None:
+    ticks = itertools.count()
+    monkeypatch.setattr(loop, "now", lambda: float(next(ticks)))  # each step's check: one second
+    x, y = _blobs()
+    model = _model()
+    steps: list[int] = []
+
+    def forward(b: Tensor) -> Tensor:
+        steps.append(1)
+        return model(b)
+
+    with deadline(5.0), pytest.raises(DeadlineExceeded, match="step 6 of 20") as info:
+        train(forward, list(model.parameters()), x, y, TrainConfig(steps=20))
+    assert len(steps) == 5 and not info.value.projected  # steps 1..5 were taken (checks read 0..4)
+
+
+def test_the_pace_of_its_steps_stops_a_run_that_would_end_past_its_deadline(monkeypatch) -> None:
+    ticks = itertools.count()
+    monkeypatch.setattr(loop, "now", lambda: float(next(ticks)))  # each step's check: one second
+    x, y = _blobs()
+    model = _model()
+    cfg = TrainConfig(steps=20)
+    with deadline(30.0):  # 20 steps end at 19 s: no repeat, no stop
+        assert train(model, list(model.parameters()), x, y, cfg).steps == 20
+    ticks = itertools.count()
+    with deadline(30.0, repeats=1), pytest.raises(DeadlineExceeded, match="step 7 of 20") as info:
+        train(model, list(model.parameters()), x, y, cfg)  # 20 steps and 20 more cannot end by 30 s
+    # the pace is trusted after PACE_STEPS steps past the first: at step 7, long before the deadline
+    assert info.value.projected and loop.PACE_STEPS == 5 and "would end" in str(info.value)
+    with pytest.raises(ValueError, match="repeats"), deadline(30.0, repeats=-1):
+        pass
+
+
+def test_deadlines_nest_and_end_with_their_block() -> None:
+    x, y = _blobs()
+    cfg = TrainConfig(lr=0.1, steps=10)
+    free = _model()
+    ref = train(free, list(free.parameters()), x, y, cfg)
+    for at in (None, math.inf, loop.now() + 3600.0):  # no deadline, or one far away: the same run
+        model = _model()
+        with deadline(at):
+            res = train(model, list(model.parameters()), x, y, cfg)
+        assert res.history == ref.history
+        assert all(torch.equal(a, b) for a, b in zip(free.parameters(), model.parameters(), strict=True))
+    model = _model()
+    with deadline(loop.now() - 1.0):
+        with deadline(math.inf), pytest.raises(DeadlineExceeded):  # an inner deadline cannot extend
+            train(model, list(model.parameters()), x, y, cfg)
+        with deadline(None), pytest.raises(DeadlineExceeded):
+            train(model, list(model.parameters()), x, y, cfg)
+    assert train(model, list(model.parameters()), x, y, cfg).steps == 10  # the block is over
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -296,14 +296,22 @@ def runs_on(name: str, backbone: Backbone) -> bool:
     """Whether method ``name`` (default options) runs on ``backbone`` with no more input: text
     methods need a text tower, region methods need boxes (asked for by name), and the prefix must
     exist on the backbone."""
+    return not cannot_run(name, backbone)
+
+
+def cannot_run(name: str, backbone: Backbone) -> str:
+    """Why method ``name`` does not run on ``backbone`` with no more input (:func:`runs_on`); ``""``
+    when it does."""
     method = create_method(name)
-    if (method.needs_text and not backbone.capabilities.text) or method.needs_regions:
-        return False
+    if method.needs_text and not backbone.capabilities.text:
+        return "needs a CLIP backbone (a text tower)"
+    if method.needs_regions:
+        return "needs regions (boxes)"
     try:
         method.prefix(backbone).resolve(backbone)
-    except ValueError:
-        return False
-    return True
+    except ValueError as exc:
+        return str(exc).split(";")[0]
+    return ""
 
 
 def methods_in_group(group: str, backbone: Backbone) -> list[str]:
