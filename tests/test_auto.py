@@ -13,7 +13,7 @@ from focusshot.backbones.registry import create_backbone
 from focusshot.cli import main
 from focusshot.data.sources import from_folder
 from focusshot.evaluation.cache import FeatureCache
-from focusshot.methods.base import method_class
+from focusshot.methods.base import auto_candidates, method_class
 from focusshot.training import loop
 from tests.evaluation.test_protocols import _write_dataset
 
@@ -33,6 +33,11 @@ def test_folds_keep_every_class_and_cover_each_image_once() -> None:
 def test_auto_reads_only_the_support_set(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
     root = _write_dataset(tmp_path / "data", classes=3, per_class=4, splits=("train", "val", "test"))
+    # two frozen candidates and one that trains (of the registry's, cheapest first) keep the two
+    # leave-one-out runs short; which candidates run is not what this test is about
+    chosen = [n for n in auto_candidates() if not method_class(n).trains][:2]
+    chosen += [n for n in auto_candidates() if method_class(n).trains][:1]
+    monkeypatch.setattr(auto, "auto_candidates", lambda: chosen)
     # an unlimited budget: which trained candidates run must not depend on how busy the CPU is
     first = fit(root, backbone="tiny-vit", method="auto", budget_s=float("inf")).info["auto"]
     # poison the test and validation splits: shuffle their images across class folders
@@ -47,6 +52,8 @@ def test_auto_reads_only_the_support_set(tmp_path, monkeypatch) -> None:
     assert first["method"] == second["method"] and strip(first) == strip(second)
     assert first["estimated"] and first["folds"]["scheme"] == "leave-one-out"
     assert all(r["held_out"] == 12 for r in first["candidates"])
+    tried = {r["method"] for r in first["candidates"]}
+    assert tried and tried <= set(chosen)
 
 
 def test_one_image_per_class_refuses_to_estimate(tmp_path, monkeypatch) -> None:
