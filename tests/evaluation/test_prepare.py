@@ -150,10 +150,13 @@ def test_every_caller_prepares_its_fits_with_prepare_fit(tmp_path, monkeypatch) 
     api.fit(data, clip, "tip_adapter", cache_dir=tmp_path / "cache")
     assert calls[3:] == ["tip_adapter"]
     del calls[:]
-    clf = api.fit(data / "train", clip, "auto", cache_dir=tmp_path / "cache", budget_s=0)
+    # two candidates, no time limit: every fold of each is prepared (the budget is tested elsewhere)
+    monkeypatch.setattr(auto, "auto_candidates", lambda: ["protonet", "tip_adapter"])
+    clf = api.fit(data / "train", clip, "auto", cache_dir=tmp_path / "cache", budget_s=float("inf"))
     from collections import Counter
 
     counts = Counter(calls[:-1])
     assert clf.info["auto"]["folds"]["k"] == 12  # leave-one-out over the 12 training images
+    assert [r["method"] for r in clf.info["auto"]["candidates"]] != []
     assert all(counts[r["method"]] == 12 for r in clf.info["auto"]["candidates"])
     assert calls[-1] == clf.method  # then the chosen method's own fit
