@@ -1,5 +1,6 @@
-"""One declaration per option: ``option``/``takes`` compose a component's fields into a method's
-options, with the component's validation run when the method is created (before any extraction)."""
+"""Options are typed dataclasses whose fields are written out with ``option``; shared fields come
+by inheritance (the tuning recipes', FORT's, LoRA's), and a component's validation (an adapter's,
+the training loop's) runs when the method is created (before any extraction)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from focusshot.cli import main
 from focusshot.methods.base import create_method
 from focusshot.methods.clip_lora import CLIPLoRAOptions
 from focusshot.methods.finetune import FinetuneOptions
+from focusshot.methods.fort import FORTLoRAOptions
 from focusshot.methods.tuning import LoRAOptions, VPTOptions
-from focusshot.options import KEEP, Take, option, option_help, takes
+from focusshot.options import Checked, check_component, option, option_help
 from focusshot.training.loop import TrainConfig
 
 
@@ -57,25 +59,58 @@ def test_bad_option_fails_before_any_extraction(tmp_path, monkeypatch, capsys) -
     assert not cache.exists() or not any(cache.rglob("*.safetensors"))
 
 
-def test_takes_keeps_renames_and_checks() -> None:
-    @dataclasses.dataclass
+def test_mixins_add_fields_in_order_and_chain_their_checks() -> None:
+    @dataclasses.dataclass(frozen=True)
     class Source:
         size: int = option(3, "how big")
-        rate: float = option(0.5, "how fast")
 
         def __post_init__(self) -> None:
             if self.size < 1:
                 raise ValueError("size must be >= 1")
 
     @dataclasses.dataclass(frozen=True)
-    @takes(Source, size=KEEP, speed=Take(0.9, source="rate"))
-    class Mine:
+    class Base(Checked):
         own: str = option("x", "mine")
 
-    m = Mine()
-    assert (m.size, m.speed, m.own) == (3, 0.9, "x")
-    assert _help(Mine) == {"size": "how big", "speed": "how fast", "own": "mine"}
-    with pytest.raises(ValueError, match="size must be >= 1"):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.own:
+                raise ValueError("own must not be empty")
+
+    @dataclasses.dataclass(frozen=True)
+    class Sized(Checked):
+        size: int = option(3, "how big")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_component(self, ("size",), lambda: Source(self.size))
+
+    @dataclasses.dataclass(frozen=True)
+    class Mine(Sized, Base):
+        own: str = option("y", "mine, here")  # a new default keeps the field's place
+
+    assert [name for name, _, _ in option_help(Mine)] == ["own", "size"]
+    assert _help(Mine) == {"own": "mine, here", "size": "how big"}
+    assert (Mine().own, Mine().size) == ("y", 3)
+    with pytest.raises(ValueError, match=r"Mine \(size\): size must be >= 1"):
         Mine(size=0)
-    with pytest.raises(TypeError, match="no field"):
-        takes(Source, nope=1)(type("X", (), {}))
+    with pytest.raises(ValueError, match="own must not be empty"):
+        Mine(own="")
+
+
+def test_fort_options_follow_the_recipes_and_keep_its_defaults() -> None:
+    names = [name for name, _, _ in option_help(FORTLoRAOptions)]
+    assert names == [name for name, _, _ in option_help(LoRAOptions)] + [
+        "fort_alpha",
+        "tau",
+        "top",
+        "lamb",
+        "variant",
+        "sign",
+        "rows",
+        "prompts",
+    ]
+    o = FORTLoRAOptions()
+    assert (o.lr, o.temperature, o.rank, o.fort_alpha) == (5e-3, 20.0, 4, 0.5)
+    with pytest.raises(ValueError, match="box"):
+        FORTLoRAOptions(prompts="box", views=2)

@@ -63,7 +63,7 @@ def _prompts(clf: Classifier, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[s
     """FORT's position prompts ``(B, P)`` of images ``x (B, 3, crop, crop)`` for ``labels (B,)`` on
     the frozen backbone with the tuned head, and the settings used. Each image is rolled out alone
     (the gradient of its own score, whatever else is explained with it)."""
-    b, head = clf.backbone, clf.fitted.head  # type: ignore[attr-defined]
+    b, head = clf.backbone, clf.fitted.head  # type: ignore[attr-defined]  # FORT's fit holds its head
     opts = clf.fitted.config().get("options") or {}
     fort = all(k in opts for k in FORT_KEYS)
     settings = gr.RolloutSettings(**{k: opts[k] for k in ("variant", "lamb", "sign")} if fort else {})

@@ -1,12 +1,14 @@
 """Options: declared once in typed dataclasses, filled from files and ``--set`` strings (DESIGN
 principle 10: files only fill dataclasses).
 
-Declaring: :func:`option` is the one way to write a field with its default and help text (the CLI,
-``focusshot methods`` and the docs read the help). :func:`takes` composes a component's config
-into a method's options: the fields, their types and help come from the component (an adapter's
-config, the training loop's), so they are declared in one place; the method states only the
-defaults its paper uses, and the values are checked by the component's own validation when the
-options are created, before any image is read.
+Declaring: an options class is a frozen dataclass whose fields are written out, each with
+:func:`option`, the one way to give a field its default and help text (the CLI, ``focusshot
+methods`` and the docs read the help), so the type checker sees every option. Options shared by
+several methods live in one base class or mixin they inherit (the tuning recipes' training fields,
+FORT's fields); a component's config (an adapter's, the training loop's) is built from the fields
+by a method of the options class, and :func:`check_component` builds it when the options are
+created, so the component's own validation refuses a bad value before any image is read.
+:class:`Checked` roots the ``__post_init__`` chain a mixin's checks join through ``super()``.
 
 Filling:
 
@@ -21,7 +23,6 @@ ones.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -29,22 +30,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "KEEP",
-    "Take",
+    "Checked",
+    "check_component",
     "merge_settings",
     "option",
     "option_help",
+    "options_dict",
     "parse_setting",
     "read_options_file",
-    "takes",
 ]
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with ``default`` and its ``help`` text (in ``metadata["help"]``)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: T, help: str, *, repr: bool = True) -> T:
+    """A dataclass field with ``default`` and its ``help`` text (in ``metadata["help"]``); ``repr``:
+    whether the dataclass's repr shows it. Typed as its default, so ``rank: int = option(4, ...)``
+    reads to the type checker as the field it is."""
+    return dataclasses.field(default=default, metadata={"help": help}, repr=repr)
 
 
 def field_default(f: dataclasses.Field[Any]) -> Any:
@@ -67,71 +70,28 @@ def option_help(options_cls: type) -> list[tuple[str, Any, str]]:
     return out
 
 
-class _Keep:
-    def __repr__(self) -> str:
-        return "KEEP"
+def options_dict(options: Any) -> dict[str, Any]:
+    """The options dataclass ``options`` as JSON-able values (tuples become lists)."""
+    out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(options)))
+    return out
 
 
-#: :func:`takes`: keep the component's own default
-KEEP: Any = _Keep()
+class Checked:
+    """The root of an options class whose checks are spread over mixins: every ``__post_init__``
+    in the hierarchy calls ``super().__post_init__()`` and ends here."""
+
+    def __post_init__(self) -> None:
+        """Nothing left to check."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Take:
-    """A field :func:`takes` composes with more than a default: the component's field it comes from
-    (``source``, when the option is named otherwise) and a ``help`` text (when its meaning in the
-    method differs, e.g. a 0 that means "the number of classes")."""
-
-    default: Any = KEEP
-    source: str = ""
-    help: str = ""
-
-
-def takes(source: type, *, check: bool = True, **spec: Any) -> Callable[[T], T]:
-    """Class decorator, put *below* ``@dataclass``: add fields of the dataclass ``source`` to the
-    decorated options class, with this class's defaults.
-
-    ``spec`` maps each option name to its default (:data:`KEEP`: ``source``'s) or to a
-    :class:`Take`. Type and help come from ``source``. With ``check`` the options' ``__post_init__``
-    also builds ``source`` from these fields, so ``source``'s own validation rejects a bad value
-    when the options are created (the error names the option).
-    """
-    fields = {f.name: f for f in dataclasses.fields(source)}
-
-    def deco(cls: T) -> T:
-        own = dict(inspect.get_annotations(cls))
-        added: dict[str, Any] = {}
-        mapping: dict[str, str] = {}
-        for name, value in spec.items():
-            take = value if isinstance(value, Take) else Take(default=value)
-            src = take.source or name
-            if src not in fields:
-                raise TypeError(f"{cls.__name__}: {source.__name__} has no field {src!r}")
-            f = fields[src]
-            default = take.default
-            if default is KEEP:
-                default = field_default(f)
-                if default is dataclasses.MISSING:
-                    raise TypeError(f"{cls.__name__}: {source.__name__}.{src} has no default to keep")
-            added[name] = f.type
-            setattr(cls, name, option(default, take.help or f.metadata.get("help", "")))
-            mapping[name] = src
-        cls.__annotations__ = {**added, **{k: v for k, v in own.items() if k not in added}}
-        if check:
-            previous = getattr(cls, "__post_init__", None)
-
-            def __post_init__(self: Any) -> None:
-                if previous is not None:
-                    previous(self)
-                try:
-                    source(**{src: getattr(self, name) for name, src in mapping.items()})
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{type(self).__name__} ({', '.join(mapping)}): {exc}") from None
-
-            cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
-        return cls
-
-    return deco
+def check_component(options: object, names: tuple[str, ...], build: Callable[[], object]) -> None:
+    """Run ``build`` (which makes a component's config from the option fields ``names``), so the
+    component's own validation refuses a bad value now; its error becomes a ``ValueError`` naming the
+    options class and those fields."""
+    try:
+        build()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{type(options).__name__} ({', '.join(names)}): {exc}") from None
 
 
 def read_options_file(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -224,10 +224,10 @@ def test_cli_runs_every_fort_recipe_on_a_tiny_clip(tmp_path, monkeypatch) -> Non
 
 def test_fort_is_its_base_recipe_plus_the_loss_and_keeps_no_state_on_the_method(clip) -> None:
     from focusshot.methods.base import method_class, options_for
-    from focusshot.methods.tuning import LoRAFinetune
+    from focusshot.methods.tuning import LoRATuning
 
     cls = method_class("lora+fort")
-    assert issubclass(cls, LoRAFinetune) and cls.extends == "lora" and cls.groups == ("fort",)
+    assert issubclass(cls, LoRATuning) and cls.extends == "lora" and cls.groups == ("fort",)
     # the base recipe's options reach it; its own win
     settings = {"lora": {"rank": 8, "lr": 0.1}, "lora+fort": {"lr": 0.2}}
     assert options_for("lora+fort", settings) == {"rank": 8, "lr": 0.2}

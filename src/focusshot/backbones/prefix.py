@@ -64,6 +64,20 @@ class Prefix:
     view: int = 0
     augment_seed: int = 0
 
+    @property
+    def block(self) -> int:
+        """The block a ``tokens`` prefix's tokens enter (``ValueError`` for another kind)."""
+        if self.kind != "tokens" or not isinstance(self.layer, int):
+            raise ValueError(f"a {self.kind} prefix enters no block")
+        return self.layer
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The attention layers of a ``head_out`` prefix (``ValueError`` for another kind)."""
+        if not isinstance(self.layer, tuple):
+            raise ValueError(f"a {self.kind} prefix has no attention layers")
+        return self.layer
+
     def with_view(self, view: int, seed: int = 0) -> Prefix:
         """This prefix of augmented view ``view`` (``0``: the plain image)."""
         return Prefix(self.kind, self.layer, int(view), int(seed) if view else 0)
@@ -125,7 +139,7 @@ class Prefix:
         elif self.kind == "tokens":
             base = f"tokens:{self.layer}"
         else:
-            base = "head_out:" + ",".join(str(v) for v in self.layer)  # type: ignore[union-attr]
+            base = "head_out:" + ",".join(str(v) for v in self.layers)
         return base if not self.view else f"{base}@view{self.view}/seed{self.augment_seed}"
 
     def resolve(self, backbone: nn.Module) -> Prefix:
@@ -147,7 +161,7 @@ class Prefix:
                     f"{type(backbone).__name__} ({name}) has no ViT token path (embed_tokens + "
                     "forward_blocks); cache its pooled features or images instead"
                 )
-            layer = int(self.layer)  # type: ignore[arg-type]
+            layer = self.block
             if not -depth <= layer <= depth:
                 raise ValueError(
                     f"tokens layer {layer} out of range for {depth} blocks (valid: -{depth}..{depth})"
@@ -161,10 +175,10 @@ class Prefix:
                 "(capabilities.global_cls is False)"
             )
         total = len(modules)
-        bad = [v for v in self.layer if not -total <= v < total]  # type: ignore[union-attr]
+        bad = [v for v in self.layers if not -total <= v < total]
         if bad:
             raise ValueError(f"head_out layers {bad} out of range for {total} attention layers")
-        layers = tuple(v % total for v in self.layer)  # type: ignore[union-attr]
+        layers = tuple(v % total for v in self.layers)
         return Prefix("head_out", layers, self.view, self.augment_seed)
 
 
@@ -201,14 +215,14 @@ def expected_shape(backbone: Backbone, prefix: Prefix) -> tuple[int, ...]:
         rows, cols = backbone.grid_size(crop)
         return (int(backbone.num_prefix_tokens) + rows * cols, int(backbone.token_width()))
     modules = attention_modules(backbone)
-    heads = {(modules[i].num_heads, modules[i].head_dim) for i in prefix.layer}  # type: ignore[union-attr]
+    heads = {(modules[i].num_heads, modules[i].head_dim) for i in prefix.layers}
     if len(heads) != 1:
         raise ValueError(
             f"head_out layers {prefix.layer} differ in heads x head_dim ({sorted(heads)}); "
             "cache them with one prefix each"
         )
     ((h, d),) = heads
-    return (len(prefix.layer), int(h), int(d))  # type: ignore[arg-type]
+    return (len(prefix.layers), int(h), int(d))
 
 
 def compute_prefix(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
@@ -223,8 +237,8 @@ def compute_prefix(backbone: Backbone, prefix: Prefix, x: Tensor) -> Tensor:
     if prefix.kind == "head_in":
         return backbone.forward_tokens(x)
     if prefix.kind == "tokens":
-        return backbone.forward_blocks(backbone.embed_tokens(x), 0, prefix.layer)  # type: ignore[arg-type]
-    layers = list(prefix.layer)  # type: ignore[arg-type]
+        return backbone.forward_blocks(backbone.embed_tokens(x), 0, prefix.block)
+    layers = list(prefix.layers)
     with record(backbone, "head_out", layers=layers) as rec:
         if backbone.token_blocks():
             backbone.forward_blocks(backbone.embed_tokens(x), 0, max(layers) + 1)  # later blocks unneeded

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 try:  # optional, as in OpenAI's tokenizer: repairs mojibake before tokenising
-    import ftfy  # type: ignore[import-not-found]
+    import ftfy  # type: ignore[import-not-found]  # optional, and it ships no type information
 except ImportError:  # pragma: no cover - depends on the environment
     ftfy = None
 
@@ -138,7 +138,7 @@ class ClipTokenizer:
             raise ValueError("vocabulary maps several tokens to the same id")
         self.encoder: dict[str, int] = dict(encoder)
         self.decoder: dict[int, str] = {i: t for t, i in encoder.items()}
-        self.merges: list[tuple[str, str]] = [tuple(m) for m in merges]  # type: ignore[misc]
+        self.merges: list[tuple[str, str]] = [tuple(m) for m in merges]  # type: ignore[misc]  # pairs, as typed
         self.ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(self.merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}

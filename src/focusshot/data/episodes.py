@@ -223,7 +223,7 @@ class EpisodeSampler(Sequence[Episode]):
     def __len__(self) -> int:
         return self.episodes
 
-    def __getitem__(self, index: int) -> Episode:  # type: ignore[override]
+    def __getitem__(self, index: int) -> Episode:  # type: ignore[override]  # no slices (Sequence takes them)
         if isinstance(index, slice):
             raise TypeError("EpisodeSampler takes an integer index; iterate or use a range of indices")
         i = int(index)

@@ -25,7 +25,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -205,7 +205,7 @@ class FittedHead(ABC):
         return self.logits(query)
 
     # ---- serialisation
-    def _fields(self) -> list[dataclasses.Field]:
+    def _fields(self) -> list[dataclasses.Field[Any]]:
         if not dataclasses.is_dataclass(self):
             raise TypeError(f"{type(self).__name__} must be a dataclass to use the default serialisation")
         return list(dataclasses.fields(self))
@@ -258,7 +258,8 @@ class FittedHead(ABC):
         changes = {}
         for name, t in self.state_dict().items():
             changes[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        moved: F = dataclasses.replace(cast(Any, self), **changes)  # every fitted head is a dataclass
+        return moved
 
 
 def fitted_from_state(state: dict[str, Tensor], config: dict[str, Any]) -> FittedHead:

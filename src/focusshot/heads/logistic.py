@@ -230,7 +230,7 @@ class LogisticRegression(Head):
         dtype = x.dtype
         y = labels.long()
         kw: dict[str, Any] = {"fit_intercept": self.fit_intercept, "max_iter": self.max_iter, "tol": self.tol}
-        info: dict = {}
+        info: dict[str, Any] = {}
         scale = 1.0
         if val is None:
             C = float(self.C)
@@ -239,7 +239,7 @@ class LogisticRegression(Head):
         else:
             vx = solver_features(val[0], self.normalize).to(dtype)
             vy = val[1]
-            best: tuple | None = None
+            best: tuple[Any, ...] | None = None
             scores: list[list[float]] = []
             init = None
             iters = 0

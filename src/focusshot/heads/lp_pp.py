@@ -24,7 +24,8 @@ Where we differ from that code, on purpose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +35,13 @@ from focusshot.heads.base import (
     Head,
     HeadInputError,
     check_validation,
-    doc,
     l2_normalize,
     one_of,
     register_head,
 )
 from focusshot.heads.linear import LinearClassifier
-from focusshot.heads.zeroshot import check_text_support, text_classifier
+from focusshot.heads.zeroshot import TextHead, check_text_support, text_classifier
+from focusshot.options import option
 
 __all__ = ["LPPlusPlus", "lp_pp_step_sizes"]
 
@@ -55,9 +56,32 @@ def lp_pp_step_sizes(features: Tensor, text: Tensor) -> tuple[float, float]:
     return lr_w, lr_alpha
 
 
+@dataclass(frozen=True)
+class LPPlusPlusSettings:
+    """:class:`LPPlusPlus`'s settings, all but the text (the ``lp_pp`` method's options)."""
+
+    epochs: int = option(300, "full-batch steps on W, b")
+    alpha_every: int = option(10, "one alpha step every this many W steps")
+    alpha_scale: float = option(250.0, "alpha's initialisation constant")
+    momentum: float = option(0.9, "SGD momentum of the W, b block")
+    alpha_grad: str = option("current", "alpha's gradient: current or accumulate")
+    select_on_val: bool = option(True, "keep the epoch best on validation, if any")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {self.epochs!r}")
+        if not isinstance(self.alpha_every, int) or self.alpha_every < 1:
+            raise ValueError(f"alpha_every must be an int >= 1, got {self.alpha_every!r}")
+        one_of("alpha_grad", self.alpha_grad, ("current", "accumulate"))
+
+    def with_text(self, text_embeddings: Tensor) -> LPPlusPlus:
+        """The head with these settings and ``text_embeddings``."""
+        return LPPlusPlus(text_embeddings, **dataclasses.asdict(self))
+
+
 @register_head("lp_pp")
 @dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
-class LPPlusPlus(Head):
+class LPPlusPlus(LPPlusPlusSettings, TextHead, Head):
     """LP++ (Huang et al., CVPR 2024): linear probe + per-class blend of the text classifier.
 
     Args:
@@ -71,21 +95,9 @@ class LPPlusPlus(Head):
         select_on_val: with a validation split keep the epoch with the best validation accuracy.
     """
 
-    text_embeddings: Tensor = field(metadata=doc("(C, T, D) or (C, D) class text embeddings"), repr=False)
-    epochs: int = field(default=300, metadata=doc("full-batch steps on W, b"))
-    alpha_every: int = field(default=10, metadata=doc("one alpha step every this many W steps"))
-    alpha_scale: float = field(default=250.0, metadata=doc("alpha's initialisation constant"))
-    momentum: float = field(default=0.9, metadata=doc("SGD momentum of the W, b block"))
-    alpha_grad: str = field(default="current", metadata=doc("alpha's gradient: current or accumulate"))
-    select_on_val: bool = field(default=True, metadata=doc("keep the epoch best on validation, if any"))
-
     def __post_init__(self) -> None:
         text_classifier(self.text_embeddings)
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"epochs must be an int >= 0, got {self.epochs!r}")
-        if not isinstance(self.alpha_every, int) or self.alpha_every < 1:
-            raise ValueError(f"alpha_every must be an int >= 1, got {self.alpha_every!r}")
-        one_of("alpha_grad", self.alpha_grad, ("current", "accumulate"))
+        super().__post_init__()
 
     def fit(
         self,
@@ -129,10 +141,10 @@ class LPPlusPlus(Head):
                     assert alpha.grad is not None  # loss.backward() just filled it
                     with torch.no_grad():
                         alpha -= lr_alpha * alpha.grad
-                if vf is not None and self.select_on_val:
+                if val is not None and vf is not None and self.select_on_val:
                     with torch.no_grad():
                         weight = w + alpha[:, None] * text
-                        acc = float(((vf @ weight.T + b).argmax(1) == val[1]).double().mean())  # type: ignore[index]
+                        acc = float(((vf @ weight.T + b).argmax(1) == val[1]).double().mean())
                         if best is None or acc >= best[0]:
                             best = (acc, weight.clone(), b.detach().clone(), epoch)
             with torch.no_grad():

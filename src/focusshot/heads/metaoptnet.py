@@ -16,7 +16,7 @@ certified relative duality gap, any number of episodes at once: features (E, N, 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,7 +24,6 @@ from torch import Tensor
 from focusshot.heads.base import (
     Head,
     check_support,
-    doc,
     one_hot,
     positive,
     register_head,
@@ -32,6 +31,7 @@ from focusshot.heads.base import (
 )
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.qp import solve_crammer_singer_dual
+from focusshot.options import option
 
 
 @register_head("metaoptnet")
@@ -51,13 +51,11 @@ class MetaOptNet(Head):
         max_iter: iteration cap of the solver (a warning is raised for episodes not solved by then).
     """
 
-    C: float = field(default=0.1, metadata=doc("SVM cost (MetaOptNet's C_reg)"))
-    scale: float = field(default=1.0, metadata=doc("fixed multiplier on the logits"))
-    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
-    tol: float = field(
-        default=1e-6, metadata=doc("relative duality gap at which an episode counts as solved")
-    )
-    max_iter: int = field(default=20000, metadata=doc("solver iterations at most"))
+    C: float = option(0.1, "SVM cost (MetaOptNet's C_reg)")
+    scale: float = option(1.0, "fixed multiplier on the logits")
+    normalize: bool = option(False, "L2-normalise support and query features first")
+    tol: float = option(1e-6, "relative duality gap at which an episode counts as solved")
+    max_iter: int = option(20000, "solver iterations at most")
 
     def __post_init__(self) -> None:
         positive("C", self.C)

@@ -7,7 +7,7 @@ NeurIPS 2016) and Wang et al. (SimpleShot, 2019).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -16,11 +16,11 @@ from focusshot.heads.base import (
     Head,
     check_query,
     check_support,
-    doc,
     l2_normalize,
     one_of,
     register_head,
 )
+from focusshot.options import option
 
 METRICS = ("cosine", "euclidean")
 
@@ -74,9 +74,8 @@ class NearestNeighbour(Head):
         metric: ``"cosine"`` (features L2-normalised) or ``"euclidean"`` (squared distance).
     """
 
-    metric: str = field(
-        default="cosine",
-        metadata=doc("similarity: cosine (features L2-normalised) or euclidean (squared distance)"),
+    metric: str = option(
+        "cosine", "similarity: cosine (features L2-normalised) or euclidean (squared distance)"
     )
 
     def __post_init__(self) -> None:

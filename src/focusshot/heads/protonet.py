@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -11,13 +11,13 @@ from focusshot.heads.base import (
     Head,
     check_query,
     check_support,
-    doc,
     l2_normalize,
     one_hot,
     one_of,
     positive,
     register_head,
 )
+from focusshot.options import option
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -72,10 +72,8 @@ class ProtoNet(Head):
             probabilities; it never changes a prediction).
     """
 
-    distance: str = field(default="euclidean", metadata=doc("euclidean (squared, as in the paper) or cosine"))
-    temperature: float = field(
-        default=1.0, metadata=doc("scores are divided by it (never changes a prediction)")
-    )
+    distance: str = option("euclidean", "euclidean (squared, as in the paper) or cosine")
+    temperature: float = option(1.0, "scores are divided by it (never changes a prediction)")
 
     def __post_init__(self) -> None:
         one_of("distance", self.distance, DISTANCES)

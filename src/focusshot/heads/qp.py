@@ -76,7 +76,7 @@ def project_simplex(v: Tensor, radius: float) -> Tensor:
 
 def _largest_eigenvalue(gram: Tensor) -> Tensor:
     """(..., N, N) symmetric PSD -> (..., 1, 1) its largest eigenvalue (the gradient's Lipschitz constant)."""
-    top = torch.linalg.eigvalsh(gram)[..., -1]
+    top: Tensor = torch.linalg.eigvalsh(gram)[..., -1]
     return top.clamp_min(torch.finfo(gram.dtype).tiny)[..., None, None]
 
 

@@ -13,7 +13,7 @@ with differentiable closed-form solvers", ICLR 2019, eq. 6). Solves run in float
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,7 +23,6 @@ from focusshot.heads.base import (
     HeadInputError,
     check_support,
     check_validation,
-    doc,
     one_hot,
     one_of,
     positive,
@@ -31,6 +30,7 @@ from focusshot.heads.base import (
     solver_features,
 )
 from focusshot.heads.linear import LinearClassifier
+from focusshot.options import option
 
 SOLVERS = ("auto", "primal", "dual")
 
@@ -47,10 +47,12 @@ def ridge_weights(x: Tensor, y: Tensor, lam: float, solver: str = "auto") -> Ten
     if solver == "dual":
         gram = x @ x.transpose(-1, -2)
         gram.diagonal(dim1=-2, dim2=-1).add_(lam)
-        return x.transpose(-1, -2) @ torch.linalg.solve(gram, y)
+        dual: Tensor = x.transpose(-1, -2) @ torch.linalg.solve(gram, y)
+        return dual
     cov = x.transpose(-1, -2) @ x
     cov.diagonal(dim1=-2, dim2=-1).add_(lam)
-    return torch.linalg.solve(cov, x.transpose(-1, -2) @ y)
+    primal: Tensor = torch.linalg.solve(cov, x.transpose(-1, -2) @ y)
+    return primal
 
 
 def fit_temperature(logits: Tensor, labels: Tensor) -> float:
@@ -98,17 +100,13 @@ class Ridge(Head):
         calibrate: pick ``scale`` on the validation split (needs ``val_features``/``val_labels``).
     """
 
-    lam: float = field(default=1.0, metadata=doc("ridge penalty lambda (>= 0)"))
-    fit_intercept: bool = field(
-        default=False, metadata=doc("fit an unpenalised per-class intercept (centre X and Y)")
-    )
-    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
-    solver: str = field(default="auto", metadata=doc("auto, primal (D x D system) or dual (N x N, Woodbury)"))
-    scale: float = field(default=1.0, metadata=doc("fixed multiplier on the scores"))
-    bias: float = field(default=0.0, metadata=doc("fixed scalar added to every score"))
-    calibrate: bool = field(
-        default=False, metadata=doc("choose the scale by validation NLL (needs a validation split)")
-    )
+    lam: float = option(1.0, "ridge penalty lambda (>= 0)")
+    fit_intercept: bool = option(False, "fit an unpenalised per-class intercept (centre X and Y)")
+    normalize: bool = option(False, "L2-normalise support and query features first")
+    solver: str = option("auto", "auto, primal (D x D system) or dual (N x N, Woodbury)")
+    scale: float = option(1.0, "fixed multiplier on the scores")
+    bias: float = option(0.0, "fixed scalar added to every score")
+    calibrate: bool = option(False, "choose the scale by validation NLL (needs a validation split)")
 
     def __post_init__(self) -> None:
         positive("lam", self.lam, allow_zero=True)
@@ -182,14 +180,10 @@ class R2D2(Head):
         normalize: L2-normalise support and query features first.
     """
 
-    lam: float = field(default=50.0, metadata=doc("ridge penalty lambda (MetaOptNet's R2D2 value)"))
-    alpha: float = field(
-        default=1.0, metadata=doc("fixed scale on the regression outputs (meta-learnt in the paper)")
-    )
-    beta: float = field(
-        default=0.0, metadata=doc("fixed offset on the regression outputs (meta-learnt in the paper)")
-    )
-    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
+    lam: float = option(50.0, "ridge penalty lambda (MetaOptNet's R2D2 value)")
+    alpha: float = option(1.0, "fixed scale on the regression outputs (meta-learnt in the paper)")
+    beta: float = option(0.0, "fixed offset on the regression outputs (meta-learnt in the paper)")
+    normalize: bool = option(False, "L2-normalise support and query features first")
 
     def __post_init__(self) -> None:
         positive("lam", self.lam)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,7 +11,6 @@ from torch import Tensor
 from focusshot.heads.base import (
     Head,
     check_support,
-    doc,
     one_of,
     positive,
     register_head,
@@ -19,6 +18,7 @@ from focusshot.heads.base import (
 )
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.qp import solve_binary_svm_dual
+from focusshot.options import option
 
 LOSSES = ("squared_hinge", "hinge")
 
@@ -47,15 +47,13 @@ class SVM(Head):
         max_iter: iteration cap of the solver (a warning is raised if it stops there).
     """
 
-    C: float = field(default=1.0, metadata=doc("misclassification cost"))
-    loss: str = field(default="squared_hinge", metadata=doc("squared_hinge (LinearSVC's default) or hinge"))
-    fit_intercept: bool = field(
-        default=True, metadata=doc("add a constant feature (a penalised bias per class, as LIBLINEAR)")
-    )
-    intercept_scaling: float = field(default=1.0, metadata=doc("value of that constant feature"))
-    normalize: bool = field(default=False, metadata=doc("L2-normalise support and query features first"))
-    tol: float = field(default=1e-6, metadata=doc("relative duality gap to reach"))
-    max_iter: int = field(default=20000, metadata=doc("solver iterations at most"))
+    C: float = option(1.0, "misclassification cost")
+    loss: str = option("squared_hinge", "squared_hinge (LinearSVC's default) or hinge")
+    fit_intercept: bool = option(True, "add a constant feature (a penalised bias per class, as LIBLINEAR)")
+    intercept_scaling: float = option(1.0, "value of that constant feature")
+    normalize: bool = option(False, "L2-normalise support and query features first")
+    tol: float = option(1e-6, "relative duality gap to reach")
+    max_iter: int = option(20000, "solver iterations at most")
 
     def __post_init__(self) -> None:
         positive("C", self.C)

@@ -14,6 +14,7 @@ support set (paper sec. 3.3); both search alpha and beta on a validation split w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +28,13 @@ from focusshot.heads.base import (
     HeadInputError,
     check_query,
     check_validation,
-    doc,
     l2_normalize,
     one_hot,
     positive,
     register_head,
 )
-from focusshot.heads.zeroshot import check_text_support, text_classifier
+from focusshot.heads.zeroshot import TextHead, check_text_support, text_classifier
+from focusshot.options import option
 
 #: Default search grids (the paper's ranges: alpha in (0, 3], beta in (0, 7]).
 DEFAULT_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 31))
@@ -128,9 +129,35 @@ def _check_grid(name: str, grid: tuple[float, ...]) -> None:
         positive(f"every {name} value", v, allow_zero=True)
 
 
+@dataclass(frozen=True)
+class TipAdapterSettings:
+    """:class:`TipAdapter`'s settings, all but the text (the ``tip_adapter`` method's options)."""
+
+    alpha: float = option(1.0, "residual ratio of the cache logits (used without validation data)")
+    beta: float = option(5.5, "affinity sharpness (used without validation data)")
+    scale: float = option(100.0, "CLIP's logit scale on the zero-shot term")
+    alpha_grid: tuple[float, ...] = option(
+        DEFAULT_ALPHA_GRID, "alpha candidates searched on validation data", repr=False
+    )
+    beta_grid: tuple[float, ...] = option(
+        DEFAULT_BETA_GRID, "beta candidates searched on validation data", repr=False
+    )
+
+    def __post_init__(self) -> None:
+        positive("alpha", self.alpha, allow_zero=True)
+        positive("beta", self.beta, allow_zero=True)
+        positive("scale", self.scale)
+        _check_grid("alpha_grid", self.alpha_grid)
+        _check_grid("beta_grid", self.beta_grid)
+
+    def with_text(self, text_embeddings: Tensor) -> TipAdapter:
+        """The head with these settings and ``text_embeddings``."""
+        return TipAdapter(text_embeddings, **dataclasses.asdict(self))
+
+
 @register_head("tip_adapter")
 @dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
-class TipAdapter(Head):
+class TipAdapter(TipAdapterSettings, TextHead, Head):
     """Training-free Tip-Adapter (Zhang et al., ECCV 2022).
 
     Args:
@@ -142,26 +169,9 @@ class TipAdapter(Head):
         beta_grid: beta candidates searched when a validation split is given.
     """
 
-    text_embeddings: Tensor = field(metadata=doc("(C, T, D) or (C, D) class text embeddings"), repr=False)
-    alpha: float = field(
-        default=1.0, metadata=doc("residual ratio of the cache logits (used without validation data)")
-    )
-    beta: float = field(default=5.5, metadata=doc("affinity sharpness (used without validation data)"))
-    scale: float = field(default=100.0, metadata=doc("CLIP's logit scale on the zero-shot term"))
-    alpha_grid: tuple[float, ...] = field(
-        default=DEFAULT_ALPHA_GRID, metadata=doc("alpha candidates searched on validation data"), repr=False
-    )
-    beta_grid: tuple[float, ...] = field(
-        default=DEFAULT_BETA_GRID, metadata=doc("beta candidates searched on validation data"), repr=False
-    )
-
     def __post_init__(self) -> None:
         text_classifier(self.text_embeddings)
-        positive("alpha", self.alpha, allow_zero=True)
-        positive("beta", self.beta, allow_zero=True)
-        positive("scale", self.scale)
-        _check_grid("alpha_grid", self.alpha_grid)
-        _check_grid("beta_grid", self.beta_grid)
+        super().__post_init__()
 
     def _cache(
         self, features: Tensor, labels: Tensor, num_classes: int | None
@@ -210,9 +220,35 @@ class TipAdapter(Head):
         return self._finish(keys, values, text, classes, val_features, val_labels, {})
 
 
+@dataclass(frozen=True)
+class TipAdapterFSettings(TipAdapterSettings):
+    """:class:`TipAdapterF`'s settings, all but the text (the ``tip_adapter_f`` method's options)."""
+
+    epochs: int = option(20, "training epochs over the support set")
+    lr: float = option(1e-3, "AdamW learning rate (cosine schedule)")
+    eps: float = option(1e-4, "AdamW epsilon")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    batch_size: int = option(256, "mini-batch size")
+    seed: int = option(0, "seed of the mini-batch order")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive("lr", self.lr)
+        positive("eps", self.eps)
+        positive("weight_decay", self.weight_decay, allow_zero=True)
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+
+    def with_text(self, text_embeddings: Tensor) -> TipAdapterF:
+        """The head with these settings and ``text_embeddings``."""
+        return TipAdapterF(text_embeddings, **dataclasses.asdict(self))
+
+
 @register_head("tip_adapter_f")
 @dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
-class TipAdapterF(TipAdapter):
+class TipAdapterF(TipAdapterFSettings, TipAdapter):
     """Tip-Adapter-F: Tip-Adapter whose cache keys are fine-tuned (Zhang et al., ECCV 2022, sec. 3.3).
 
     The keys (initialised to the normalised support features) are trained with AdamW and a cosine
@@ -232,23 +268,6 @@ class TipAdapterF(TipAdapter):
         seed: seed of the mini-batch order.
         (the rest as in :class:`TipAdapter`)
     """
-
-    epochs: int = field(default=20, metadata=doc("training epochs over the support set"))
-    lr: float = field(default=1e-3, metadata=doc("AdamW learning rate (cosine schedule)"))
-    eps: float = field(default=1e-4, metadata=doc("AdamW epsilon"))
-    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
-    batch_size: int = field(default=256, metadata=doc("mini-batch size"))
-    seed: int = field(default=0, metadata=doc("seed of the mini-batch order"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive("lr", self.lr)
-        positive("eps", self.eps)
-        positive("weight_decay", self.weight_decay, allow_zero=True)
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"epochs must be a non-negative int, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
 
     def fit(
         self,

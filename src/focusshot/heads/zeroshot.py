@@ -6,6 +6,7 @@ text model: ``heads`` do not import ``backbones``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -15,12 +16,12 @@ from focusshot.heads.base import (
     Head,
     HeadInputError,
     check_support,
-    doc,
     l2_normalize,
     positive,
     register_head,
 )
 from focusshot.heads.linear import LinearClassifier
+from focusshot.options import option
 
 
 def text_classifier(text_embeddings: Tensor) -> Tensor:
@@ -57,9 +58,34 @@ def check_text_support(
     return classes
 
 
+@dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
+class TextHead:
+    """The class text embeddings a head holds, its first field (:class:`ZeroShot`,
+    :class:`~focusshot.heads.tip_adapter.TipAdapter`, :class:`~focusshot.heads.lp_pp.LPPlusPlus`);
+    its settings come from a settings class (each one's ``with_text`` gives the head)."""
+
+    text_embeddings: Tensor = field(
+        metadata={"help": "(C, T, D) or (C, D) class text embeddings"}, repr=False
+    )
+
+
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """:class:`ZeroShot`'s settings, all but the text (the ``zeroshot`` method's options)."""
+
+    scale: float = option(100.0, "CLIP's logit scale")
+
+    def __post_init__(self) -> None:
+        positive("scale", self.scale)
+
+    def with_text(self, text_embeddings: Tensor) -> ZeroShot:
+        """The head with these settings and ``text_embeddings``."""
+        return ZeroShot(text_embeddings, **dataclasses.asdict(self))
+
+
 @register_head("zeroshot")
 @dataclass(frozen=True, eq=False)  # holds a tensor: compare by identity
-class ZeroShot(Head):
+class ZeroShot(ZeroShotSettings, TextHead, Head):
     """CLIP zero-shot classifier: ``logits = scale * cos(q, t_c)``, t_c the template-averaged text embedding.
 
     ``fit`` learns nothing: it only checks that the support set matches the text embeddings (same
@@ -70,12 +96,9 @@ class ZeroShot(Head):
         scale: CLIP's logit scale (100 for the released models).
     """
 
-    text_embeddings: Tensor = field(metadata=doc("(C, T, D) or (C, D) class text embeddings"), repr=False)
-    scale: float = field(default=100.0, metadata=doc("CLIP's logit scale"))
-
     def __post_init__(self) -> None:
         text_classifier(self.text_embeddings)  # validates
-        positive("scale", self.scale)
+        super().__post_init__()
 
     def classifier(self) -> LinearClassifier:
         """The zero-shot classifier: weight (C, D) = normalised class embeddings, queries normalised."""

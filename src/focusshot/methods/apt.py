@@ -161,7 +161,12 @@ class AptFitted(Fitted):
     """A trained refiner: ``logits(head_in (M, T, C)) -> (M, C)`` (log mean-probabilities under MC)."""
 
     def __init__(
-        self, method: str, model: _AptModel, options: AptOptions, config: dict, record: dict
+        self,
+        method: str,
+        model: _AptModel,
+        options: AptOptions,
+        config: dict[str, Any],
+        record: dict[str, Any],
     ) -> None:
         self.method = method
         self.model = model.eval()
@@ -216,10 +221,9 @@ class AptFitted(Fitted):
 
 
 @register_method("apt", auto_order=3)  # auto: tried while the budget lasts
-class AptMethod(Method):
+class AptMethod(Method[AptOptions]):
     """APT: cross-attention from class prompts to image tokens, MC dropout (arXiv 2412.14640)."""
 
-    Options: ClassVar[type] = AptOptions
     trains: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     summary = "APT: class prompts refined per image by cross-attention, MC-dropout uncertainty"

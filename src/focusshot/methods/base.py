@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
-from focusshot.options import option, option_help
+from focusshot.options import option, option_help, options_dict
 
 __all__ = [
     "FitContext",
@@ -127,27 +126,32 @@ class Fitted(ABC):
         return None
 
 
-M = TypeVar("M", bound=type["Method"])
-_METHODS: dict[str, type[Method]] = {}
+M = TypeVar("M", bound=type["Method[Any]"])
+#: a method's options dataclass
+OptionsT = TypeVar("OptionsT")
+_METHODS: dict[str, type[Method[Any]]] = {}
 
 
-class Method(ABC):
+class Method(ABC, Generic[OptionsT]):
     """A few-shot method: options, the prefix it reads, and ``fit``.
 
+    A method is generic over its options dataclass ``OptionsT``, which a registered class names once, as
+    its base's type argument (``class LoRAFinetune(FinetuneMethod[LoRAOptions])``): the type
+    checker reads ``self.options.rank`` as a field of it, and :attr:`Options` is set from it.
     Subclasses set the class attributes and are registered with :func:`register_method`.
     """
 
     #: the registry name (an instance made for an alias ``METHOD@LABEL`` carries the alias)
     name: str = ""
-    #: the options dataclass (every field an :func:`~focusshot.options.option`, with its help)
-    Options: ClassVar[type] = type(None)
+    #: the options dataclass (every field an :func:`~focusshot.options.option`, with its help): the
+    #: type argument ``OptionsT`` of the class's base, set when the class is made
+    Options: ClassVar[type[Any]] = type(None)
+    #: this method's options (an instance of :attr:`Options`)
+    options: OptionsT
     #: trains something per support set (adapters, a head by gradient descent, prompts)
     trains: ClassVar[bool] = False
     #: needs class text embeddings (a CLIP backbone)
     needs_text: ClassVar[bool] = False
-    #: reads a region per image (FALIP, drawn visual prompts): the runner hands the support
-    #: regions over in ``FitContext.regions`` and the query regions as ``logits(query, regions=...)``
-    needs_regions: ClassVar[bool] = False
     #: one line for ``focusshot methods``
     summary: ClassVar[str] = ""
     #: set by :func:`register_method` (each registered class its own, never inherited): the
@@ -159,14 +163,33 @@ class Method(ABC):
     #: given for that recipe reach this one too (:func:`options_for`)
     extends: ClassVar[str] = ""
 
-    def __init__(self, options: Any = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):  # the bases as written, type arguments kept
+            args = get_args(base)
+            if args and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+                cls.Options = args[0]
+                break
+
+    def __init__(self, options: OptionsT | Mapping[str, Any] | None = None) -> None:
+        self.options = self._checked_options(options)
+
+    @classmethod
+    def _checked_options(cls, options: object) -> Any:
         if options is None:
-            options = self.Options()
-        elif isinstance(options, Mapping):
-            options = options_from_dict(self.Options, options, self.name)
-        elif not isinstance(options, self.Options):
-            raise TypeError(f"options of {self.name!r} must be a {self.Options.__name__} or a dict")
-        self.options = options
+            return cls.Options()
+        if isinstance(options, Mapping):
+            return options_from_dict(cls.Options, options, cls.name)
+        if not isinstance(options, cls.Options):
+            raise TypeError(f"options of {cls.name!r} must be a {cls.Options.__name__} or a dict")
+        return options
+
+    @property
+    def needs_regions(self) -> bool:
+        """Reads a region per image (FALIP, drawn visual prompts; FORT with box prompts): the runner
+        hands the support regions over in ``FitContext.regions`` and the query regions as
+        ``logits(query, regions=...)``."""
+        return False
 
     @abstractmethod
     def prefix(self, backbone: Backbone) -> Prefix:
@@ -197,8 +220,7 @@ class Method(ABC):
 
     def options_dict(self) -> dict[str, Any]:
         """The options as JSON-able values."""
-        out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self.options)))
-        return out
+        return options_dict(self.options)
 
 
 def register_method(
@@ -357,7 +379,7 @@ def split_alias(name: str) -> tuple[str, str]:
     return base, label
 
 
-def method_class(name: str) -> type[Method]:
+def method_class(name: str) -> type[Method[Any]]:
     """The registered class of method ``name`` (an alias ``METHOD@LABEL`` gives METHOD's class)."""
     _load_all()
     base, _ = split_alias(name)
@@ -366,7 +388,7 @@ def method_class(name: str) -> type[Method]:
     return _METHODS[base]
 
 
-def create_method(name: str, options: Any = None, **overrides: Any) -> Method:
+def create_method(name: str, options: Any = None, **overrides: Any) -> Method[Any]:
     """The method ``name`` (or an alias ``METHOD@LABEL``, :func:`split_alias`) with ``options`` (a
     dataclass or a dict) and keyword overrides.
 

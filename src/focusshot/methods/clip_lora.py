@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from focusshot.adapters.base import load_trainable_state
-from focusshot.adapters.lora import LoRAConfig, inject_lora
+from focusshot.adapters.lora import inject_lora
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.clip import CLIP, TextTransformer
 from focusshot.backbones.prefix import Prefix
@@ -35,24 +35,21 @@ from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
 from focusshot.methods.finetune import AdaptedFitted, Tail, frozen_copy, train_modules, with_views
 from focusshot.methods.text import fill, logit_scale, readable, require_text_tower
-from focusshot.options import Take, option, takes
+from focusshot.methods.tuning import LoRAFields
+from focusshot.options import option
 from focusshot.training.loop import TrainConfig, train
 
 __all__ = ["CLIPLoRAMethod", "CLIPLoRAOptions"]
 
 
 @dataclass(frozen=True)
-@takes(
-    LoRAConfig,
-    rank=2,
-    alpha=1.0,
-    dropout=0.25,
-    targets=Take(("*.attn.q", "*.attn.k", "*.attn.v"), help="module patterns, in both towers"),
-)
-class CLIPLoRAOptions:
+class CLIPLoRAOptions(LoRAFields):
     """CLIP-LoRA's fixed recipe (module docstring): the adapter's fields
     (:class:`~focusshot.adapters.lora.LoRAConfig`) with the paper's defaults, and its training."""
 
+    rank: int = option(2, "rank r of the update B A (r >= 1)")
+    dropout: float = option(0.25, "dropout on the input of the low-rank path")
+    targets: tuple[str, ...] = option(("*.attn.q", "*.attn.k", "*.attn.v"), "module patterns, in both towers")
     encoders: str = option("both", "which towers get LoRA: both, vision or text")
     lr: float = option(2e-4, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay")
@@ -76,6 +73,7 @@ class CLIPLoRAOptions:
             raise ValueError("steps >= 0, iters_per_shot >= 1, batch_size >= 1 and views >= 0 are required")
         if "{}" not in self.template:
             raise ValueError(f"the template needs a '{{}}' for the class name, got {self.template!r}")
+        super().__post_init__()  # then the adapter's checks (LoRAFields)
 
 
 class _TextClassifier(nn.Module):
@@ -92,10 +90,9 @@ class _TextClassifier(nn.Module):
 
 
 @register_method("clip_lora", auto_order=5)  # auto: tried while the budget lasts
-class CLIPLoRAMethod(Method):
+class CLIPLoRAMethod(Method[CLIPLoRAOptions]):
     """CLIP-LoRA: LoRA on q, k, v of both towers, CLIP's text classifier (Zanella & Ben Ayed, 2024)."""
 
-    Options: ClassVar[type] = CLIPLoRAOptions
     trains: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     summary = "CLIP-LoRA: LoRA r=2 on q, k, v of both CLIP towers, one fixed recipe (Zanella & Ben Ayed)"
@@ -111,7 +108,7 @@ class CLIPLoRAMethod(Method):
         """A frozen copy of ``backbone`` with LoRA in the chosen towers, and the LoRA parameters."""
         o = self.options
         model = frozen_copy(require_text_tower(self.name, backbone))
-        cfg = LoRAConfig(rank=o.rank, alpha=o.alpha, dropout=o.dropout, targets=o.targets)
+        cfg = o.lora_config()
         towers = {"both": (model.visual, model.text), "vision": (model.visual,), "text": (model.text,)}
         for tower in towers[o.encoders]:
             inject_lora(tower, cfg, generator=generator)
@@ -149,7 +146,8 @@ class CLIPLoRAMethod(Method):
         )
 
         def forward(x: Tensor) -> Tensor:
-            return scale * l2_normalize(model.forward_features(x)) @ classifier().T
+            logits: Tensor = scale * l2_normalize(model.forward_features(x)) @ classifier().T
+            return logits
 
         result = train(
             forward,

@@ -126,7 +126,7 @@ def initial_context(clip: CLIP, options: CoOpOptions, classes: int, generator: t
         ids = clip.tokenize([options.ctx_init])[0]
         n = int(clip.text.eot_positions(ids[None])[0]) - 1
         with torch.no_grad():
-            ctx = clip.text.token_embedding(ids[1 : 1 + n]).detach().float()
+            ctx: Tensor = clip.text.token_embedding(ids[1 : 1 + n]).detach().float()
     else:
         ctx = torch.randn(options.n_ctx, width, generator=generator) * options.init_std
     return ctx.expand(classes, -1, -1).clone() if options.class_specific else ctx
@@ -136,7 +136,13 @@ class CoOpFitted(Fitted):
     """The learned prompts' class features: ``logits(query (M, E)) = scale * cos(query, text_c)``."""
 
     def __init__(
-        self, method: str, weights: Tensor, ctx: Tensor, scale: float, config: dict, record: dict
+        self,
+        method: str,
+        weights: Tensor,
+        ctx: Tensor,
+        scale: float,
+        config: dict[str, Any],
+        record: dict[str, Any],
     ) -> None:
         self.method = method
         self.weights = weights
@@ -163,10 +169,9 @@ class CoOpFitted(Fitted):
 
 
 @register_method("coop", auto_order=1)  # auto: tried while the budget lasts
-class CoOpMethod(Method):
+class CoOpMethod(Method[CoOpOptions]):
     """CoOp: learn the prompt's context vectors on the support set (Zhou et al., IJCV 2022)."""
 
-    Options: ClassVar[type] = CoOpOptions
     trains: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     summary = "CoOp: learned context vectors before the class name (Zhou et al., IJCV 2022)"
@@ -211,7 +216,8 @@ class CoOpMethod(Method):
         images = l2_normalize(support.float())
 
         def forward(x: Tensor) -> Tensor:
-            return scale * x @ learner().T
+            logits: Tensor = scale * x @ learner().T
+            return logits
 
         result = train(
             forward, [learner.ctx], images.to(device), labels.to(device), cfg, val=val, device=device

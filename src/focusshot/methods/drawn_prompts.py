@@ -15,9 +15,8 @@ Line width and blur are in pixels of the evaluation crop. **Regions** are the da
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -35,7 +34,7 @@ from focusshot.methods.regions import (
     resolve_regions,
     zeroshot_classifier,
 )
-from focusshot.options import option
+from focusshot.options import option, options_dict
 
 __all__ = ["BlurBoxOptions", "PromptFitted", "RedCircleOptions"]
 
@@ -80,10 +79,22 @@ class BlurBoxOptions:
         return blur_outside(rgb, boxes, float(self.blur) * int(rgb.shape[-1]))
 
 
+class DrawnPrompt(Protocol):
+    """What a drawn prompt's options hold (:class:`RedCircleOptions`, :class:`BlurBoxOptions`)."""
+
+    @property
+    def missing_box(self) -> str: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    def draw(self, rgb: Tensor, boxes: Tensor) -> Tensor: ...
+
+
 class PromptFitted(RegionHeadFitted):
     """A fitted ``red_circle``/``blur_box``: ``logits(images (M, 3, H, W), regions (M, 4)) -> (M, C)``."""
 
-    def __init__(self, method: str, backbone: Backbone, options: Any, head: FittedHead) -> None:
+    def __init__(self, method: str, backbone: Backbone, options: DrawnPrompt, head: FittedHead) -> None:
         self.method = method
         self.backbone = backbone
         self.options = options
@@ -118,14 +129,22 @@ class PromptFitted(RegionHeadFitted):
     def config(self) -> dict[str, Any]:
         return {
             "method": self.method,
-            "options": dataclasses.asdict(self.options),
+            "options": options_dict(self.options),
             "head": self.head.config(),
         }
 
 
-class _PromptMethod(Method):
+P = TypeVar("P", bound=DrawnPrompt)
+
+
+class PromptMethod(Method[P]):
+    """Zero-shot CLIP on images with a prompt drawn on them (``red_circle``, ``blur_box``)."""
+
     needs_text: ClassVar[bool] = True
-    needs_regions: ClassVar[bool] = True
+
+    @property
+    def needs_regions(self) -> bool:
+        return True
 
     def missing_box(self) -> str:
         return self.options.missing_box
@@ -146,16 +165,14 @@ class _PromptMethod(Method):
 
 
 @register_method("red_circle")
-class RedCircleMethod(_PromptMethod):
+class RedCircleMethod(PromptMethod[RedCircleOptions]):
     """Zero-shot CLIP on images with a red ellipse drawn around the region (Shtedritski et al., 2023)."""
 
-    Options: ClassVar[type] = RedCircleOptions
     summary = "zero-shot CLIP with a red ellipse drawn around the region (Shtedritski et al., 2023)"
 
 
 @register_method("blur_box")
-class BlurBoxMethod(_PromptMethod):
+class BlurBoxMethod(PromptMethod[BlurBoxOptions]):
     """Zero-shot CLIP on images blurred outside the region (ReCLIP / FGVP's blur prompt)."""
 
-    Options: ClassVar[type] = BlurBoxOptions
     summary = "zero-shot CLIP with everything outside the region blurred (ReCLIP, Subramanian et al., 2022)"

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -87,10 +87,10 @@ from focusshot.methods.regions import (
     RegionHeadFitted,
     check_region_options,
     device_dtype,
-    need_text,
     resolve_regions,
     zeroshot_classifier,
 )
+from focusshot.methods.text import need_text
 from focusshot.options import option
 
 __all__ = [
@@ -173,14 +173,14 @@ def biased_layers(depth: int, layers: int = 4, layers_fraction: float = 0.0) -> 
     return min(int(layers), depth)
 
 
-def _blocks(backbone: Backbone) -> nn.ModuleList:
+def _blocks(backbone: Backbone) -> list[Block]:
     tower = getattr(backbone, "visual", None) or backbone
     blocks = getattr(tower, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or not all(isinstance(b, Block) for b in blocks):
         raise ValueError(
             f"unleash needs the focusshot ViT blocks of the image tower; {type(tower).__name__} has none"
         )
-    return blocks
+    return [cast(Block, b) for b in blocks]
 
 
 def _unleashed_block(block: Block, x: Tensor, bias: Tensor) -> Tensor:
@@ -191,7 +191,8 @@ def _unleashed_block(block: Block, x: Tensor, bias: Tensor) -> Tensor:
     mixed = masked.clone()
     mixed[:, 0] = 2.0 * masked[:, 0] - plain[:, 0]
     x = x + block.ls1(mixed)
-    return x + block.ls2(block.mlp(block.norm2(x)))
+    out: Tensor = x + block.ls2(block.mlp(block.norm2(x)))
+    return out
 
 
 def _token_grid(backbone: Backbone, tokens: Tensor) -> tuple[int, int]:
@@ -250,7 +251,7 @@ def falip_features(
         elif unleash:
             blocks, y = _blocks(backbone), x
             for i in range(start, depth):
-                y = _unleashed_block(blocks[i], y, bias)  # type: ignore[arg-type]
+                y = _unleashed_block(blocks[i], y, bias)
         else:
             y = backbone.forward_blocks(x, start, attn_bias=bias)
         out.append(backbone.forward_head(y).float().cpu())
@@ -310,10 +311,17 @@ class FalipFitted(RegionHeadFitted):
         return out
 
 
-class _FalipMethod(Method):
-    Options: ClassVar[type] = FalipOptions
+FO = TypeVar("FO", bound=FalipOptions)
+
+
+class FalipRecipe(Method[FO]):
+    """What ``falip`` and ``falip_tip`` share: the biased blocks, the prefix, the region options."""
+
     needs_text: ClassVar[bool] = True
-    needs_regions: ClassVar[bool] = True
+
+    @property
+    def needs_regions(self) -> bool:
+        return True
 
     def uses_boxes(self) -> bool:
         return self.options.region == "box"
@@ -342,7 +350,7 @@ class _FalipMethod(Method):
 
 
 @register_method("falip")
-class FalipMethod(_FalipMethod):
+class FalipMethod(FalipRecipe[FalipOptions]):
     """FALIP zero-shot: CLIP with a foveal attention bias on each image's region (Zhuang et al., 2024)."""
 
     summary = "FALIP: zero-shot CLIP with a foveal [CLS] attention bias on the region (Zhuang et al., 2024)"
@@ -354,10 +362,9 @@ class FalipMethod(_FalipMethod):
 
 
 @register_method("falip_tip")
-class FalipTipMethod(_FalipMethod):
+class FalipTipMethod(FalipRecipe[FalipTipOptions]):
     """Tip-Adapter over FALIP features: cache keys and queries both seen through their regions."""
 
-    Options: ClassVar[type] = FalipTipOptions
     summary = "Tip-Adapter whose cache keys and queries are FALIP features (regions of support and query)"
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:

@@ -4,79 +4,39 @@ Every method here reads only the *pooled* prefix (DESIGN, "Performance"), so the
 each image's features once and every episode and method reuses them. Methods that need class
 names (zero-shot CLIP, Tip-Adapter, Tip-Adapter-F; Zhang et al., ECCV 2022) receive text
 embeddings ``(C, T, D)`` through the fit context; heads never see a model. A method's options
-are its head's settings (the head's dataclass fields, less the text embeddings).
+are its head's settings: the head itself (:class:`HeadMethod`), or, for a head that holds class
+text embeddings, its settings class (:class:`TextHeadMethod`; ``settings.with_text(text)`` is the
+head).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
-from focusshot.heads import FittedHead, create_head, fitted_from_state, list_heads
-from focusshot.heads.base import _lookup, class_fields
-from focusshot.methods.base import FitContext, Fitted, Method, register_method
+from focusshot.heads import (
+    R2D2,
+    SVM,
+    FittedHead,
+    Head,
+    LogisticRegression,
+    MetaOptNet,
+    NearestNeighbour,
+    ProtoNet,
+    Ridge,
+    fitted_from_state,
+)
+from focusshot.heads.lp_pp import LPPlusPlusSettings
+from focusshot.heads.tip_adapter import TipAdapterFSettings, TipAdapterSettings
+from focusshot.heads.zeroshot import ZeroShotSettings
+from focusshot.methods.base import FitContext, Fitted, Method, OptionsT, register_method
+from focusshot.methods.text import need_text
 
-#: method name -> (head name, needs class-name text embeddings, one line of help, place among
-#: ``fit --method auto``'s candidates (cheapest first; None: not one), auto's fallback kind)
-_TABLE: dict[str, tuple[str, bool, str, float | None, str]] = {
-    "nearest_neighbour": (
-        "nearest_neighbour",
-        False,
-        "cosine nearest neighbour over support features",
-        2,
-        "",
-    ),
-    "protonet": ("protonet", False, "ProtoNet: nearest class mean (Snell et al., 2017)", 1, "any"),
-    "ridge": ("ridge", False, "ridge regression onto one-hot labels", 3, ""),
-    "r2d2": ("r2d2", False, "R2D2 closed-form ridge head (Bertinetto et al., 2019)", None, ""),
-    "svm": ("svm", False, "multi-class linear SVM", None, ""),
-    "metaoptnet": ("metaoptnet", False, "MetaOptNet SVM head (Lee et al., 2019)", 5, ""),
-    "logistic": (
-        "logistic",
-        False,
-        "linear probe: L2-regularised logistic regression, C chosen on val",
-        4,
-        "",
-    ),
-    "zeroshot": ("zeroshot", True, "zero-shot CLIP: class names x prompt templates", 6, ""),
-    "tip_adapter": (
-        "tip_adapter",
-        True,
-        "Tip-Adapter: training-free cache model (Zhang et al., 2022)",
-        7,
-        "text",
-    ),
-    "tip_adapter_f": ("tip_adapter_f", True, "Tip-Adapter-F: the cache keys fine-tuned", 9, ""),
-    "lp_pp": (
-        "lp_pp",
-        True,
-        "LP++: linear probe blended with the text classifier (Huang et al., 2024)",
-        8,
-        "",
-    ),
-}
-
-_TEXT_FIELD = "text_embeddings"
-
-
-def _options_of(head: str) -> type:
-    """A dataclass with the head's settings (text embeddings excluded): the method's options."""
-    cls = _lookup(head)
-    fields = []
-    for f in class_fields(cls):
-        if not f.init or f.name == _TEXT_FIELD:
-            continue
-        kw: dict[str, Any] = {"metadata": f.metadata}
-        if f.default is not dataclasses.MISSING:
-            kw["default"] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            kw["default_factory"] = f.default_factory
-        fields.append((f.name, f.type, dataclasses.field(**kw)))
-    return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
+__all__ = ["FeatureHeadMethod", "HeadFitted", "HeadMethod", "TextHeadMethod"]
 
 
 class HeadFitted(Fitted):
@@ -106,24 +66,19 @@ class HeadFitted(Fitted):
         return {k: v for k, v in flat.items() if isinstance(v, keep) and k not in ("type", "head")}
 
 
-class FeatureHeadMethod(Method):
-    """A head fitted on pooled support features (subclassed once per head below)."""
+class FeatureHeadMethod(Method[OptionsT]):
+    """A head fitted on pooled support features."""
 
-    head: ClassVar[str] = ""
+    @abstractmethod
+    def head(self, ctx: FitContext) -> Head:
+        """The head this fit uses."""
 
     def prefix(self, backbone: Backbone) -> Prefix:
         return Prefix.pooled()
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
-        args = dataclasses.asdict(self.options)
-        if self.needs_text:
-            if ctx.text is None:
-                raise ValueError(f"method {self.name!r} needs class text embeddings: use a CLIP backbone")
-            args[_TEXT_FIELD] = ctx.text
         val_f, val_l = ctx.val if ctx.val is not None else (None, None)
-        fitted = create_head(self.head, **args).fit(
-            support, labels, ctx.num_classes, val_features=val_f, val_labels=val_l
-        )
+        fitted = self.head(ctx).fit(support, labels, ctx.num_classes, val_features=val_f, val_labels=val_l)
         return HeadFitted(self.name, fitted)
 
     @classmethod
@@ -131,24 +86,109 @@ class FeatureHeadMethod(Method):
         return HeadFitted(cls.name, fitted_from_state(state, config["head"]))
 
 
-def _register_all() -> None:
-    heads = set(list_heads())
-    for name, (head, text, summary, auto_order, fallback) in _TABLE.items():
-        if head not in heads:
-            continue
-        cls = type(
-            f"{head.title().replace('_', '')}Method",
-            (FeatureHeadMethod,),
-            {
-                "head": head,
-                "Options": _options_of(head),
-                "needs_text": text,
-                "summary": summary,
-                "__doc__": summary,
-                "__module__": __name__,
-            },
-        )
-        register_method(name, auto_order=auto_order, auto_fallback=fallback)(cls)
+H = TypeVar("H", bound=Head)
 
 
-_register_all()
+class HeadMethod(FeatureHeadMethod[H]):
+    """A head over pooled features whose options are the head itself."""
+
+    def head(self, ctx: FitContext) -> Head:
+        return self.options
+
+
+class TextSettings(Protocol):
+    """The settings of a head that holds class text embeddings."""
+
+    def with_text(self, text_embeddings: Tensor) -> Head:
+        """The head with these settings and ``text_embeddings``."""
+        ...
+
+
+S = TypeVar("S", bound=TextSettings)
+
+
+class TextHeadMethod(FeatureHeadMethod[S]):
+    """A head that also reads the class text embeddings (a CLIP backbone); its options are the head's
+    settings."""
+
+    needs_text: ClassVar[bool] = True
+
+    def head(self, ctx: FitContext) -> Head:
+        return self.options.with_text(need_text(ctx, self.name))
+
+
+@register_method("nearest_neighbour", auto_order=2)
+class NearestNeighbourMethod(HeadMethod[NearestNeighbour]):
+    """Cosine nearest neighbour over support features."""
+
+    summary = "cosine nearest neighbour over support features"
+
+
+@register_method("protonet", auto_order=1, auto_fallback="any")
+class ProtoNetMethod(HeadMethod[ProtoNet]):
+    """ProtoNet: nearest class mean (Snell et al., 2017)."""
+
+    summary = "ProtoNet: nearest class mean (Snell et al., 2017)"
+
+
+@register_method("ridge", auto_order=3)
+class RidgeMethod(HeadMethod[Ridge]):
+    """Ridge regression onto one-hot labels."""
+
+    summary = "ridge regression onto one-hot labels"
+
+
+@register_method("r2d2")
+class R2D2Method(HeadMethod[R2D2]):
+    """R2D2 closed-form ridge head (Bertinetto et al., 2019)."""
+
+    summary = "R2D2 closed-form ridge head (Bertinetto et al., 2019)"
+
+
+@register_method("svm")
+class SVMMethod(HeadMethod[SVM]):
+    """Multi-class linear SVM."""
+
+    summary = "multi-class linear SVM"
+
+
+@register_method("metaoptnet", auto_order=5)
+class MetaOptNetMethod(HeadMethod[MetaOptNet]):
+    """MetaOptNet SVM head (Lee et al., 2019)."""
+
+    summary = "MetaOptNet SVM head (Lee et al., 2019)"
+
+
+@register_method("logistic", auto_order=4)
+class LogisticMethod(HeadMethod[LogisticRegression]):
+    """Linear probe: L2-regularised logistic regression, C chosen on validation data."""
+
+    summary = "linear probe: L2-regularised logistic regression, C chosen on val"
+
+
+@register_method("zeroshot", auto_order=6)
+class ZeroShotMethod(TextHeadMethod[ZeroShotSettings]):
+    """Zero-shot CLIP: class names x prompt templates."""
+
+    summary = "zero-shot CLIP: class names x prompt templates"
+
+
+@register_method("tip_adapter", auto_order=7, auto_fallback="text")
+class TipAdapterMethod(TextHeadMethod[TipAdapterSettings]):
+    """Tip-Adapter: training-free cache model (Zhang et al., 2022)."""
+
+    summary = "Tip-Adapter: training-free cache model (Zhang et al., 2022)"
+
+
+@register_method("tip_adapter_f", auto_order=9)
+class TipAdapterFMethod(TextHeadMethod[TipAdapterFSettings]):
+    """Tip-Adapter-F: the cache keys fine-tuned."""
+
+    summary = "Tip-Adapter-F: the cache keys fine-tuned"
+
+
+@register_method("lp_pp", auto_order=8)
+class LPPlusPlusMethod(TextHeadMethod[LPPlusPlusSettings]):
+    """LP++: linear probe blended with the text classifier (Huang et al., 2024)."""
+
+    summary = "LP++: linear probe blended with the text classifier (Huang et al., 2024)"

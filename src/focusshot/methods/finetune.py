@@ -24,12 +24,11 @@ unfreeze and in an optional extra loss. What they share, following FORT's protoc
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -41,7 +40,7 @@ from focusshot.backbones.prefix import Prefix
 from focusshot.heads import create_head
 from focusshot.heads.trainable import LinearHead, linear_form
 from focusshot.methods.base import FitContext, Fitted, Method
-from focusshot.options import KEEP, Take, option, takes
+from focusshot.options import Checked, option
 from focusshot.training.loop import TrainConfig, TrainResult, train
 
 __all__ = [
@@ -65,7 +64,8 @@ class Objective:
 
     Attributes:
         loss: ``(x, y, logits, idx) -> scalar`` added to the cross-entropy, or ``None``.
-        prompts: FORT's position prompts of the support images ``(S, P)``, or ``None``.
+        prompts: FORT's position prompts of the training inputs ``(N, P)`` (support, then views), or
+            ``None``; the fit keeps the support images' rows.
     """
 
     loss: ExtraLoss | None = None
@@ -76,26 +76,24 @@ INIT_SOLVERS = ("metaoptnet", "protonet", "r2d2", "ridge", "svm", "logistic", "z
 
 
 @dataclass(frozen=True)
-@takes(
-    TrainConfig,
-    check=False,  # FinetuneOptions checks them below (its 0s for steps/batch_size mean something)
-    optimizer=Take(help="adamw or sgd"),
-    lr=KEEP,
-    weight_decay=Take(0.01, help="weight decay (matrices only)"),
-    momentum=Take(help="SGD momentum"),
-    epochs=Take(10, help="epochs over the support set (0: use steps)"),
-    steps=Take(0, help="optimisation steps when epochs is 0"),
-    batch_size=Take(0, help="support images per step (0: the number of classes, as FORT's code)"),
-    warmup_steps=KEEP,
-    label_smoothing=KEEP,
-    grad_clip=Take(help="clip the global gradient norm (0: off)"),
-    amp=Take(help="bf16 autocast on CUDA"),
-)
-class FinetuneOptions:
+class FinetuneOptions(Checked):
     """Options every tuning recipe shares (recipes override the defaults with their papers').
 
-    The training fields are :class:`~focusshot.training.loop.TrainConfig`'s (:func:`takes`)."""
+    The training fields are :class:`~focusshot.training.loop.TrainConfig`'s (:meth:`train_config`
+    builds it, and its checks run when the options are created); a 0 for ``steps`` or
+    ``batch_size`` means what the help says."""
 
+    optimizer: str = option("adamw", "adamw or sgd")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(0.01, "weight decay (matrices only)")
+    momentum: float = option(0.9, "SGD momentum")
+    epochs: int = option(10, "epochs over the support set (0: use steps)")
+    steps: int = option(0, "optimisation steps when epochs is 0")
+    batch_size: int = option(0, "support images per step (0: the number of classes, as FORT's code)")
+    warmup_steps: int = option(0, "linear warm-up steps before the cosine decay")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float = option(0.0, "clip the global gradient norm (0: off)")
+    amp: bool = option(False, "bf16 autocast on CUDA")
     blocks: int = option(
         0, "tune the last k blocks from the cached tokens entering block L-k (0: all, from images)"
     )
@@ -105,17 +103,16 @@ class FinetuneOptions:
     views: int = option(0, "augmented views per support image (random resized crop + flip), cached; 0: none")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.blocks < 0:
             raise ValueError(f"blocks must be >= 0, got {self.blocks}")
         if self.init not in INIT_SOLVERS:
             raise ValueError(f"init must be one of {list(INIT_SOLVERS)}, got {self.init!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        # epochs, steps, batch_size and the other TrainConfig fields are added by @takes (mypy
-        # cannot see them: attr-defined)
-        if self.epochs < 0 or self.steps < 0 or self.batch_size < 0:  # type: ignore[attr-defined]
+        if self.epochs < 0 or self.steps < 0 or self.batch_size < 0:
             raise ValueError("epochs, steps and batch_size must be >= 0")
-        if self.epochs == 0 and self.steps == 0:  # type: ignore[attr-defined]
+        if self.epochs == 0 and self.steps == 0:
             raise ValueError("give epochs or steps (both are 0)")
         if self.views < 0:
             raise ValueError(f"views must be >= 0, got {self.views}")
@@ -126,20 +123,19 @@ class FinetuneOptions:
     ) -> TrainConfig:
         """The :class:`~focusshot.training.loop.TrainConfig` of a fit: ``classes`` ways, ``n``
         training inputs; with ``validate``, evaluate once per epoch."""
-        # the TrainConfig fields @takes added (attr-defined: mypy cannot see them)
-        batch = self.batch_size or classes  # type: ignore[attr-defined]
+        batch = self.batch_size or classes
         return TrainConfig(
-            optimizer=self.optimizer,  # type: ignore[attr-defined]
-            lr=self.lr,  # type: ignore[attr-defined]
-            weight_decay=self.weight_decay,  # type: ignore[attr-defined]
-            momentum=self.momentum,  # type: ignore[attr-defined]
-            steps=self.steps or 1,  # type: ignore[attr-defined]
-            epochs=self.epochs,  # type: ignore[attr-defined]
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            steps=self.steps or 1,
+            epochs=self.epochs,
             batch_size=batch,
-            warmup_steps=self.warmup_steps,  # type: ignore[attr-defined]
-            label_smoothing=self.label_smoothing,  # type: ignore[attr-defined]
-            grad_clip=self.grad_clip,  # type: ignore[attr-defined]
-            amp=self.amp,  # type: ignore[attr-defined]
+            warmup_steps=self.warmup_steps,
+            label_smoothing=self.label_smoothing,
+            grad_clip=self.grad_clip,
+            amp=self.amp,
             eval_every=math.ceil(n / min(batch, n)) if validate else 0,
             seed=seed,
             progress=progress,
@@ -300,14 +296,17 @@ class AdaptedFitted(Fitted):
         return self.tail.backbone
 
 
-class FinetuneMethod(Method):
+#: a tuning recipe's options
+FO = TypeVar("FO", bound=FinetuneOptions)
+
+
+class FinetuneMethod(Method[FO]):
     """A recipe that tunes (part of) the backbone and a solver-initialised linear head.
 
-    Subclasses set ``Options`` (a :class:`FinetuneOptions` subclass) and implement :meth:`adapt`;
-    FORT adds its attention loss through :meth:`objective`.
+    Subclasses name their options (a :class:`FinetuneOptions` subclass) as the type argument and
+    implement :meth:`adapt`; FORT adds its attention loss through :meth:`objective`.
     """
 
-    Options: ClassVar[type[FinetuneOptions]]
     trains: ClassVar[bool] = True
 
     def prefix(self, backbone: Backbone) -> Prefix:
@@ -328,7 +327,7 @@ class FinetuneMethod(Method):
     def start(self, backbone: Backbone) -> int | None:
         """First tuned block (``None``: the whole tower, from images)."""
         p = self.prefix(backbone).resolve(backbone)
-        return None if p.kind == "images" else int(p.layer)  # type: ignore[arg-type]
+        return None if p.kind == "images" else p.block
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         """Add or unfreeze what this recipe trains in ``model`` (a :func:`frozen_copy`); return it."""
@@ -342,7 +341,7 @@ class FinetuneMethod(Method):
 
         Held open for the whole training run (FORT records the last layer's attention in it and
         computes its position prompts before yielding). ``inputs`` ``(N, ...)`` and ``labels``
-        ``(N,)`` are what training reads (support plus augmented views); ``idx`` are batch rows
+        ``(N,)`` are what training reads (support, then augmented views); ``idx`` are batch rows
         into them. The plain recipes add nothing.
         """
         yield Objective()
@@ -401,7 +400,8 @@ class FinetuneMethod(Method):
             "num_classes": ctx.num_classes,
             "normalize": head.normalize,
         }
-        return AdaptedFitted(self.name, tail, head, config, record, prompts=objective.prompts)
+        prompts = None if objective.prompts is None else objective.prompts[: len(support)]
+        return AdaptedFitted(self.name, tail, head, config, record, prompts=prompts)
 
     def _init_head(self, feats: Tensor, labels: Tensor, ctx: FitContext) -> LinearHead:
         o = self.options
@@ -429,14 +429,3 @@ class FinetuneMethod(Method):
             head.weight.copy_(w)
             head.bias.copy_(b)
         return AdaptedFitted(cls.name, tail, head, config, {}, prompts=state.get("prompts"))
-
-
-def options_with(options_cls: type, **defaults: Any) -> type:
-    """A subclass of ``options_cls`` with new defaults (a recipe's paper defaults)."""
-    fields = []
-    for f in dataclasses.fields(options_cls):
-        if f.name in defaults:
-            fields.append((f.name, f.type, field(default=defaults.pop(f.name), metadata=f.metadata)))
-    if defaults:
-        raise ValueError(f"no such option(s): {sorted(defaults)}")
-    return dataclasses.make_dataclass(options_cls.__name__, fields, bases=(options_cls,), frozen=True)

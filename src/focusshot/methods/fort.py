@@ -22,14 +22,17 @@ recipes' own defaults (lr, epochs, temperature) are those of :mod:`focusshot.met
 = 0 skips prompts and recording: exactly the plain recipe. ``prompts=box``: the data's boxes
 (covered patches weighted by coverage, mass P) replace Grad-Rollout, an oracle or user prompts.
 Swin (no global [CLS] row) is refused: the paper's pyramidal variant is not implemented.
+
+Each variant is the recipe's tuning class with :class:`FORTMixin` in front, and its options are the
+recipe's with :class:`FORTFields` added (``FORTLoRAOptions(FORTFields, LoRAOptions)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -44,59 +47,68 @@ from focusshot.attention.grad_rollout import (
 )
 from focusshot.attention.record import record
 from focusshot.heads.trainable import LinearHead
-from focusshot.methods import tuning as t
 from focusshot.methods.base import FitContext, register_method
-from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, Objective, Tail
-from focusshot.options import option
+from focusshot.methods.finetune import FinetuneOptions, Objective, Tail
+from focusshot.methods.tuning import (
+    FullOptions,
+    FullTuning,
+    LoRAOptions,
+    LoRATuning,
+    SSFOptions,
+    SSFTuning,
+    VPTOptions,
+    VPTTuning,
+)
+from focusshot.options import Checked, option
 
-__all__ = ["FORTMixin", "fort_options", "with_fort"]
+__all__ = ["FORTFields", "FORTMixin"]
 
-
-def _opt(name: str, kind: type, default: Any, text: str) -> tuple[str, type, Any]:
-    """A field of :func:`dataclasses.make_dataclass`'s list."""
-    return (name, kind, option(default, text))
-
-
-def _check(self: Any) -> None:
-    if self.fort_alpha < 0 or not self.tau > 0 or self.top < 0:
-        raise ValueError(
-            f"FORT needs fort_alpha >= 0, tau > 0, top >= 0; got {self.fort_alpha}, {self.tau}, {self.top}"
-        )
-    if self.prompts not in ("rollout", "box"):
-        raise ValueError(f"prompts must be 'rollout' or 'box', got {self.prompts!r}")
-    if self.prompts == "box" and self.views:
-        raise ValueError("prompts='box' cannot be combined with augmented views (their boxes are unknown)")
-    if self.rows not in ("all", "cls"):
-        raise ValueError(f"rows must be 'all' or 'cls', got {self.rows!r}")
-    RolloutSettings(self.variant, self.lamb, self.sign)
+#: the help of ``fort_alpha``, whose default each variant sets
+FORT_ALPHA = "FORT alpha: weight of the attention loss (0: plain recipe)"
 
 
-def fort_options(base: type[FinetuneOptions], alpha: float, tau: float = 1.0) -> type:
-    """``base`` (a recipe's options) plus FORT's fields with the given defaults."""
-    extra = [
-        _opt("fort_alpha", float, alpha, "FORT alpha: weight of the attention loss (0: plain recipe)"),
-        _opt("tau", float, tau, "temperature dividing the attention logits"),
-        _opt("top", int, 0, "prompt patches P (0: the grid side, 14 on 14x14)"),
-        _opt("lamb", float, 1.0, "weight of the gradient term in Grad-Rollout"),
-        _opt("variant", str, "code", "code: min over heads, top 10%/row; paper: mean, all"),
-        _opt("sign", str, "aligned", "gradient PC sign: aligned (with grad x input) or svd"),
-        _opt("rows", str, "all", "attention rows the loss covers: all (code) or cls"),
-        _opt("prompts", str, "rollout", "rollout (Grad-Rollout) or box: the data's boxes (oracle)"),
-    ]
+@dataclass(frozen=True)
+class FORTFields(Checked):
+    """FORT's options, added after a tuning recipe's (a variant's options inherit both)."""
 
-    def post_init(self: Any) -> None:
-        base.__post_init__(self)
-        _check(self)
+    fort_alpha: float = option(0.1, FORT_ALPHA)
+    tau: float = option(1.0, "temperature dividing the attention logits")
+    top: int = option(0, "prompt patches P (0: the grid side, 14 on 14x14)")
+    lamb: float = option(1.0, "weight of the gradient term in Grad-Rollout")
+    variant: str = option("code", "code: min over heads, top 10%/row; paper: mean, all")
+    sign: str = option("aligned", "gradient PC sign: aligned (with grad x input) or svd")
+    rows: str = option("all", "attention rows the loss covers: all (code) or cls")
+    prompts: str = option("rollout", "rollout (Grad-Rollout) or box: the data's boxes (oracle)")
 
-    return dataclasses.make_dataclass(
-        f"FORT{base.__name__}", extra, bases=(base,), frozen=True, namespace={"__post_init__": post_init}
-    )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fort_alpha < 0 or not self.tau > 0 or self.top < 0:
+            got = f"{self.fort_alpha}, {self.tau}, {self.top}"
+            raise ValueError(f"FORT needs fort_alpha >= 0, tau > 0, top >= 0; got {got}")
+        if self.prompts not in ("rollout", "box"):
+            raise ValueError(f"prompts must be 'rollout' or 'box', got {self.prompts!r}")
+        if self.prompts == "box" and isinstance(self, FinetuneOptions) and self.views:
+            raise ValueError(
+                "prompts='box' cannot be combined with augmented views (their boxes are unknown)"
+            )
+        if self.rows not in ("all", "cls"):
+            raise ValueError(f"rows must be 'all' or 'cls', got {self.rows!r}")
+        self.rollout()
+
+    def rollout(self) -> RolloutSettings:
+        """Grad-Rollout's settings (checked when the options are created)."""
+        return RolloutSettings(self.variant, self.lamb, self.sign)
 
 
-class FORTMixin:
-    """FORT on top of a fine-tuning recipe (put it first among the bases)."""
+F = TypeVar("F", bound=FORTFields)
 
-    options: Any
+
+class FORTMixin(Generic[F]):
+    """FORT on top of a fine-tuning recipe: put it first among the bases, with the same options
+    type as the recipe's tuning class (``LoRAFORT(FORTMixin[FORTLoRAOptions],
+    LoRATuning[FORTLoRAOptions])``)."""
+
+    options: F
     name: str
 
     @property
@@ -143,12 +155,11 @@ class FORTMixin:
                     layers,
                     s,
                     p,
-                    RolloutSettings(o.variant, o.lamb, o.sign),
+                    o.rollout(),
                 )
             finally:
                 tail.train(was)
             prompts = position_prompts(imp, top)
-        support_prompts = prompts[: len(inputs) // (self.augment_views() + 1)]  # type: ignore[attr-defined]
         target = prompts.to(device)
         last = layers[-1]
         with record(b, "logits", layers=[last], grad=True, training_only=True) as rec:
@@ -160,34 +171,60 @@ class FORTMixin:
                 q = target[idx.to(device)].unsqueeze(1).expand_as(att)
                 return o.fort_alpha * -(q * (att / o.tau).log_softmax(dim=-1)).sum(dim=-1).mean()
 
-            yield Objective(loss, prompts=support_prompts)
+            yield Objective(loss, prompts=prompts)
 
 
-def with_fort(base: type[FinetuneMethod], alpha: float, source: str) -> type[FinetuneMethod]:
-    """Register ``<base>+fort``: the recipe ``base`` plus FORT's attention loss, with FORT's
-    options (``fort_alpha`` defaulting to ``alpha``, from ``source``) added to ``base``'s.
-
-    Options given for ``base`` reach ``<base>+fort`` too (``--set lora.rank=8`` sets both);
-    ``<base>+fort.OPTION`` overrides one for FORT's run only
-    (:func:`~focusshot.methods.base.options_for`).
-    """
-    first = (base.__doc__ or base.__name__).splitlines()[0].rstrip(".")
-    doc = f"{first} with FORT's attention loss (alpha {alpha:g}: {source})."
-    cls = type(
-        f"{base.__name__}FORT",
-        (FORTMixin, base),
-        {
-            "Options": fort_options(base.Options, alpha=alpha),
-            "summary": f"FORT: {base.name} + attention loss toward Grad-Rollout position prompts",
-            "extends": base.name,
-            "__doc__": doc,
-            "__module__": __name__,
-        },
-    )
-    return register_method(f"{base.name}+fort", groups=("fort",))(cls)
+@dataclass(frozen=True)
+class FORTFullOptions(FORTFields, FullOptions):
+    fort_alpha: float = option(3e-2, FORT_ALPHA)
 
 
-FullFORT = with_fort(t.FullFinetune, 3e-2, "the official FT command")
-LoRAFORT = with_fort(t.LoRAFinetune, 0.5, "the official LoRA command")
-SSFFORT = with_fort(t.SSFFinetune, 0.1, "the official SSF command")
-VPTFORT = with_fort(t.VPTFinetune, 0.1, "ours; the official code has no VPT setting")
+@register_method("ft+fort", groups=("fort",))
+class FullFORT(FORTMixin[FORTFullOptions], FullTuning[FORTFullOptions]):
+    """Full fine-tuning of the image tower (and a solver-initialised head) with FORT's attention loss
+    (alpha 0.03: the official FT command)."""
+
+    summary = "FORT: ft + attention loss toward Grad-Rollout position prompts"
+    extends = "ft"
+
+
+@dataclass(frozen=True)
+class FORTLoRAOptions(FORTFields, LoRAOptions):
+    fort_alpha: float = option(0.5, FORT_ALPHA)
+
+
+@register_method("lora+fort", groups=("fort",))
+class LoRAFORT(FORTMixin[FORTLoRAOptions], LoRATuning[FORTLoRAOptions]):
+    """LoRA on the attention projections (Hu et al., ICLR 2022) with FORT's attention loss (alpha
+    0.5: the official LoRA command)."""
+
+    summary = "FORT: lora + attention loss toward Grad-Rollout position prompts"
+    extends = "lora"
+
+
+@dataclass(frozen=True)
+class FORTSSFOptions(FORTFields, SSFOptions):
+    fort_alpha: float = option(0.1, FORT_ALPHA)
+
+
+@register_method("ssf+fort", groups=("fort",))
+class SSFFORT(FORTMixin[FORTSSFOptions], SSFTuning[FORTSSFOptions]):
+    """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022) with
+    FORT's attention loss (alpha 0.1: the official SSF command)."""
+
+    summary = "FORT: ssf + attention loss toward Grad-Rollout position prompts"
+    extends = "ssf"
+
+
+@dataclass(frozen=True)
+class FORTVPTOptions(FORTFields, VPTOptions):
+    fort_alpha: float = option(0.1, FORT_ALPHA)
+
+
+@register_method("vpt+fort", groups=("fort",))
+class VPTFORT(FORTMixin[FORTVPTOptions], VPTTuning[FORTVPTOptions]):
+    """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022) with FORT's attention loss
+    (alpha 0.1: ours; the official code has no VPT setting)."""
+
+    summary = "FORT: vpt + attention loss toward Grad-Rollout position prompts"
+    extends = "vpt"

@@ -20,6 +20,7 @@ from focusshot.heads import FittedHead
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.zeroshot import ZeroShot
 from focusshot.methods.base import FitContext, Fitted
+from focusshot.methods.text import need_text
 
 __all__ = [
     "MISSING_BOX",
@@ -27,7 +28,6 @@ __all__ = [
     "RegionHeadFitted",
     "check_region_options",
     "device_dtype",
-    "need_text",
     "resolve_regions",
     "zeroshot_classifier",
 ]
@@ -54,13 +54,6 @@ def device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where ``module``'s parameters live and their dtype (the CPU and float32 when it has none)."""
     p = next(module.parameters(), None)
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-
-
-def need_text(ctx: FitContext, method: str) -> Tensor:
-    """The class text embeddings of the fit context; an error naming ``method`` without them."""
-    if ctx.text is None:
-        raise ValueError(f"method {method!r} needs class text embeddings: use a CLIP backbone")
-    return ctx.text
 
 
 def zeroshot_classifier(ctx: FitContext, method: str, scale: float) -> LinearClassifier:

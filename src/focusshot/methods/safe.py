@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -59,11 +59,11 @@ from focusshot.methods.finetune import (
     train_modules,
     with_views,
 )
-from focusshot.methods.text import logit_scale, require_text_tower
+from focusshot.methods.text import logit_scale, need_text, require_text_tower
 from focusshot.options import option
 from focusshot.training.loop import TrainConfig, train
 
-__all__ = ["SafeAMethod", "SafeMethod", "SafeOptions", "SafeTail"]
+__all__ = ["SafeAMethod", "SafeMethod", "SafeOptions", "SafeRecipe", "SafeTail"]
 
 
 @dataclass(frozen=True)
@@ -137,19 +137,20 @@ def _tuned_part(model: Backbone, start: int | None) -> nn.Module:
     tower = image_tower(model)
     if start is None:
         pool = getattr(tower, "attnpool", None)
-        if pool is None:
+        if not isinstance(pool, nn.Module):
             raise ValueError(f"{type(tower).__name__} has no attention pool for SAFE to tune")
         return pool
     return cast(nn.ModuleList, tower.blocks)[start]  # a ViT tower (start is a block index)
 
 
-class SafeMethod(Method):
-    """SAFE: tune CLIP's attention pool / last ViT block against the frozen text head, blend."""
+SO = TypeVar("SO", bound=SafeOptions)
 
-    Options: ClassVar[type] = SafeOptions
+
+class SafeRecipe(Method[SO]):
+    """What ``safe`` and ``safe_a`` share: the blended tail, its training and lr x wd search."""
+
     trains: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
-    summary = "SAFE: tune CLIP's attention pool / last block, blend beta*frozen + tuned (Zhu et al.)"
 
     def prefix(self, backbone: Backbone) -> Prefix:
         require_text_tower(self.name, backbone)
@@ -161,7 +162,7 @@ class SafeMethod(Method):
 
     def _start(self, backbone: Backbone) -> int | None:
         p = self.prefix(backbone).resolve(backbone)
-        return None if p.kind == "head_in" else int(p.layer)  # type: ignore[arg-type]
+        return None if p.kind == "head_in" else p.block
 
     def build(self, backbone: Backbone) -> tuple[SafeTail, list[nn.Parameter]]:
         """The blended tail over two frozen copies of ``backbone`` (one tuned) and what it trains."""
@@ -174,9 +175,7 @@ class SafeMethod(Method):
         return logit_scale(backbone, self.options.scale)
 
     def _head(self, ctx: FitContext) -> LinearHead:
-        if ctx.text is None:
-            raise ValueError(f"method {self.name!r} needs class text embeddings: use a CLIP backbone")
-        weights = text_classifier(ctx.text).float()
+        weights = text_classifier(need_text(ctx, self.name)).float()
         scale = self._scale(ctx.backbone)
         head = LinearHead(scale * weights, torch.zeros(len(weights)), normalize=True)
         head.requires_grad_(False)
@@ -208,7 +207,8 @@ class SafeMethod(Method):
         )
 
         def forward(x: Tensor) -> Tensor:
-            return head(tail(x))
+            logits: Tensor = head(tail(x))
+            return logits
 
         result = train(
             forward,
@@ -292,7 +292,11 @@ class SafeMethod(Method):
         return AdaptedFitted(cls.name, tail, head.requires_grad_(False), config, {})
 
 
-register_method("safe", auto_order=2)(SafeMethod)  # auto: tried while the budget lasts
+@register_method("safe", auto_order=2)  # auto: tried while the budget lasts
+class SafeMethod(SafeRecipe[SafeOptions]):
+    """SAFE: tune CLIP's attention pool / last ViT block against the frozen text head, blend."""
+
+    summary = "SAFE: tune CLIP's attention pool / last block, blend beta*frozen + tuned (Zhu et al.)"
 
 
 @dataclass(frozen=True)
@@ -355,10 +359,9 @@ class SafeAFitted(Fitted):
 
 
 @register_method("safe_a")
-class SafeAMethod(SafeMethod):
+class SafeAMethod(SafeRecipe[SafeAOptions]):
     """SAFE-A: SAFE's blended features as Tip-Adapter-F's cache keys and queries."""
 
-    Options: ClassVar[type] = SafeAOptions
     summary = "SAFE-A: SAFE's blended features as keys and queries of Tip-Adapter-F"
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:

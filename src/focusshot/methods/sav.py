@@ -366,10 +366,9 @@ def fit_sav(
 
 
 @register_method("sav")
-class SavMethod(Method):
+class SavMethod(Method[SavOptions]):
     """SAV: the top attention heads by support accuracy vote with class means (Mitra et al., 2024)."""
 
-    Options: ClassVar[type] = SavOptions
     summary: ClassVar[str] = "SAV: sparse attention-head votes over class means (Mitra et al., 2024)"
 
     def prefix(self, backbone: Backbone) -> Prefix:
@@ -393,7 +392,7 @@ class SavMethod(Method):
 
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Select heads on the support ``(N, L, H, D)`` (labels ``(N,)``) and keep their class means."""
-        layers = list(self.prefix(ctx.backbone).layer)  # type: ignore[arg-type]
+        layers = list(self.prefix(ctx.backbone).layers)
         if support.ndim == 4 and support.shape[1] != len(layers):
             raise ValueError(
                 f"SAV's prefix has {len(layers)} layers ({layers}) but the support has {support.shape[1]}"
@@ -409,7 +408,7 @@ class SavMethod(Method):
         fitted = SavFitted(
             state["selected"], state["class_means"], shape, config["layers"], _options_dict(options)
         )
-        want = list(cls(options).prefix(backbone).layer)  # type: ignore[arg-type]
+        want = list(cls(options).prefix(backbone).layers)
         if want != fitted.layers:
             raise ValueError(f"SAV was fitted on layers {fitted.layers}, the backbone gives {want}")
         return fitted

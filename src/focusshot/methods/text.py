@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.clip import CLIP
+from focusshot.methods.base import FitContext
 
 #: A short ensemble of CLIP's ImageNet prompt templates.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -34,7 +36,9 @@ def readable(name: str) -> str:
 
 
 @torch.inference_mode()
-def class_text_embeddings(clip, class_names: Sequence[str], templates: Sequence[str] | None = None) -> Tensor:
+def class_text_embeddings(
+    clip: Any, class_names: Sequence[str], templates: Sequence[str] | None = None
+) -> Tensor:
     """Text embeddings ``(C, T, D)`` of every class name in every template, each L2-normalised.
 
     Args:
@@ -50,9 +54,16 @@ def class_text_embeddings(clip, class_names: Sequence[str], templates: Sequence[
     if not templates or any("{}" not in t for t in templates):
         raise ValueError("every template needs one '{}' where the class name goes")
     texts = [fill(t, readable(c)) for c in class_names for t in templates]
-    emb = clip.encode_text(texts).float()
+    emb: Tensor = clip.encode_text(texts).float()
     emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return emb.reshape(len(class_names), len(templates), -1)
+
+
+def need_text(ctx: FitContext, method: str) -> Tensor:
+    """The fit's class text embeddings ``(C, T, D)``; ``ValueError`` naming ``method`` without them."""
+    if ctx.text is None:
+        raise ValueError(f"method {method!r} needs class text embeddings: use a CLIP backbone")
+    return ctx.text
 
 
 def require_text_tower(method: str, backbone: Backbone) -> CLIP:

@@ -23,19 +23,19 @@ Tuning*, ECCV 2022.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 
 from focusshot.adapters.base import AdapterError, find_modules, freeze
 from focusshot.adapters.lora import LoRAConfig, inject_lora
-from focusshot.adapters.ssf import SSFConfig, inject_ssf
+from focusshot.adapters.ssf import SSF_DEFAULT_TARGETS, SSFConfig, inject_ssf
 from focusshot.adapters.vpt import VPTConfig, inject_vpt
 from focusshot.backbones.base import Backbone
 from focusshot.methods.base import register_method
-from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions, image_tower, own_storage
-from focusshot.options import KEEP, Take, option, takes
+from focusshot.methods.finetune import FO, FinetuneMethod, FinetuneOptions, image_tower, own_storage
+from focusshot.options import Checked, check_component, option
 
 
 def _in_tail(name: str, start: int | None) -> bool:
@@ -72,12 +72,9 @@ class FullOptions(FinetuneOptions):
     epochs: int = option(5, "epochs over the support set (0: use steps)")
 
 
-@register_method("ft", groups=("tuning",))
-class FullFinetune(FinetuneMethod):
-    """Full fine-tuning of the image tower (and a solver-initialised head)."""
-
-    Options: ClassVar[type[FinetuneOptions]] = FullOptions
-    summary = "full fine-tuning of the image tower, head from MetaOptNet (FORT's FT baseline)"
+class FullTuning(FinetuneMethod[FO]):
+    """Tunes the image tower's own parameters: all of them, or those of the tuned tail's blocks
+    (``ft``, ``last_block`` and ``ft+fort``)."""
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         tower = image_tower(model)
@@ -97,6 +94,13 @@ class FullFinetune(FinetuneMethod):
         return params
 
 
+@register_method("ft", groups=("tuning",))
+class FullFinetune(FullTuning[FullOptions]):
+    """Full fine-tuning of the image tower (and a solver-initialised head)."""
+
+    summary = "full fine-tuning of the image tower, head from MetaOptNet (FORT's FT baseline)"
+
+
 @dataclass(frozen=True)
 class LastBlockOptions(FinetuneOptions):
     blocks: int = option(1, "tune the last k blocks from the cached tokens entering block L-k (0: all)")
@@ -104,87 +108,141 @@ class LastBlockOptions(FinetuneOptions):
 
 
 @register_method("last_block", groups=("tuning",))
-class LastBlockFinetune(FullFinetune):
+class LastBlockFinetune(FullTuning[LastBlockOptions]):
     """Tune the last block(s) only, reading the cached tokens entering them."""
 
-    Options: ClassVar[type[FinetuneOptions]] = LastBlockOptions
     summary = "fine-tune the last k blocks (default 1) from the cached tokens entering them"
 
 
 @dataclass(frozen=True)
-@takes(
-    LoRAConfig, rank=4, alpha=1.0, dropout=0.0, targets=("*.attn.q", "*.attn.k", "*.attn.v", "*.attn.proj")
-)
-class LoRAOptions(FinetuneOptions):
-    """FORT's LoRA: the adapter's fields (:class:`~focusshot.adapters.lora.LoRAConfig`) with the
-    official code's defaults, plus the shared tuning options."""
+class LoRAFields(Checked):
+    """LoRA's fields (:class:`~focusshot.adapters.lora.LoRAConfig`'s, with the official FORT code's
+    defaults), checked by the adapter's config when the options are created; ``lora`` and
+    ``clip_lora`` take them."""
+
+    rank: int = option(4, "rank r of the update B A (r >= 1)")
+    alpha: float = option(1.0, "the update is scaled by alpha / rank")
+    dropout: float = option(0.0, "dropout on the input of the low-rank path")
+    targets: tuple[str, ...] = option(
+        ("*.attn.q", "*.attn.k", "*.attn.v", "*.attn.proj"),
+        "fnmatch patterns of the nn.Linear layers to adapt (qualified module names)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_component(self, ("rank", "alpha", "dropout", "targets"), self.lora_config)
+
+    def lora_config(self, targets: tuple[str, ...] | None = None) -> LoRAConfig:
+        """The adapter's config (``targets``: the exact module names the patterns resolved to)."""
+        names = self.targets if targets is None else targets
+        return LoRAConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=names)
+
+
+@dataclass(frozen=True)
+class LoRAOptions(LoRAFields, FinetuneOptions):
+    """FORT's LoRA: the adapter's fields with the official code's defaults, plus the shared tuning
+    options."""
 
     lr: float = option(5e-3, "learning rate")
     temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
+
+
+LO = TypeVar("LO", bound=LoRAOptions)
+
+
+class LoRATuning(FinetuneMethod[LO]):
+    """Tunes LoRA updates of the tail's linear layers matching ``targets`` (``lora``, ``lora+fort``)."""
+
+    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
+        names = _tail_targets(model, self.options.targets, start, nn.Linear)
+        tower = image_tower(model)
+        inject_lora(tower, self.options.lora_config(names), generator=generator)
+        return [p for p in tower.parameters() if p.requires_grad]
 
 
 @register_method("lora", groups=("tuning",), auto_order=4)  # auto: tried while the budget lasts
-class LoRAFinetune(FinetuneMethod):
+class LoRAFinetune(LoRATuning[LoRAOptions]):
     """LoRA on the attention projections (Hu et al., ICLR 2022)."""
 
-    Options: ClassVar[type[FinetuneOptions]] = LoRAOptions
     summary = "LoRA (r=4) on q, k, v, proj of every block, head from MetaOptNet"
-
-    def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
-        o = self.options
-        names = _tail_targets(model, o.targets, start, nn.Linear)
-        cfg = LoRAConfig(rank=o.rank, alpha=o.alpha, dropout=o.dropout, targets=names)
-        tower = image_tower(model)
-        inject_lora(tower, cfg, generator=generator)
-        return [p for p in tower.parameters() if p.requires_grad]
 
 
 @dataclass(frozen=True)
-@takes(SSFConfig, init_std=0.0, targets=KEEP)
 class SSFOptions(FinetuneOptions):
     """SSF's fields (:class:`~focusshot.adapters.ssf.SSFConfig`), identity start, plus the shared ones."""
 
+    init_std: float = option(0.0, "scale ~ N(1, std), shift ~ N(0, std) at init; 0 starts from the identity")
+    targets: tuple[str, ...] = option(
+        SSF_DEFAULT_TARGETS, "fnmatch patterns of the nn.Linear / nn.LayerNorm layers to scale and shift"
+    )
     lr: float = option(5e-3, "learning rate")
     temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_component(self, ("init_std", "targets"), self.ssf_config)
 
-@register_method("ssf", groups=("tuning",))
-class SSFFinetune(FinetuneMethod):
-    """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022)."""
+    def ssf_config(self, targets: tuple[str, ...] | None = None) -> SSFConfig:
+        """The adapter's config (``targets``: the exact module names the patterns resolved to)."""
+        return SSFConfig(targets=self.targets if targets is None else targets, init_std=self.init_std)
 
-    Options: ClassVar[type[FinetuneOptions]] = SSFOptions
-    summary = "SSF scale/shift after every linear and norm, head from MetaOptNet"
+
+SO = TypeVar("SO", bound=SSFOptions)
+
+
+class SSFTuning(FinetuneMethod[SO]):
+    """Tunes SSF scales and shifts after the tail's linear and norm layers (``ssf``, ``ssf+fort``)."""
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
-        o = self.options
-        names = _tail_targets(model, o.targets, start, (nn.Linear, nn.LayerNorm))
+        names = _tail_targets(model, self.options.targets, start, (nn.Linear, nn.LayerNorm))
         tower = image_tower(model)
-        inject_ssf(tower, SSFConfig(targets=names, init_std=o.init_std), generator=generator)
+        inject_ssf(tower, self.options.ssf_config(names), generator=generator)
         return [p for p in tower.parameters() if p.requires_grad]
 
 
+@register_method("ssf", groups=("tuning",))
+class SSFFinetune(SSFTuning[SSFOptions]):
+    """SSF: learnable scale and shift after linear and norm layers (Lian et al., NeurIPS 2022)."""
+
+    summary = "SSF scale/shift after every linear and norm, head from MetaOptNet"
+
+
 @dataclass(frozen=True)
-@takes(VPTConfig, num_tokens=10, deep=True, prompt_dropout=Take(0.0, source="dropout"))
 class VPTOptions(FinetuneOptions):
     """VPT's fields (:class:`~focusshot.adapters.vpt.VPTConfig`), deep, plus the shared ones."""
 
+    num_tokens: int = option(10, "number P of prompt tokens (per block when deep)")
+    deep: bool = option(True, "new prompts at every block (VPT-deep) instead of once (shallow)")
+    prompt_dropout: float = option(0.0, "dropout on the prompt embeddings")
     optimizer: str = option("sgd", "adamw or sgd")
     lr: float = option(1e-2, "learning rate")
     weight_decay: float = option(1e-3, "weight decay (matrices only)")
     temperature: float = option(20.0, "logits = (W f + b) / temperature; W, b start at temperature x solver")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_component(self, ("num_tokens", "deep", "prompt_dropout"), self.vpt_config)
 
-@register_method("vpt", groups=("tuning",))
-class VPTFinetune(FinetuneMethod):
-    """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022)."""
+    def vpt_config(self) -> VPTConfig:
+        """The adapter's config."""
+        return VPTConfig(num_tokens=self.num_tokens, deep=self.deep, dropout=self.prompt_dropout)
 
-    Options: ClassVar[type[FinetuneOptions]] = VPTOptions
-    summary = "VPT: 10 learnable prompt tokens per block (deep), head from MetaOptNet"
+
+VO = TypeVar("VO", bound=VPTOptions)
+
+
+class VPTTuning(FinetuneMethod[VO]):
+    """Tunes prompt tokens entering the tail's blocks (``vpt``, ``vpt+fort``)."""
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
-        o = self.options
         tower = image_tower(model)
         freeze(tower)
-        cfg = VPTConfig(num_tokens=o.num_tokens, deep=o.deep, dropout=o.prompt_dropout)
-        inject_vpt(tower, cfg, start=start or 0, generator=generator)
+        inject_vpt(tower, self.options.vpt_config(), start=start or 0, generator=generator)
         return [p for p in tower.parameters() if p.requires_grad]
+
+
+@register_method("vpt", groups=("tuning",))
+class VPTFinetune(VPTTuning[VPTOptions]):
+    """Visual Prompt Tuning, deep by default (Jia et al., ECCV 2022)."""
+
+    summary = "VPT: 10 learnable prompt tokens per block (deep), head from MetaOptNet"

@@ -132,7 +132,7 @@ def infer_config(
         if grid * grid + 1 != positions:
             raise ValueError(f"visual.attnpool.positional_embedding has {positions} rows, not 1 + a square")
         vision = ResNetConfig(
-            layers=layers,  # type: ignore[arg-type]
+            layers=layers,  # type: ignore[arg-type]  # four stage counts; mypy sees tuple[int, ...]
             width=width,
             output_dim=embed_dim,
             heads=_heads(width, vision_heads, "ResNet attention pool", "vision_heads", numerator=32),

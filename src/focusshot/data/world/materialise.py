@@ -84,7 +84,7 @@ def _read_built(root: Path, settings: Mapping[str, Any]) -> LabelledImages | Non
                 return None
             paths.append(str(full))
             labels.append(index[row["label"]])
-            boxes.append(tuple(float(v) for v in row["box"]))  # type: ignore[arg-type]
+            boxes.append(tuple(float(v) for v in row["box"]))  # type: ignore[arg-type]  # a box is 4 floats
     if len(paths) != stored.get("count"):
         return None
     return LabelledImages(paths=paths, labels=labels, class_names=names, boxes=boxes, split=None)
