@@ -199,6 +199,11 @@ class Method(ABC, Generic[OptionsT]):
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
         """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``."""
 
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Raise ``ValueError`` saying why this method (with its options) cannot run on ``backbone``:
+        its prefix must exist there; recipes that adapt the backbone check what they adapt too."""
+        self.prefix(backbone).resolve(backbone)
+
     def uses_boxes(self) -> bool:
         """Whether, with its options, this method takes its regions from the data's boxes (then an
         image without a box is an error unless :meth:`missing_box` is ``"whole"``)."""
@@ -330,7 +335,7 @@ def cannot_run(name: str, backbone: Backbone) -> str:
     if method.needs_regions:
         return "needs regions (boxes)"
     try:
-        method.prefix(backbone).resolve(backbone)
+        method.check_backbone(backbone)
     except ValueError as exc:
         return str(exc).split(";")[0]
     return ""
