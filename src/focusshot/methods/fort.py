@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -46,6 +46,7 @@ from focusshot.attention.grad_rollout import (
     tail_layers,
 )
 from focusshot.attention.record import record
+from focusshot.backbones.base import Backbone
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, register_method
 from focusshot.methods.finetune import FinetuneOptions, Objective, Tail
@@ -116,6 +117,21 @@ class FORTMixin(Generic[F]):
         """Box prompts read the support images' boxes (the runner hands them over)."""
         return self.options.prompts == "box"
 
+    def _require_global_cls(self, b: Backbone) -> None:
+        caps = b.capabilities
+        if not (caps.attention and caps.global_cls):
+            raise ValueError(
+                f"method {self.name!r}: FORT's prompts and loss need a global [CLS] attention row, which "
+                f"{type(b).__name__} ({b.identity.name}) does not have (windowed attention or a CNN); "
+                "the paper's variant for pyramidal backbones (Swin) is not implemented"
+            )
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """The recipe's own checks, and (with the loss on) a global [CLS] attention row."""
+        cast(Any, super()).check_backbone(backbone)  # the recipe FORT is mixed into
+        if self.options.fort_alpha != 0:
+            self._require_global_cls(backbone)
+
     @contextmanager
     def objective(
         self, tail: Tail, head: LinearHead, inputs: Tensor, labels: Tensor, ctx: FitContext
@@ -125,13 +141,7 @@ class FORTMixin(Generic[F]):
             yield Objective()
             return
         b = tail.backbone
-        caps = b.capabilities
-        if not (caps.attention and caps.global_cls):
-            raise ValueError(
-                f"method {self.name!r}: FORT's prompts and loss need a global [CLS] attention row, which "
-                f"{type(b).__name__} ({b.identity.name}) does not have (windowed attention or a CNN); "
-                "the paper's variant for pyramidal backbones (Swin) is not implemented"
-            )
+        self._require_global_cls(b)
         device = next(head.parameters()).device
         grid = b.grid_size(b.preprocess.crop)
         s, p = int(b.num_prefix_tokens), grid[0] * grid[1]

@@ -397,7 +397,9 @@ class SavMethod(Method[SavOptions]):
             raise ValueError(
                 f"SAV's prefix has {len(layers)} layers ({layers}) but the support has {support.shape[1]}"
             )
-        return fit_sav(support, labels, ctx.num_classes, self.options, layers)
+        fitted = fit_sav(support, labels, ctx.num_classes, self.options, layers)
+        fitted.method = self.name  # an alias's fit carries the alias
+        return fitted
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:

@@ -31,7 +31,7 @@ from torch import nn
 from focusshot.adapters.base import AdapterError, find_modules, freeze
 from focusshot.adapters.lora import LoRAConfig, inject_lora
 from focusshot.adapters.ssf import SSF_DEFAULT_TARGETS, SSFConfig, inject_ssf
-from focusshot.adapters.vpt import VPTConfig, inject_vpt
+from focusshot.adapters.vpt import VPTConfig, check_vpt_model, inject_vpt
 from focusshot.backbones.base import Backbone
 from focusshot.methods.base import register_method
 from focusshot.methods.finetune import FO, FinetuneMethod, FinetuneOptions, image_tower, own_storage
@@ -153,6 +153,11 @@ LO = TypeVar("LO", bound=LoRAOptions)
 class LoRATuning(FinetuneMethod[LO]):
     """Tunes LoRA updates of the tail's linear layers matching ``targets`` (``lora``, ``lora+fort``)."""
 
+    def check_backbone(self, backbone: Backbone) -> None:
+        """The prefix, and linear layers matching ``targets`` in the tail."""
+        super().check_backbone(backbone)
+        _tail_targets(backbone, self.options.targets, self.start(backbone), nn.Linear)
+
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         names = _tail_targets(model, self.options.targets, start, nn.Linear)
         tower = image_tower(model)
@@ -192,6 +197,11 @@ SO = TypeVar("SO", bound=SSFOptions)
 
 class SSFTuning(FinetuneMethod[SO]):
     """Tunes SSF scales and shifts after the tail's linear and norm layers (``ssf``, ``ssf+fort``)."""
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """The prefix, and linear or norm layers matching ``targets`` in the tail."""
+        super().check_backbone(backbone)
+        _tail_targets(backbone, self.options.targets, self.start(backbone), (nn.Linear, nn.LayerNorm))
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         names = _tail_targets(model, self.options.targets, start, (nn.Linear, nn.LayerNorm))
@@ -233,6 +243,11 @@ VO = TypeVar("VO", bound=VPTOptions)
 
 class VPTTuning(FinetuneMethod[VO]):
     """Tunes prompt tokens entering the tail's blocks (``vpt``, ``vpt+fort``)."""
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """The prefix, and a ViT's list of blocks to prompt."""
+        super().check_backbone(backbone)
+        check_vpt_model(image_tower(backbone))
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         tower = image_tower(model)
