@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from focusshot.backbones.base import Backbone
-from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.classifier import Classifier, Prediction
 from focusshot.data.sources import LabelledImages, open_source
-from focusshot.evaluation.cache import FeatureCache
+from focusshot.evaluation.cache import COMPILE_CHOICES, FeatureCache
 from focusshot.evaluation.prepare import drop_unreadable, prepare_fit, prepare_images
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
-from focusshot.methods.base import create_method
+from focusshot.methods.request import AUTO, fit_options, resolve
+
+from focusshot.backbones.prefix import Prefix
 
 __all__ = [
     "Classifier",
@@ -40,6 +40,10 @@ __all__ = [
     "fit",
     "resolve_methods",
 ]
+
+
+#: the protocols' defaults, which ``evaluate``'s keywords take (one source: the config dataclasses)
+_EPISODIC, _SPLIT = EpisodicConfig(), SplitConfig()
 
 
 def default_cache_dir() -> Path:
@@ -131,13 +135,13 @@ def evaluate(
     protocol: str = "episodic",
     output: str | os.PathLike[str] = "runs/evaluate",
     *,
-    ways: int = 5,
+    ways: int = _EPISODIC.ways,
     shots: int | Sequence[int] = 1,
-    queries: int = 15,
-    episodes: int = 600,
+    queries: int = _EPISODIC.queries,
+    episodes: int = _EPISODIC.episodes,
     seed: int = 0,
     split: str | None = None,
-    seeds: Sequence[int] = (1, 2, 3),
+    seeds: Sequence[int] = _SPLIT.seeds,
     cache_dir: str | os.PathLike[str] | None = None,
     pretrained: bool = True,
     progress: bool = False,
@@ -147,7 +151,7 @@ def evaluate(
     strict: bool = False,
     report: bool = True,
     device: str = "cpu",
-    compile: str = "auto",
+    compile: str = COMPILE_CHOICES[0],
     autocast: str = "none",
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
@@ -375,16 +379,16 @@ def fit(
     cache = FeatureCache(cache_dir or default_cache_dir())
     auto: dict[str, Any] | None = None
     skipped: list[str] = []
-    if method == "auto":
-        if options:
-            raise ValueError("method 'auto' takes no options (it chooses a method with its defaults)")
+    if method == AUTO:
+        fit_options(AUTO, {AUTO: options} if options else None)  # auto takes no options
         from focusshot.auto import choose_method
 
         train, val, skipped = drop_unreadable(model, cache, train, val, Prefix.pooled(), skip_bad, batch_size)
         auto = choose_method(model, train, cache, budget_s=budget_s, seed=seed, progress=progress)
         method = auto["method"]
-    m = create_method(method, options)
-    train, val, dropped = drop_unreadable(model, cache, train, val, m.prefix(model), skip_bad, batch_size)
+    request = resolve(method, options, model)  # the method and its prefix, checked before any image
+    m = request.method
+    train, val, dropped = drop_unreadable(model, cache, train, val, request.prefix, skip_bad, batch_size)
     skipped = sorted({*dropped, *skipped})
     prepared = prepare_images(model, cache, train, [m], progress=progress, batch_size=batch_size)
     prepared_val = None
@@ -422,4 +426,4 @@ def fit(
             "validation_nll_before": nll(v_logits, v_labels, from_logits=True),
             "validation_nll_after": nll(v_logits / t, v_labels, from_logits=True),
         }
-    return Classifier(model, fitted, train.class_names, method, spec, info)
+    return Classifier(model, fitted, train.class_names, request, spec, info)

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from focusshot.backbones.base import Backbone
-from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.data.images import list_images
 from focusshot.data.labelled import Box, LabelledImages
 from focusshot.embedding import Embeddings, embed_images
-from focusshot.methods.base import Fitted, create_method, fitted_from_state
+from focusshot.methods.request import Resolved, resolve
 from focusshot.versions import versions
+
+from focusshot.backbones.prefix import Prefix
+from focusshot.methods.base import Fitted, fitted_from_state
 
 __all__ = ["CLASSIFIER_FORMAT", "Classifier", "Prediction"]
 
@@ -52,10 +53,12 @@ class Classifier:
         backbone: Backbone,
         fitted: Fitted,
         class_names: list[str],
-        method: str,
+        method: Resolved | str,
         backbone_spec: dict[str, Any],
         info: dict[str, Any] | None = None,
     ) -> None:
+        """``method``: the request ``fitted`` came from (:func:`~focusshot.methods.request.resolve`),
+        or its name (or alias), which is resolved again with the options the fit records."""
         if fitted.num_classes != len(class_names):
             raise ValueError(
                 f"the method scores {fitted.num_classes} classes but {len(class_names)} are named"
@@ -63,11 +66,15 @@ class Classifier:
         self.backbone = backbone
         self.fitted = fitted
         self.class_names = list(class_names)
-        self.method = method
+        if isinstance(method, str):
+            method = resolve(method, fitted.config().get("options"), backbone)
+        #: the method's name (or alias) and the method itself, with the options it was fitted with
+        self.method = method.name
+        self.recipe = method.method
         self.backbone_spec = backbone_spec
         self.info = info or {}
-        recipe = create_method(method, fitted.config().get("options"))
-        self.prefix = recipe.prefix(backbone)
+        recipe = self.recipe
+        self.prefix = method.prefix
         #: the fit reads a region per image (FALIP, drawn prompts, FORT with box prompts)
         self.needs_regions = recipe.needs_regions
         #: ... and takes it from a box per image (``predict(..., boxes=)``); else it finds its own
@@ -118,7 +125,7 @@ class Classifier:
         if not self.uses_boxes:
             return None
         if boxes is None:
-            if create_method(self.method, self.fitted.config().get("options")).missing_box() == "whole":
+            if self.recipe.missing_box() == "whole":
                 return None
             raise ValueError(
                 f"method {self.method!r} reads a box per image: pass boxes (focusshot predict --boxes "

@@ -75,6 +75,28 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _config_args(p: argparse.ArgumentParser, config: type, names: tuple[str, ...], scope: str = "") -> None:
+    """``--NAME`` flags for fields ``names`` of the config dataclass ``config``: type, default and
+    help from the field (DESIGN principle 10); ``scope`` prefixes the help."""
+    import typing
+
+    from focusshot.options import field_default
+
+    hints = typing.get_type_hints(config)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for name in names:
+        f = fields[name]
+        default = field_default(f)
+        many = typing.get_origin(hints[name]) is tuple
+        shown = ",".join(map(str, default)) if many else default
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_ints if many else hints[name],
+            default=list(default) if many else default,
+            help=f"{scope}{f.metadata.get('help', '')} (default {shown})",
+        )
+
+
 def _method_options(args: argparse.Namespace) -> dict[str, dict]:
     """``--config FILE`` (JSON, TOML or YAML: ``{method: {option: value}}``) then every ``--set``."""
     from focusshot.options import merge_settings, read_options_file
@@ -231,27 +253,21 @@ def _budget(text: str) -> float:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from focusshot.locking import hold
-    from focusshot.methods.base import method_class
+    from focusshot.methods.request import fit_options
 
-    opts = _method_options(args)
-    extends = method_class(args.method).extends if args.method != "auto" else ""
-    unknown = sorted(set(opts) - {args.method, extends})
-    if unknown:
-        print(f"error: options given for {unknown}, but the method is {args.method!r}", file=sys.stderr)
-        return 2
+    options = fit_options(args.method, _method_options(args))  # the method's own, checked once
     with hold(f"{args.output}.lock", f"classifier {args.output}"):  # one writer of the file
-        return _fit_and_save(args, opts)
+        return _fit_and_save(args, options)
 
 
-def _fit_and_save(args: argparse.Namespace, opts: dict[str, dict]) -> int:
+def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from focusshot.api import fit
-    from focusshot.methods.base import options_for
 
     clf = fit(
         args.support,
         backbone=args.backbone,
         method=args.method,
-        options=options_for(args.method, opts) if args.method != "auto" else opts.get(args.method),
+        options=options or None,
         pretrained=not args.random_weights,
         seed=args.seed,
         progress=not args.quiet,
@@ -410,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
 
-    from focusshot.evaluation.protocols import EpisodicConfig
+    from focusshot.evaluation.cache import AUTOCAST_CHOICES, COMPILE_CHOICES
+    from focusshot.evaluation.protocols import EpisodicConfig, SplitConfig
 
     d = EpisodicConfig()
     p = sub.add_parser("evaluate", help="compare methods under the episodic or split protocol")
@@ -424,14 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="protonet",
         help="comma-separated methods or groups, e.g. all, tuning (`focusshot methods` lists both)",
     )
-    p.add_argument("--ways", type=int, default=d.ways, help="N, classes per episode")
+    _config_args(p, EpisodicConfig, ("ways",))
     p.add_argument(
         "--shots", type=_ints, default=[d.shots], help="K (split protocol: a comma list, e.g. 1,2,4,8,16)"
     )
-    p.add_argument("--queries", type=int, default=d.queries, help="Q, queries per class")
-    p.add_argument("--episodes", type=int, default=d.episodes, help="E, number of episodes")
-    p.add_argument("--seed", type=int, default=d.seed, help="episode sampler seed")
-    p.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="split protocol: few-shot sampling seeds")
+    _config_args(p, EpisodicConfig, ("queries", "episodes", "seed"))
+    _config_args(p, SplitConfig, ("seeds",), "split protocol: ")
     p.add_argument("--split", default=None, help="episodic: the split to draw episodes from (default test)")
     p.add_argument(
         "--strict",
@@ -454,14 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_args(p)
     p.add_argument(
         "--compile",
-        choices=["auto", "always", "never"],
-        default="auto",
+        choices=list(COMPILE_CHOICES),
+        default=COMPILE_CHOICES[0],
         help="torch.compile the frozen forward for extraction: auto (when the image count makes the "
         "compile pay, about 1,500 ViT-B/16 images; small models never), always, never",
     )
     p.add_argument(
         "--autocast",
-        choices=["none", "bf16", "fp16"],
+        choices=list(AUTOCAST_CHOICES),
         default="none",
         help="extract features under torch.autocast in bf16 or fp16 (GPU: faster; cached apart from "
         "float32 features); default none (float32)",

@@ -229,8 +229,11 @@ def test_api_fit_predict_and_the_all_group(tmp_path, world) -> None:
     preds = auto.predict(world.paths[:3])
     assert len(preds) == 3 and all(p.label in world.class_names for p in preds)
     boxed = focusshot.fit(world, "tiny-clip-vit", "falip", cache_dir=tmp_path / "c")
-    with pytest.raises(ValueError, match="needs a region per image"):
+    with pytest.raises(ValueError, match="reads a box per image: pass boxes"):
         boxed.predict(world.paths[:1])
+    assert world.boxes is not None
+    (pred,) = boxed.predict(world.paths[:1], boxes={world.paths[0]: world.boxes[0]})
+    assert pred.label in world.class_names
 
 
 def test_episodic_rows_measure_cls_attention_under_the_foveal_bias(tmp_path, world) -> None:

@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-
 from focusshot.backbones.base import Backbone
-from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
 from focusshot.distributed import Context, current
@@ -44,8 +41,12 @@ from focusshot.evaluation.metrics import (
 )
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit, prepare_images
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, write_tables
-from focusshot.methods.base import FitContext, Fitted, Method, create_method, method_class, options_for
+from focusshot.methods.request import settings_for
 from focusshot.versions import versions
+from torch import Tensor
+
+from focusshot.data.episodes import EpisodeSampler
+from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
 
 @dataclass
@@ -131,11 +132,7 @@ MethodOptions = dict[str, Any] | None
 def _methods(names: Sequence[str], options: MethodOptions = None) -> list[Method]:
     if not names:
         raise ValueError("give at least one method")
-    options = options or {}
-    unknown = sorted(set(options) - set(names) - {method_class(n).extends for n in names})
-    if unknown:
-        raise ValueError(f"options given for method(s) {unknown} that are not being run ({list(names)})")
-    return [create_method(n, options_for(n, options)) for n in names]
+    return [create_method(n, opts) for n, opts in settings_for(names, options).items()]
 
 
 def _missing(m: Method, *parts: Tensor | None) -> dict[str, int]:
