@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.classifier import Classifier, Prediction
 from focusshot.data.sources import LabelledImages, open_source
@@ -28,8 +30,6 @@ from focusshot.evaluation.cache import COMPILE_CHOICES, FeatureCache
 from focusshot.evaluation.prepare import drop_unreadable, prepare_fit, prepare_images
 from focusshot.evaluation.protocols import EpisodicConfig, RunOutcome, SplitConfig, run_episodic, run_split
 from focusshot.methods.request import AUTO, fit_options, resolve
-
-from focusshot.backbones.prefix import Prefix
 
 __all__ = [
     "Classifier",

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
 from focusshot.data.images import list_images
 from focusshot.data.labelled import Box, LabelledImages
 from focusshot.embedding import Embeddings, embed_images
+from focusshot.methods.base import Fitted, fitted_from_state
 from focusshot.methods.request import Resolved, resolve
 from focusshot.versions import versions
-
-from focusshot.backbones.prefix import Prefix
-from focusshot.methods.base import Fitted, fitted_from_state
 
 __all__ = ["CLASSIFIER_FORMAT", "Classifier", "Prediction"]
 

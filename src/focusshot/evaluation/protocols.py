@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from focusshot.backbones.base import Backbone
+from focusshot.data.episodes import EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
 from focusshot.distributed import Context, current
@@ -41,12 +44,9 @@ from focusshot.evaluation.metrics import (
 )
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit, prepare_images
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, write_tables
+from focusshot.methods.base import FitContext, Fitted, Method, create_method
 from focusshot.methods.request import settings_for
 from focusshot.versions import versions
-from torch import Tensor
-
-from focusshot.data.episodes import EpisodeSampler
-from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
 
 @dataclass
