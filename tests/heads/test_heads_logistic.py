@@ -12,6 +12,8 @@ from focusshot.heads import create_head
 from focusshot.heads.logistic import (
     DEFAULT_C_GRID,
     SELECTION_RULE,
+    fit_logistic,
+    fit_logistic_path,
     fit_logit_scale,
     logistic_objective,
 )
@@ -219,3 +221,83 @@ def test_chosen_c_and_rule_are_recorded_through_the_method(clustered) -> None:
     assert info["val_accuracy"] == head.info["val_accuracy"]
     fixed = create_head("logistic", C=2.5).fit(xs, ys)
     assert fixed.info["C"] == 2.5 and fixed.info["selection"] == "fixed" and fixed.scale == 1.0
+
+
+# --------------------------------------------------------------------------- the solver
+
+
+def _objectives(x: torch.Tensor, y: torch.Tensor, fits) -> list[float]:
+    return [float(logistic_objective(x, y, w, b, c)) for c, w, b, _ in fits]
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_warm_started_path_reaches_the_cold_objective(clustered, fit_intercept: bool) -> None:
+    # raw features with a shared offset, as a backbone's; N < D (the span basis is used)
+    xs, ys, _, _ = clustered(4, 5, 30, seed=3, spread=1.2, offset=2.0)
+    path = list(fit_logistic_path(xs, ys, 4, DEFAULT_C_GRID, fit_intercept=fit_intercept))
+    assert [row[0] for row in path] == sorted(DEFAULT_C_GRID)
+    cold = [fit_logistic(xs, ys, 4, c, fit_intercept=fit_intercept, tol=1e-10) for c in DEFAULT_C_GRID]
+    tight = [
+        float(logistic_objective(xs, ys, w, b, c)) for c, (w, b, _) in zip(DEFAULT_C_GRID, cold, strict=True)
+    ]
+    for ours, ref in zip(_objectives(xs, ys, path), tight, strict=True):
+        assert ours == pytest.approx(ref, rel=1e-6)
+    # the default tolerance sits far inside 1e-6 of the optimum, also at C = 1e6 (separable data)
+    cold_default = [fit_logistic(xs, ys, 4, c, fit_intercept=fit_intercept) for c in DEFAULT_C_GRID]
+    for (w, b, _), c, ref in zip(cold_default, DEFAULT_C_GRID, tight, strict=True):
+        assert float(logistic_objective(xs, ys, w, b, c)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_large_c_is_solved_far_beyond_sklearns_gradient_test(clustered) -> None:
+    # at C = 1e4 on separable data the objective divided by C N is flat: scikit-learn's L-BFGS
+    # passes its gradient test far from the optimum; ours is no worse, and close to a tight solve
+    xs, ys, _, _ = clustered(3, 6, 40, seed=1, spread=0.8)
+    C = 1e4
+    ref = linear_model.LogisticRegression(C=C, max_iter=10_000).fit(xs.numpy(), ys.numpy())
+    ref_obj = float(
+        logistic_objective(xs, ys, torch.from_numpy(ref.coef_), torch.from_numpy(ref.intercept_), C)
+    )
+    w, b, _ = fit_logistic(xs, ys, 3, C)
+    tight_w, tight_b, _ = fit_logistic(xs, ys, 3, C, tol=1e-12)
+    ours = float(logistic_objective(xs, ys, w, b, C))
+    tight = float(logistic_objective(xs, ys, tight_w, tight_b, C))
+    assert ours <= ref_obj * (1 + 1e-6)
+    assert ours == pytest.approx(tight, rel=1e-6)
+
+
+def test_more_images_than_dimensions_matches_sklearn(clustered) -> None:
+    # N >= D: no span basis, the features are only centred
+    xs, ys, xq, _ = clustered(3, 12, 5, seed=9, spread=1.5, offset=1.0, n_query=10)
+    fitted = create_head("logistic", C=2.0, tol=1e-10).fit(xs, ys)
+    ref = linear_model.LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(xs.numpy(), ys.numpy())
+    ref_obj = float(
+        logistic_objective(xs, ys, torch.from_numpy(ref.coef_), torch.from_numpy(ref.intercept_), 2.0)
+    )
+    assert fitted.info["objective"] == pytest.approx(ref_obj, rel=1e-8)
+    assert fitted.predict(xq).tolist() == ref.predict(xq.numpy()).tolist()
+    np.testing.assert_allclose(fitted.weight.numpy(), ref.coef_, atol=1e-5)
+
+
+def test_warm_start_from_init_reaches_the_cold_objective(clustered) -> None:
+    xs, ys, _, _ = clustered(4, 4, 20, seed=6, offset=1.0)
+    w0, b0, _ = fit_logistic(xs, ys, 4, 0.3)
+    cold = fit_logistic(xs, ys, 4, 30.0)
+    warm = fit_logistic(xs, ys, 4, 30.0, init=(w0, b0))
+    cold_obj = float(logistic_objective(xs, ys, cold[0], cold[1], 30.0))
+    warm_obj = float(logistic_objective(xs, ys, warm[0], warm[1], 30.0))
+    assert warm_obj == pytest.approx(cold_obj, rel=1e-6)
+    # a converged start takes no step (returned up to the rounding of the change of basis)
+    again = fit_logistic(xs, ys, 4, 30.0, init=(cold[0], cold[1]))
+    assert again[2] == 0
+    torch.testing.assert_close(again[0], cold[0], atol=1e-12, rtol=0)
+
+
+def test_path_sorts_the_grid_and_shares_a_solution_between_equal_cs(clustered) -> None:
+    xs, ys, _, _ = clustered(3, 3, 10, seed=2)
+    path = list(fit_logistic_path(xs, ys, 3, (10.0, 0.1, 10.0 * (1 + 1e-12), 1.0)))
+    assert [row[0] for row in path] == [0.1, 1.0, 10.0, 10.0 * (1 + 1e-12)]
+    assert torch.equal(path[2][1], path[3][1]) and path[3][3] == 0
+    for c, w, b, _ in path:  # each as good as a direct fit at that C
+        direct = fit_logistic(xs, ys, 3, c, tol=1e-10)
+        ref = float(logistic_objective(xs, ys, direct[0], direct[1], c))
+        assert float(logistic_objective(xs, ys, w, b, c)) == pytest.approx(ref, rel=1e-6)

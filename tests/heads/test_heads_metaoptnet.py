@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from focusshot.heads import create_head
+from focusshot.heads import create_head, qp
 from focusshot.heads.qp import project_simplex, solve_crammer_singer_dual
 
 cp = pytest.importorskip("cvxpy")
@@ -93,7 +95,9 @@ def test_float32_features_give_float32_classifier(clustered) -> None:
     assert fitted.logits(xq).dtype == torch.float32
 
 
-def test_max_iter_warns(clustered) -> None:
+def test_max_iter_warns(clustered, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the active-set step would solve this exactly; without it the projected gradient stops short
+    monkeypatch.setattr(qp, "_ACTIVE_SET_ATTEMPTS", 0)
     xs, ys, _, _ = clustered(5, 4, 30, seed=4, offset=3.0)
     with pytest.warns(RuntimeWarning, match="max_iter"):
         create_head("metaoptnet", max_iter=10, tol=1e-12).fit(xs, ys)
@@ -124,3 +128,65 @@ def test_cuda_matches_cpu(clustered) -> None:
     assert gpu.weight.device.type == "cuda"
     torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, atol=1e-6, rtol=1e-6)
     assert torch.equal(gpu.predict(xq.cuda()).cpu(), cpu.predict(xq))
+
+
+# --------------------------------------------------------------------------- the active-set step
+
+
+def _solve_both(xs: torch.Tensor, ys: torch.Tensor, classes: int, C: float):
+    onehot = torch.nn.functional.one_hot(ys, classes).double()
+    gram = xs @ xs.transpose(-1, -2)
+    fast = solve_crammer_singer_dual(gram, onehot, C, tol=1e-9)
+    fista = solve_crammer_singer_dual(gram, onehot, C, tol=1e-9, max_iter=200_000, active_set_rounds=0)
+    return fast, fista
+
+
+def test_active_set_solves_a_leave_one_out_fold_without_gradient_steps(clustered) -> None:
+    # the fold sizes of `fit --method auto`: 40 images, leave one out -> 39 training images
+    xs, ys, _, _ = clustered(5, 8, 64, seed=7, spread=1.0, offset=2.0)
+    fast, fista = _solve_both(xs[:39], ys[:39], 5, 0.1)
+    assert bool(fast.converged) and fast.iterations == 0  # the active-set step alone certified it
+    assert float(fast.relative_gap) <= 1e-9
+    assert float(fast.dual_objective) == pytest.approx(float(fista.dual_objective), rel=1e-8)
+    torch.testing.assert_close(fast.alpha, fista.alpha, atol=1e-5, rtol=0)
+    onehot = torch.nn.functional.one_hot(ys[:39], 5).double()
+    assert bool((fast.alpha <= 0.1 * onehot + 1e-12).all())  # feasible (projected)
+    torch.testing.assert_close(fast.alpha.sum(1), torch.zeros(39, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_active_set_after_a_warm_up_on_larger_folds(clustered) -> None:
+    n = qp._ACTIVE_SET_COLD_MAX_N + 20
+    xs, ys, _, _ = clustered(10, n // 10, 128, seed=8, spread=1.0, offset=1.0)
+    fast, fista = _solve_both(xs, ys, 10, 0.1)
+    assert bool(fast.converged) and fast.iterations < fista.iterations
+    assert fast.iterations >= qp._ACTIVE_SET_WARMUP
+    assert float(fast.dual_objective) == pytest.approx(float(fista.dual_objective), rel=1e-8)
+
+
+def test_more_images_than_dimensions_still_converges(clustered) -> None:
+    # a singular Gram matrix: the active-set step may fail; the certificate decides
+    xs, ys, _, _ = clustered(4, 10, 6, seed=9, spread=1.0)
+    ref = cvxpy_crammer_singer(xs.numpy(), ys.numpy(), 4, 0.5)
+    fitted = create_head("metaoptnet", C=0.5, tol=1e-9).fit(xs, ys)
+    assert fitted.info["max_relative_gap"] <= 1e-9
+    assert fitted.info["dual_objective"] == pytest.approx(ref["dual"], rel=1e-5)
+    np.testing.assert_allclose(fitted.weight.numpy(), ref["W"], atol=1e-4 * np.abs(ref["W"]).max())
+
+
+def test_batched_active_set_mixes_solved_and_unsolved_episodes(clustered) -> None:
+    # episodes of one batch may finish in the active-set step or in projected gradient
+    xs, ys, _, _ = clustered(5, 6, 24, seed=12, episodes=4)
+    xs[1, 1], ys[1, 1] = xs[1, 0], ys[1, 0]  # a duplicated image: a singular support in episode 1
+    gram = xs @ xs.transpose(1, 2)
+    onehot = torch.nn.functional.one_hot(ys, 5).double()
+    rounds = list(
+        itertools.islice(qp._active_set_crammer_singer(gram, onehot, 0.1, torch.zeros_like(onehot)), 20)
+    )
+    assert rounds[-1][1].tolist() == [True, False, True, True]  # (the rounds may cycle: capped)
+    head = create_head("metaoptnet", C=0.1, tol=1e-9)
+    batched = head.fit(xs, ys)
+    assert batched.info["iterations"] > 0 and batched.info["max_relative_gap"] <= 1e-9
+    for e in range(4):
+        single = head.fit(xs[e], ys[e])
+        assert batched.info["dual_objective"][e] == pytest.approx(single.info["dual_objective"], rel=1e-8)
+        torch.testing.assert_close(batched.weight[e], single.weight, atol=1e-6, rtol=1e-6)

@@ -8,9 +8,11 @@ solving its dual, a QP over ``alpha`` (N, C)::
     s.t.       alpha[n, k] <= C * delta(k, y_n),  sum_k alpha[n, k] = 0
 
 and score a query by ``logits[m, k] = scale * sum_n alpha[n, k] (x_n . q_m) = scale * w_k . q_m``.
-The paper uses qpth's interior-point solver; here the dual is solved by our own batched
-accelerated projected-gradient solver (:func:`focusshot.heads.qp.solve_crammer_singer_dual`) to a
-certified relative duality gap, any number of episodes at once: features (E, N, D), labels (E, N).
+The paper uses qpth's interior-point solver; here the dual is solved by our own batched solver
+(:func:`focusshot.heads.qp.solve_crammer_singer_dual`: a primal-dual active-set method, which
+solves few-shot problems exactly in a handful of small Cholesky factorisations, backed by
+accelerated projected gradient) to a certified relative duality gap, any number of episodes at
+once: features (E, N, D), labels (E, N).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class MetaOptNet(Head):
         scale: fixed multiplier on the logits (MetaOptNet meta-learns one, initialised to 1).
         normalize: L2-normalise support and query features first.
         tol: relative duality gap at which an episode counts as solved.
-        max_iter: iteration cap of the solver (a warning is raised for episodes not solved by then).
+        max_iter: iteration cap of the projected-gradient solver (a warning is raised for episodes
+            not solved by then).
     """
 
     C: float = option(0.1, "SVM cost (MetaOptNet's C_reg)")
