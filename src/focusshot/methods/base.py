@@ -30,6 +30,7 @@ from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.option_types import check_option_types
 from focusshot.options import option, option_help, options_dict
 
 __all__ = [
@@ -431,6 +432,7 @@ def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str 
         raise ValueError(
             f"unknown option(s) {unknown} for method {method!r}; valid options: {', '.join(fields)}"
         )
+    check_option_types(options_cls, values, method)
     clean: dict[str, Any] = {}
     for key, value in values.items():
         default = fields[key].default
