@@ -25,7 +25,8 @@ PACKAGE = "focusshot"
 #: ``__init__`` is the facade, ``focusshot/__init__.py``.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),  # the command line
-    ("api", "auto", "explain", "classifier", "__init__"),  # the Python API and its commands
+    # the Python API and its commands (export_onnx, update: the classifier file's export and update)
+    ("api", "auto", "explain", "classifier", "export_onnx", "update", "__init__"),
     ("report",),
     ("evaluation", "embedding"),  # embedding: batched extraction over files (the API's and zero-shot's)
     ("methods",),

@@ -24,7 +24,7 @@ import torch
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
-from focusshot.classifier import Classifier, Prediction
+from focusshot.classifier import Classifier, Prediction, SupportSet, keeps_support
 from focusshot.data.sources import LabelledImages, open_source
 from focusshot.evaluation.cache import COMPILE_CHOICES, FeatureCache
 from focusshot.evaluation.prepare import drop_unreadable, prepare_fit, prepare_images
@@ -426,4 +426,8 @@ def fit(
             "validation_nll_before": nll(v_logits, v_labels, from_logits=True),
             "validation_nll_after": nll(v_logits / t, v_labels, from_logits=True),
         }
-    return Classifier(model, fitted, train.class_names, request, spec, info)
+    kept = None
+    if keeps_support(m, request.prefix):  # what focusshot update refits from
+        val_f, val_l = ctx.val if ctx.val is not None else (None, None)
+        kept = SupportSet(feats, labels, val_f, val_l)
+    return Classifier(model, fitted, train.class_names, request, spec, info, kept)

@@ -28,11 +28,60 @@ from focusshot.methods.base import Fitted, fitted_from_state
 from focusshot.methods.request import Resolved, resolve
 from focusshot.versions import versions
 
-__all__ = ["CLASSIFIER_FORMAT", "Classifier", "Prediction"]
+__all__ = ["CLASSIFIER_FORMAT", "Classifier", "Prediction", "SupportSet", "keeps_support"]
 
 CLASSIFIER_FORMAT = "focusshot.classifier/2"
 #: classifiers written before the method contract (a frozen-feature head only) still load
 _OLD_FORMATS = ("focusshot.classifier/1",)
+
+#: tensor names of the kept support set in a classifier file (never handed to the fit's loader)
+_SUPPORT_KEYS = {
+    "features": "classifier.support.features",
+    "labels": "classifier.support.labels",
+    "val_features": "classifier.val.features",
+    "val_labels": "classifier.val.labels",
+}
+
+
+@dataclass
+class SupportSet:
+    """The prefix the fit read, kept in the file so that ``focusshot update`` can refit from it
+    (:mod:`focusshot.update`): support features ``(N, D)`` and labels ``(N,)``, and the validation
+    features and labels the fit selected on, if any."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    val_features: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors to save (features in float16 where that is exact, as the feature cache keeps them)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, key in _SUPPORT_KEYS.items():
+            t = getattr(self, name)
+            if t is None:
+                continue
+            t = t.detach().cpu()
+            if t.is_floating_point() and torch.equal(t.half().float(), t.float()):
+                t = t.half()
+            out[key] = t.contiguous()
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor]) -> SupportSet | None:
+        """The kept support set in a file's tensors (``None`` when it keeps none)."""
+        got = {
+            name: state[key].float() if state[key].is_floating_point() else state[key].long()
+            for name, key in _SUPPORT_KEYS.items()
+            if key in state
+        }
+        return cls(**got) if "features" in got and "labels" in got else None
+
+
+def keeps_support(recipe: Any, prefix: Prefix) -> bool:
+    """Whether a classifier keeps its support set: a method that trains nothing on the images'
+    pooled features (the set is small, and refitting from it is the method's own fit)."""
+    return not recipe.trains and prefix.kind == "pooled"
 
 
 @dataclass
@@ -56,7 +105,9 @@ class Classifier:
         method: Resolved | str,
         backbone_spec: dict[str, Any],
         info: dict[str, Any] | None = None,
+        support: SupportSet | None = None,
     ) -> None:
+        """``support``: the prefix the fit read (:func:`keeps_support`), saved for ``focusshot update``."""
         """``method``: the request ``fitted`` came from (:func:`~focusshot.methods.request.resolve`),
         or its name (or alias), which is resolved again with the options the fit records."""
         if fitted.num_classes != len(class_names):
@@ -73,6 +124,7 @@ class Classifier:
         self.recipe = method.method
         self.backbone_spec = backbone_spec
         self.info = info or {}
+        self.support = support
         recipe = self.recipe
         self.prefix = method.prefix
         #: the fit reads a region per image (FALIP, drawn prompts, FORT with box prompts)
@@ -214,6 +266,8 @@ class Classifier:
             **self.info,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.fitted.state_dict().items()}
+        if self.support is not None:
+            state.update(self.support.state_dict())
         tmp = path.with_name(path.name + ".tmp")
         save_file(state, str(tmp), metadata={"focusshot": json.dumps(meta)})
         tmp.replace(path)
@@ -240,7 +294,13 @@ class Classifier:
         if backbone is None:
             if spec.get("pretrained") is None:
                 raise ValueError(f"{path}: fitted with an in-memory backbone; pass backbone= to load it")
-            backbone = create_backbone(spec["source"], pretrained=spec["pretrained"], seed=spec["seed"])
+            try:
+                backbone = create_backbone(spec["source"], pretrained=spec["pretrained"], seed=spec["seed"])
+            except (ValueError, OSError) as exc:
+                raise ValueError(
+                    f"{path}: the backbone's weights cannot be found or read (source "
+                    f"{spec['source']!r}): {exc}"
+                ) from exc
         want = meta["backbone"]["weights_sha256"]
         if backbone.identity.weights_sha256 != want:
             raise ValueError(
@@ -250,6 +310,8 @@ class Classifier:
         config = (
             meta["fitted"] if fmt == CLASSIFIER_FORMAT else {"method": meta["method"], "head": meta["head"]}
         )
+        support = SupportSet.from_state(state)
+        state = {k: v for k, v in state.items() if k not in _SUPPORT_KEYS.values()}
         try:
             fitted = fitted_from_state(state, config, backbone)
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -260,5 +322,6 @@ class Classifier:
             meta["class_names"],
             meta["method"],
             spec,
-            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto")},
+            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto", "updates")},
+            support,
         )

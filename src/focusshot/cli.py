@@ -397,6 +397,38 @@ def _cmd_export_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from focusshot.export_onnx import export_onnx
+
+    out = export_onnx(args.classifier, args.output, check=not args.no_check)
+    print(f"wrote {out}: {args.classifier} as one {args.format} graph (images -> logits, probabilities)")
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from focusshot.locking import hold
+    from focusshot.update import update_file
+
+    output = args.output or args.classifier
+    with hold(f"{output}.lock", f"classifier {output}"):  # one writer of the file
+        out, clf = update_file(
+            args.classifier,
+            args.add,
+            args.remove,
+            output=output,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    record = clf.info["updates"][-1]
+    added = ", ".join(f"{n} ({k} images)" for n, k in record["added"].items()) or "none"
+    print(f"added {added}; removed {', '.join(record['removed']) or 'none'}")
+    for note in record["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {out}: {record['classes']} classes from {record['images']} images")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="focusshot", description=focusshot.__doc__)
@@ -561,6 +593,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["peft"], default="peft", help="adapter format (only peft)")
     p.add_argument("--output", required=True, help="adapter directory to write")
     p.set_defaults(func=_cmd_export_adapter)
+
+    p = sub.add_parser(
+        "export", help="write a fitted classifier as one ONNX graph (images -> logits, probabilities)"
+    )
+    p.add_argument("classifier", help="a file written by `focusshot fit`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (only onnx)")
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not run the written graph once with onnxruntime against the classifier",
+    )
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("update", help="add classes to a fitted classifier, or remove them, without a new fit")
+    p.add_argument("classifier", help="a file written by `focusshot fit` with a method that trains nothing")
+    p.add_argument(
+        "--add",
+        nargs="+",
+        default=[],
+        metavar="NEW_CLASS_DIR",
+        help="one folder of images per new class; the folder's name is the class name",
+    )
+    p.add_argument(
+        "--remove", action="append", default=[], metavar="NAME", help="a class to remove (repeatable)"
+    )
+    p.add_argument("--output", default=None, help="classifier file to write (default: update CLASSIFIER)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_update)
 
     p = sub.add_parser("world", help="FocusWorld: pretrain world-clip or world-dino")
     wsub = p.add_subparsers(dest="world_command", required=True)

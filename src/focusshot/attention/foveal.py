@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["box_patch_range", "foveal_bias", "gaussian_region", "rollout_box"]
+__all__ = ["box_patch_range", "foveal_bias", "foveal_bias_graph", "gaussian_region", "rollout_box"]
 
 #: the epsilon of the official min-max normalisation (keeps a 1-patch or flat region at ``alpha``)
 _EPS = 1e-6
@@ -128,6 +128,56 @@ def foveal_bias(
         row[r0 : r1 + 1, c0 : c1 + 1] = g
         out[b, 0, 0, prefix : prefix + rows * cols] = row.reshape(-1).to(dtype)
     return out
+
+
+def foveal_bias_graph(
+    boxes: Tensor,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    num_tokens: int | None = None,
+    alpha: float = 0.2,
+    sigma: float = 100.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """:func:`foveal_bias` in tensor operations alone (no loop over the boxes, no value read back into
+    Python), so that it traces into one graph with a symbolic batch (ONNX export): the same
+    ``(B, 1, N, N)`` values, on the boxes' device.
+
+    Per box, the patch range of :func:`box_patch_range` (floor/ceil with the same edge tolerance,
+    clamped to the grid), and over it :func:`gaussian_region`'s weights: the distance of each patch
+    from the range's centre, normalised by the weights' minimum (at the range's corners) and
+    maximum (at the patch, or half-patch, nearest the centre). A NaN row gives zeros.
+    """
+    rows, cols = (int(v) for v in grid)
+    prefix = int(num_prefix_tokens)
+    n = prefix + rows * cols if num_tokens is None else int(num_tokens)
+    if prefix < 1 or n < prefix + rows * cols:
+        raise ValueError(f"{n} tokens cannot hold {prefix} (>= 1) prefix tokens and a {rows}x{cols} grid")
+    b = boxes.to(torch.float64)
+    missing = torch.isnan(b).any(dim=1)
+    x0, y0, x1, y1 = torch.nan_to_num(b, nan=0.0).unbind(1)
+    c0 = torch.floor(x0 * cols + _EDGE_TOL).clamp(0, cols - 1)
+    r0 = torch.floor(y0 * rows + _EDGE_TOL).clamp(0, rows - 1)
+    c1 = torch.maximum(torch.ceil(x1 * cols - _EDGE_TOL) - 1, c0).clamp(max=cols - 1)
+    r1 = torch.maximum(torch.ceil(y1 * rows - _EDGE_TOL) - 1, r0).clamp(max=rows - 1)
+    r = torch.arange(rows, dtype=torch.float64, device=b.device).view(1, rows, 1)
+    c = torch.arange(cols, dtype=torch.float64, device=b.device).view(1, 1, cols)
+
+    def per_box(t: Tensor) -> Tensor:
+        return t.view(-1, 1, 1)
+
+    d2 = (r - per_box(r0 + r1) / 2) ** 2 + (c - per_box(c0 + c1) / 2) ** 2
+    h, w = r1 - r0 + 1, c1 - c0 + 1
+    far = ((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2
+    near = (torch.remainder(h + 1, 2) / 2) ** 2 + (torch.remainder(w + 1, 2) / 2) ** 2
+    lo, hi = torch.exp(-0.5 * far / float(sigma) ** 2), torch.exp(-0.5 * near / float(sigma) ** 2)
+    g = torch.exp(-0.5 * d2 / float(sigma) ** 2)
+    weights = (g - per_box(lo) + _EPS) / per_box(hi - lo + _EPS) * float(alpha)
+    inside = (r >= per_box(r0)) & (r <= per_box(r1)) & (c >= per_box(c0)) & (c <= per_box(c1))
+    inside = inside & ~per_box(missing)
+    row = torch.where(inside, weights, torch.zeros_like(weights)).reshape(-1, rows * cols).to(dtype)
+    row = torch.nn.functional.pad(row, (prefix, n - prefix - rows * cols))  # (B, N): the [CLS] row
+    return torch.nn.functional.pad(row[:, None, None, :], (0, 0, 0, n - 1))  # (B, 1, N, N)
 
 
 def rollout_box(

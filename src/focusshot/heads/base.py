@@ -64,7 +64,8 @@ def _check_features(x: Tensor, name: str, ndim: int) -> None:
         raise HeadInputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise HeadInputError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    # a traced graph (ONNX export, torch.compile) cannot branch on values: the check is eager-only
+    if x.numel() and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         raise HeadInputError(f"{name} contains NaN or infinite values")
 
 

@@ -198,6 +198,12 @@ class AptFitted(Fitted):
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.predict(query)["probs"].double().clamp_min(1e-12).log().float()
 
+    def export_logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """One deterministic pass with dropout off (the refiner in eval mode): the log-probabilities
+        :meth:`logits` gives when ``dropout`` or ``mc_samples`` is 0."""
+        logits: Tensor = self.model(query)
+        return logits.float().log_softmax(-1)
+
     def uncertainty(self, query: Tensor) -> dict[str, Tensor]:
         """Predictive entropy and mutual information ``(M,)`` of the query prefix."""
         out = self.predict(query)

@@ -126,6 +126,12 @@ class Fitted(ABC):
         """The adapted backbone whose attention can be recorded (``None``: the frozen backbone's)."""
         return None
 
+    def export_logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """:meth:`logits` as one fixed graph, what ``focusshot export --format onnx`` traces: the
+        batch size symbolic, nothing random. The default is :meth:`logits`; a fit whose eager path
+        is not such a graph overrides it (APT: one pass with dropout off instead of MC samples)."""
+        return self.logits(query, regions)
+
 
 M = TypeVar("M", bound=type["Method[Any]"])
 #: a method's options dataclass
@@ -218,6 +224,11 @@ class Method(ABC, Generic[OptionsT]):
     def augment_views(self) -> int:
         """How many augmented views per support image the runner should hand over in ``ctx.views``."""
         return 0
+
+    def export_refusal(self) -> str:
+        """Why a fit of this method (with its options) cannot be exported as one fixed graph
+        (``focusshot export --format onnx``, :meth:`Fitted.export_logits`); ``""`` when it can."""
+        return ""
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:

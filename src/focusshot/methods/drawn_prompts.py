@@ -149,6 +149,12 @@ class PromptMethod(Method[P]):
     def missing_box(self) -> str:
         return self.options.missing_box
 
+    def export_refusal(self) -> str:
+        return (
+            "the prompt is drawn on the images in chunks of batch_size (a Python loop over the batch), "
+            "which traces to no graph with a dynamic batch"
+        )
+
     def prefix(self, backbone: Backbone) -> Prefix:
         """The preprocessed crop: the prompt is drawn on it, then the whole tower runs."""
         return Prefix.images()

@@ -75,7 +75,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from focusshot.attention.foveal import foveal_bias, rollout_box
+from focusshot.attention.foveal import foveal_bias, foveal_bias_graph, rollout_box
 from focusshot.attention.record import record
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
@@ -235,6 +235,14 @@ def falip_features(
         raise ValueError(f"regions must be ({tokens.shape[0]}, 4), got {tuple(boxes.shape)}")
     device, dtype = device_dtype(backbone)
     prefix = int(backbone.num_prefix_tokens)
+    if torch.compiler.is_compiling() and auto_keep is None:
+        # one traced graph (ONNX export): the whole batch in one pass, the bias built by tensor
+        # operations and always applied (a NaN row's bias is zero: the same maths as none)
+        x = tokens.to(device=device, dtype=dtype)
+        bias = None
+        if boxes is not None and alpha != 0:
+            bias = foveal_bias_graph(boxes.to(device), grid, prefix, x.shape[1], alpha, sigma, dtype=dtype)
+        return _biased_pass(backbone, x, start, bias, unleash).float()
     out = []
     for s in range(0, tokens.shape[0], batch_size):
         x = tokens[s : s + batch_size].to(device=device, dtype=dtype)
@@ -246,18 +254,25 @@ def falip_features(
         bias = None
         if b is not None and alpha != 0 and not bool(torch.isnan(b).any(dim=1).all()):
             bias = foveal_bias(b, grid, prefix, x.shape[1], alpha, sigma, dtype=dtype, device=device)
-        if bias is None:
-            y = backbone.forward_blocks(x, start)
-        elif unleash:
-            blocks, y = _blocks(backbone), x
-            for i in range(start, depth):
-                y = _unleashed_block(blocks[i], y, bias)
-        else:
-            y = backbone.forward_blocks(x, start, attn_bias=bias)
-        out.append(backbone.forward_head(y).float().cpu())
+        out.append(_biased_pass(backbone, x, start, bias, unleash).float().cpu())
     if not out:
         return torch.zeros(0, int(backbone.num_features))
     return torch.cat(out)
+
+
+def _biased_pass(backbone: Backbone, x: Tensor, start: int, bias: Tensor | None, unleash: bool) -> Tensor:
+    """Blocks ``start .. L-1`` over tokens ``x`` with the foveal ``bias`` (``None``: none; ``unleash``:
+    FALIP's head-delta variant), then the backbone's head: ``(B, D)``."""
+    if bias is None:
+        y = backbone.forward_blocks(x, start)
+    elif unleash:
+        blocks, y = _blocks(backbone), x
+        for i in range(start, backbone.token_blocks()):
+            y = _unleashed_block(blocks[i], y, bias)
+    else:
+        y = backbone.forward_blocks(x, start, attn_bias=bias)
+    out: Tensor = backbone.forward_head(y)
+    return out
 
 
 def _encode(
@@ -328,6 +343,14 @@ class FalipRecipe(Method[FO]):
 
     def missing_box(self) -> str:
         return self.options.missing_box
+
+    def export_refusal(self) -> str:
+        if self.options.region == "auto":
+            return (
+                "region='auto' finds each image's box by attention rollout (a recorded pass and a "
+                "per-image patch ranking), which traces to no fixed graph yet; export with region='box'"
+            )
+        return ""
 
     def _start(self, backbone: Backbone) -> int:
         require_falip_backbone(backbone, self.name)

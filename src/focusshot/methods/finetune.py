@@ -238,6 +238,8 @@ def with_views(
 
 
 def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = 64) -> Tensor:
+    if torch.compiler.is_compiling():  # a traced graph (ONNX export): one pass, the batch size symbolic
+        return fn(x)
     return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else fn(x)
 
 
