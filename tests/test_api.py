@@ -124,7 +124,10 @@ def test_all_methods_depend_on_the_backbone() -> None:
 
 def test_top_level_surface() -> None:
     assert focusshot.fit is fit and focusshot.Classifier is Classifier
-    assert focusshot.create_method("metaoptnet").head == "metaoptnet"
+    from focusshot.heads import MetaOptNet
+
+    method = focusshot.create_method("metaoptnet")
+    assert method.name == "metaoptnet" and isinstance(method.options, MetaOptNet)  # options: the head
     assert "protonet" in focusshot.list_methods()
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         focusshot.nope  # noqa: B018
