@@ -153,6 +153,10 @@ def evaluate(
     device: str = "cpu",
     compile: str = COMPILE_CHOICES[0],
     autocast: str = "none",
+    open_ways: int = 0,
+    open_queries: int | None = None,
+    open_classes: Sequence[str] = (),
+    open_scores: Sequence[str] | None = None,
 ) -> RunOutcome:
     """Evaluate ``methods`` with ``backbone`` on ``data`` under ``protocol`` (``episodic`` or ``split``).
 
@@ -217,6 +221,13 @@ def evaluate(
             for extraction.
         autocast: ``none`` (float32), ``bf16`` or ``fp16``: the precision features are
             extracted in (cached apart from float32 ones).
+        open_ways: episodic: U > 0 runs the open-set protocol
+            (:mod:`focusshot.evaluation.open_protocol`): U more classes per episode whose images
+            join the queries as unknown ones.
+        open_queries: with ``open_ways``: unknown queries per episode (default: as many as known).
+        open_classes: split protocol: classes held out of training whose test images are the
+            unknown queries (the open-set protocol).
+        open_scores: the open-set scores to measure (default: every one each method gives).
 
     Returns:
         The run: its folder, result rows, summary, paired differences and attention metrics
@@ -246,7 +257,33 @@ def evaluate(
     checks = check_duplicates({**parts, **shifts}, strict)
     cache = FeatureCache(cache_dir or default_cache_dir(), compile=compile, autocast=autocast)
     pool: LabelledImages | None = None  # the episodes' images (for the attention figures)
-    if protocol == "episodic":
+    if open_ways or open_classes:
+        from focusshot.evaluation.open_protocol import run_open
+
+        if test_data:
+            raise ValueError("test_data (distribution-shift test sets) is not part of the open-set protocol")
+        if protocol == "episodic":
+            if not isinstance(shots, int):
+                raise ValueError("the episodic protocol takes one shots value")
+            pool = _pick_split(source, split, "test")
+        out = run_open(
+            model,
+            source,
+            list(methods),
+            protocol,
+            Path(output),
+            cache,
+            episodic=EpisodicConfig(ways, shots if isinstance(shots, int) else 1, queries, episodes, seed),
+            split=SplitConfig((shots,) if isinstance(shots, int) else tuple(shots), tuple(seeds)),
+            pool=pool,
+            open_ways=open_ways,
+            open_queries=open_queries,
+            open_classes=open_classes,
+            scores=open_scores,
+            progress=progress,
+            method_options=method_options,
+        )
+    elif protocol == "episodic":
         if test_data:
             raise ValueError("test_data (distribution-shift test sets) needs the split protocol")
         if not isinstance(shots, int):
@@ -323,6 +360,9 @@ def fit(
     skip_bad: bool = False,
     strict: bool = False,
     budget_s: float = 60.0,
+    reject: float | str | None = None,
+    reject_tpr: float | None = None,
+    open_score: str | None = None,
 ) -> Classifier:
     """Fit ``method`` (with ``options``) on a support set (a folder with one sub-folder per class,
     or a manifest). ``calibrate`` fits a temperature on the validation images (temperature
@@ -359,6 +399,14 @@ def fit(
         skip_bad: leave out unreadable images (counted) instead of failing.
         strict: duplicate images are an error instead of a warning.
         budget_s: ``method="auto"``: the seconds the whole choice may take.
+        reject: store a rejection threshold that ``predict`` labels ``unknown`` below:
+            ``"auto"`` chooses it by leave-one-class-out on the support set
+            (:func:`~focusshot.evaluation.open_set.choose_threshold`; methods that do not train,
+            a class with 2 or more images), a number sets it.
+        reject_tpr: with ``reject="auto"``: the threshold that keeps this fraction of known
+            images (e.g. 0.95) instead of the one that balances the two error rates.
+        open_score: the open-set score to reject by (:data:`focusshot.methods.open_set.SCORES`;
+            default: the method's own, :attr:`~focusshot.methods.base.Method.open_score`).
 
     Returns:
         The fitted classifier: :meth:`~focusshot.classifier.Classifier.predict` classifies new
@@ -366,7 +414,9 @@ def fit(
 
     Raises:
         ValueError: an unknown method or option, ``calibrate`` without a validation split,
-            options given with ``method="auto"``, or duplicate images with ``strict``.
+            options given with ``method="auto"``, duplicate images with ``strict``, or a
+            rejection that cannot be had (an unknown score, listing the valid ones; a score or
+            ``reject="auto"`` the method cannot give, with the reason).
         focusshot.data.images.ImageErrors: unreadable images (without ``skip_bad``).
     """
     model, spec = _backbone(backbone, pretrained, seed)
@@ -388,6 +438,10 @@ def fit(
         method = auto["method"]
     request = resolve(method, options, model)  # the method and its prefix, checked before any image
     m = request.method
+    if reject is not None or reject_tpr is not None or open_score is not None:
+        from focusshot.evaluation.open_set import check_reject, fit_rejection
+
+        check_reject(m, reject, train.labels, tpr=reject_tpr, open_score=open_score)
     train, val, dropped = drop_unreadable(model, cache, train, val, request.prefix, skip_bad, batch_size)
     skipped = sorted({*dropped, *skipped})
     prepared = prepare_images(model, cache, train, [m], progress=progress, batch_size=batch_size)
@@ -426,6 +480,18 @@ def fit(
             "validation_nll_before": nll(v_logits, v_labels, from_logits=True),
             "validation_nll_after": nll(v_logits / t, v_labels, from_logits=True),
         }
+    if reject is not None:
+        temperature = float(info.get("calibration", {}).get("temperature", 1.0))
+        info["reject"] = fit_rejection(
+            m,
+            fitted,
+            prepared,
+            reject,
+            tpr=reject_tpr,
+            open_score=open_score,
+            temperature=temperature,
+            seed=seed,
+        )
     kept = None
     if keeps_support(m, request.prefix):  # what focusshot update refits from
         val_f, val_l = ctx.val if ctx.val is not None else (None, None)

@@ -25,14 +25,19 @@ from focusshot.data.images import list_images
 from focusshot.data.labelled import Box, LabelledImages
 from focusshot.embedding import Embeddings, embed_images
 from focusshot.methods.base import Fitted, fitted_from_state
+from focusshot.methods.open_set import check_score, open_scores
 from focusshot.methods.request import Resolved, resolve
 from focusshot.versions import versions
 
-__all__ = ["CLASSIFIER_FORMAT", "Classifier", "Prediction", "SupportSet", "keeps_support"]
+__all__ = ["CLASSIFIER_FORMAT", "UNKNOWN", "Classifier", "Prediction", "SupportSet", "keeps_support"]
 
 CLASSIFIER_FORMAT = "focusshot.classifier/2"
 #: classifiers written before the method contract (a frozen-feature head only) still load
 _OLD_FORMATS = ("focusshot.classifier/1",)
+
+
+#: the label ``predict`` gives an image whose open-set score is below the rejection threshold
+UNKNOWN = "unknown"
 
 #: tensor names of the kept support set in a classifier file (never handed to the fit's loader)
 _SUPPORT_KEYS = {
@@ -86,12 +91,15 @@ def keeps_support(recipe: Any, prefix: Prefix) -> bool:
 
 @dataclass
 class Prediction:
-    """One image's prediction: the label, its probability, and the top-k (label, probability) pairs."""
+    """One image's prediction: the label, its probability, and the top-k (label, probability) pairs;
+    with rejection, the open-set score (:mod:`focusshot.methods.open_set`) and ``label`` is
+    :data:`UNKNOWN` when the score is below the threshold (``top`` still ranks the classes)."""
 
     path: str
     label: str
     confidence: float
     top: list[tuple[str, float]] = field(default_factory=list)
+    score: float | None = None
 
 
 class Classifier:
@@ -107,9 +115,9 @@ class Classifier:
         info: dict[str, Any] | None = None,
         support: SupportSet | None = None,
     ) -> None:
-        """``support``: the prefix the fit read (:func:`keeps_support`), saved for ``focusshot update``."""
         """``method``: the request ``fitted`` came from (:func:`~focusshot.methods.request.resolve`),
-        or its name (or alias), which is resolved again with the options the fit records."""
+        or its name (or alias), which is resolved again with the options the fit records.
+        ``support``: the prefix the fit read (:func:`keeps_support`), saved for ``focusshot update``."""
         if fitted.num_classes != len(class_names):
             raise ValueError(
                 f"the method scores {fitted.num_classes} classes but {len(class_names)} are named"
@@ -154,6 +162,67 @@ class Classifier:
         """Temperature the logits are divided by before the softmax (1: uncalibrated; ``fit(...,
         calibrate=True)`` fits it on the validation images, Guo et al., 2017)."""
         return float(self.info.get("calibration", {}).get("temperature", 1.0))
+
+    def rejection(
+        self, reject: float | bool | None = None, open_score: str | None = None
+    ) -> tuple[str, float | None]:
+        """The open-set score ``predict`` reads and the threshold below which it writes ``unknown``.
+
+        Args:
+            reject: ``None`` or ``True``: the threshold stored by ``fit(..., reject=...)``
+                (``None`` when none is stored; ``True`` then raises); ``False``: no rejection; a
+                number: that threshold.
+            open_score: a score name (default: the one the stored threshold is for, else the
+                method's default, :attr:`~focusshot.methods.base.Method.open_score`).
+
+        Returns:
+            ``(score name, threshold or None)``.
+
+        Raises:
+            ValueError: an unknown score (listing the valid ones), one the method cannot give (the
+                reason), or a stored threshold asked for with another score.
+        """
+        stored = self.info.get("reject") or {}
+        score = check_score(open_score or stored.get("score") or self.recipe.open_score)
+        threshold: float | None = None
+        if reject is True and not stored:
+            raise ValueError("this classifier stores no rejection threshold: give one (reject=0.4)")
+        if reject is None or reject is True:
+            if stored and stored["score"] != score:
+                raise ValueError(
+                    f"the stored threshold is for the score {stored['score']!r}, not {score!r}: give a "
+                    f"threshold for {score!r} by hand"
+                )
+            threshold = float(stored["threshold"]) if stored else None
+        elif reject is not False:
+            threshold = float(reject)
+        why = self.fitted.open_scores().get(score, "")
+        if why and (threshold is not None or open_score is not None):
+            raise ValueError(f"method {self.method!r} cannot reject by the open-set score {score!r}: {why}")
+        return score, threshold
+
+    def open_scores(
+        self, features: torch.Tensor, names: Sequence[str], regions: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Open-set scores ``names`` ``(N,)`` of the method's prefix (higher: more like a fitted
+        class; ``msp`` after the temperature): :func:`~focusshot.methods.open_set.open_scores`.
+
+        Args:
+            features: the method's prefix of the images ``(N, ...)`` (:meth:`embed`).
+            names: score names (:data:`focusshot.methods.open_set.SCORES`).
+            regions: ``(N, 4)`` regions, for a method that reads them (:meth:`regions`).
+
+        Raises:
+            ValueError: an unknown score (listing the valid ones) or one the method cannot give.
+        """
+        with torch.inference_mode():
+            return open_scores(
+                self.fitted,
+                features,
+                names,
+                regions if self.needs_regions else None,
+                temperature=self.temperature,
+            )
 
     def probabilities(self, features: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied);
@@ -223,26 +292,37 @@ class Classifier:
         batch_size: int = 32,
         progress: bool = False,
         boxes: Mapping[str, Box | None] | None = None,
+        reject: float | bool | None = None,
+        open_score: str | None = None,
     ) -> list[Prediction]:
         """Predictions for image files or folders (undecodable files raise :class:`ImageError`);
-        ``boxes`` maps an image path to its box, for a method that reads regions."""
+        ``boxes`` maps an image path to its box, for a method that reads regions.
+
+        ``reject`` and ``open_score`` (:meth:`rejection`): with a threshold (by default the one
+        ``fit(..., reject=...)`` stored), each prediction carries its open-set ``score`` and is
+        labelled :data:`UNKNOWN` below the threshold; ``reject=False`` turns rejection off."""
+        score, threshold = self.rejection(reject, open_score)
         paths = list_images(images)
         if not paths:
             raise ValueError(f"no image files in {images}")
-        probs, kept, bad = self.predict_proba(paths, batch_size, progress, boxes=boxes)
-        if bad:
-            raise bad[0]
+        emb = self.embed(paths, batch_size, progress)
+        if emb.bad:
+            raise emb.bad[0]
+        regions = self.regions(emb.paths, boxes)
+        probs = self.probabilities(emb.features, regions)
+        scores = None
+        if threshold is not None or open_score is not None:
+            scores = self.open_scores(emb.features, [score], regions)[score].tolist()
         k = min(top_k, len(self.class_names))
         values, idx = probs.topk(k, dim=-1)
-        return [
-            Prediction(
-                p,
-                self.class_names[int(i[0])],
-                float(v[0]),
-                [(self.class_names[int(c)], float(pv)) for c, pv in zip(i, v, strict=True)],
-            )
-            for p, v, i in zip(kept, values, idx, strict=True)
-        ]
+        out = []
+        for row, (p, v, i) in enumerate(zip(emb.paths, values, idx, strict=True)):
+            s = None if scores is None else float(scores[row])
+            rejected = threshold is not None and s is not None and s < threshold
+            label = UNKNOWN if rejected else self.class_names[int(i[0])]
+            top = [(self.class_names[int(c)], float(pv)) for c, pv in zip(i, v, strict=True)]
+            out.append(Prediction(p, label, float(v[0]), top, s))
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted tensors (adapter weights, head) and, as JSON metadata, everything needed
@@ -322,6 +402,6 @@ class Classifier:
             meta["class_names"],
             meta["method"],
             spec,
-            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto", "updates")},
+            {k: v for k, v in meta.items() if k in ("fitted_on", "calibration", "auto", "reject", "updates")},
             support,
         )

@@ -157,6 +157,25 @@ def _add_option_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _names(text: str | None) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; ``None`` -> ``[]``."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _add_open_score_arg(
+    p: argparse.ArgumentParser, what: str, default: str = "the method's own; `focusshot methods` lists it"
+) -> None:
+    """``--open-score NAME``: an open-set score (:mod:`focusshot.methods.open_set`)."""
+    from focusshot.methods.open_set import SCORES
+
+    p.add_argument(
+        "--open-score",
+        default=None,
+        metavar="NAME",
+        help=f"{what}: {', '.join(SCORES)} (default: {default})",
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from focusshot.api import evaluate
 
@@ -188,6 +207,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         compile=args.compile,
         autocast=args.autocast,
+        open_ways=args.open_ways,
+        open_queries=args.open_queries,
+        open_classes=_names(args.open_classes),
+        open_scores=_names(args.open_score) or None,
     )
     from focusshot.distributed import current
 
@@ -276,6 +299,9 @@ def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
         skip_bad=args.skip_bad,
         strict=args.strict,
         budget_s=args.budget,
+        reject=args.reject,
+        reject_tpr=args.reject_tpr,
+        open_score=args.open_score,
     )
     path = clf.save(args.output)
     if "auto" in clf.info:
@@ -290,7 +316,24 @@ def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
             f"temperature {c['temperature']:.3f} (validation NLL {c['validation_nll_before']:.3f} -> "
             f"{c['validation_nll_after']:.3f})"
         )
+    if "reject" in clf.info:
+        r = clf.info["reject"]
+        how = r["chosen_by"] + (f", {r['rule']} rule" if "rule" in r else "")
+        found = ""
+        if "auroc" in r:
+            found = f"; there: AUROC {r['auroc']:.3f}, TPR {r['tpr']:.3f}, FPR {r['fpr']:.3f}"
+        print(f"rejects below {r['score']} = {r['threshold']:.6g} ({how}{found})")
     return 0
+
+
+def _reject(text: str) -> float | str:
+    """``--reject``: ``auto`` or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from exc
 
 
 def _boxes_by_path(manifest: str, paths: list[str]) -> dict[str, Any]:
@@ -311,10 +354,11 @@ def _boxes_by_path(manifest: str, paths: list[str]) -> dict[str, Any]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
-    from focusshot.classifier import Classifier
+    from focusshot.classifier import UNKNOWN, Classifier
     from focusshot.data.images import list_images
 
     clf = Classifier.load(args.classifier)
+    score, threshold = clf.rejection(False if args.no_reject else args.reject, args.open_score)
     paths = list_images(args.images if len(args.images) > 1 else args.images[0])
     if not paths:
         print(f"error: no image files found in {' '.join(args.images)}", file=sys.stderr)
@@ -323,6 +367,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     regions = clf.regions(emb.paths, _boxes_by_path(args.boxes, emb.paths) if args.boxes else None)
     probs, kept, bad = clf.probabilities(emb.features, regions), emb.paths, emb.bad
     extra = {k: v.tolist() for k, v in clf.uncertainty(emb.features).items()}
+    if threshold is not None or args.open_score:  # the open-set score; unknown below the threshold
+        extra = {"score": clf.open_scores(emb.features, [score], regions)[score].tolist(), **extra}
     for err in bad:
         print(f"could not read {err.path}: {err.reason}", file=sys.stderr)
     k = min(args.top_k, len(clf.class_names))
@@ -341,7 +387,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 x for c, pv in zip(i, v, strict=True) for x in (clf.class_names[int(c)], f"{float(pv):.6f}")
             ]
             more = [f"{extra[key][row]:.6f}" for key in extra]
-            writer.writerow([p, clf.class_names[int(i[0])], f"{float(v[0]):.6f}", *more, *top])
+            rejected = threshold is not None and extra["score"][row] < threshold
+            label = UNKNOWN if rejected else clf.class_names[int(i[0])]
+            writer.writerow([p, label, f"{float(v[0]):.6f}", *more, *top])
     print(f"wrote {len(kept)} predictions to {out}")
     return 2 if bad else 0
 
@@ -513,6 +561,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="extract features under torch.autocast in bf16 or fp16 (GPU: faster; cached apart from "
         "float32 features); default none (float32)",
     )
+    p.add_argument(
+        "--open-ways",
+        type=int,
+        default=0,
+        metavar="U",
+        help="open-set episodes: U more classes per episode whose images join the queries as unknown "
+        "ones; reports AUROC, FPR@95%%TPR and open-set accuracy per method and score",
+    )
+    p.add_argument(
+        "--open-queries",
+        type=int,
+        default=None,
+        metavar="M",
+        help="--open-ways: unknown queries per episode (default: as many as the known ones, N*Q)",
+    )
+    p.add_argument(
+        "--open-classes",
+        default=None,
+        metavar="A,B",
+        help="split protocol: hold these classes (comma-separated names) out of training; their test "
+        "images are the unknown queries",
+    )
+    _add_open_score_arg(
+        p, "open-set protocol: comma-separated scores to measure", "every score each method gives"
+    )
     _add_option_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -550,6 +623,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out unreadable images (listed and counted) instead of failing",
     )
+    p.add_argument(
+        "--reject",
+        type=_reject,
+        default=None,
+        metavar="auto|THRESHOLD",
+        help="store a threshold of the open-set score below which predict writes unknown: auto "
+        "chooses it by leave-one-class-out on the support set (methods that do not train; a class "
+        "with 2+ images), a number sets it",
+    )
+    p.add_argument(
+        "--reject-tpr",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="--reject auto: the threshold that keeps this fraction of known images (e.g. 0.95) "
+        "instead of the one that balances the two error rates",
+    )
+    _add_open_score_arg(p, "the score --reject thresholds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_option_args(p)
     p.set_defaults(func=_cmd_fit)
@@ -560,10 +651,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         required=True,
-        help="CSV to write: path, label, confidence, the method's uncertainty columns (APT: entropy, "
+        help="CSV to write: path, label (unknown below a rejection threshold), confidence, the open-set "
+        "score (with a threshold or --open-score), the method's uncertainty columns (APT: entropy, "
         "mutual_information), top-k",
     )
     p.add_argument("--top-k", type=int, default=5, help="how many ranked labels per image (default 5)")
+    reject = p.add_mutually_exclusive_group()
+    reject.add_argument(
+        "--reject",
+        type=float,
+        default=None,
+        metavar="THRESHOLD",
+        help="write unknown where the open-set score is below THRESHOLD (default: the threshold "
+        "fit --reject stored, if any)",
+    )
+    reject.add_argument("--no-reject", action="store_true", help="ignore the stored rejection threshold")
+    _add_open_score_arg(p, "the score column and --reject read")
     p.add_argument(
         "--boxes",
         metavar="MANIFEST",
@@ -746,6 +849,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         flags = ["trains" if cls.trains else "training-free"]
         if cls.needs_text:
             flags.append("needs a CLIP backbone")
+        flags.append(f"open-set score {cls.open_score}")
         print(f"{name:<18} prefix={prefix:<28} {', '.join(flags)}")
         print(f"{'':<18} {cls.summary}")
         opts = option_help(cls.Options)

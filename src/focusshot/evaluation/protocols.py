@@ -445,7 +445,6 @@ def run_split(
     p_train = prepare_images(backbone, cache, train, ms, progress=progress)
     p_test = prepare_images(backbone, cache, test, ms, text=False, progress=progress)
     p_val = None if val is None else prepare_images(backbone, cache, val, ms, text=False, progress=progress)
-    classes = len(train.class_names)
     tests: dict[str, tuple[PreparedImages, Tensor]] = {"test": (p_test, p_test.labels)}
     for name, data in shifts.items():
         tests[name] = (
@@ -457,21 +456,7 @@ def run_split(
     for k in config.shots:
         for s in config.seeds:
             pair += 1
-            idx = torch.tensor(
-                few_shot_indices(train.labels, k, s, num_classes=classes, class_names=train.class_names)
-            )
-            vidx = None
-            if val is not None:
-                vidx = torch.tensor(
-                    few_shot_indices(
-                        val.labels,
-                        validation_shots(k),
-                        s,
-                        num_classes=classes,
-                        class_names=val.class_names,
-                        allow_fewer=True,
-                    )
-                )
+            idx, vidx = split_indices(train, val, k, s)
             for i, m in enumerate(ms):
                 if not ctx.owns(pair + i):
                     continue
@@ -519,6 +504,28 @@ def run_split(
     if pairs:
         write_tables(log.directory, pairs, "paired")
     return RunOutcome(log.directory, log.rows, summary, pairs)
+
+
+def split_indices(
+    train: LabelledImages, val: LabelledImages | None, shots: int, seed: int
+) -> tuple[Tensor, Tensor | None]:
+    """The split protocol's K-shot training images of seed ``seed`` (indices into ``train``) and its
+    validation images (``min(K, 4)`` per class, into ``val``; ``None`` without one)."""
+    classes = len(train.class_names)
+    idx = torch.tensor(
+        few_shot_indices(train.labels, shots, seed, num_classes=classes, class_names=train.class_names)
+    )
+    if val is None:
+        return idx, None
+    vidx = few_shot_indices(
+        val.labels,
+        validation_shots(shots),
+        seed,
+        num_classes=classes,
+        class_names=val.class_names,
+        allow_fewer=True,
+    )
+    return idx, torch.tensor(vidx)
 
 
 def shift_labels(data: LabelledImages, class_names: list[str], name: str) -> Tensor:

@@ -60,3 +60,19 @@ class LinearClassifier(FittedHead):
             q = l2_normalize(q)
         scores = q @ self.weight.transpose(-1, -2) + self.bias.unsqueeze(-2)
         return self.scale * scores + self.offset
+
+    def open_refusals(self) -> dict[str, str]:
+        """Open-set scores this classifier cannot give: ``mcm`` unless it is zero-shot CLIP's text
+        classifier (its rows the class texts, its queries normalised)."""
+        if self.head == "zeroshot" and self.normalize:
+            return {}
+        return {"mcm": f"its {self.head or 'linear'} classifier's rows are not the class texts"}
+
+    def text_similarities(self, query: Tensor) -> Tensor:
+        """(M, D) -> (M, C): cosine similarities to the class texts, for zero-shot CLIP's classifier
+        (:meth:`open_refusals`)."""
+        why = self.open_refusals().get("mcm")
+        if why:
+            raise ValueError(why)
+        check_query(query, self.dim, episodes=self.episodes)
+        return l2_normalize(query.to(self.weight.dtype)) @ self.weight.transpose(-1, -2)

@@ -64,6 +64,12 @@ class NearestNeighbourClassifier(FittedHead):
         out = sim.new_full((q.shape[0], self.classes), float("-inf"))
         return out.scatter_reduce(1, self.labels.expand(q.shape[0], -1), sim, reduce="amax")
 
+    def nearest_distance(self, query: Tensor) -> Tensor:
+        """(M, D) -> (M,): distance to the nearest support feature (Euclidean; ``1 - cos`` for
+        cosine; the open-set ``distance`` score is minus it)."""
+        best = self.logits(query).amax(-1)
+        return 1.0 - best if self.metric == "cosine" else (-best).clamp_min(0).sqrt()
+
 
 @register_head("nearest_neighbour")
 @dataclass(frozen=True)

@@ -57,6 +57,14 @@ class PrototypeClassifier(FittedHead):
         sq = (q.pow(2).sum(-1, keepdim=True) - 2 * q @ p.T + p.pow(2).sum(-1)).clamp_min(0)
         return -sq / self.temperature
 
+    def nearest_distance(self, query: Tensor) -> Tensor:
+        """(M, D) -> (M,): distance to the nearest prototype (Euclidean; ``1 - cos`` for cosine),
+        the temperature left out (the open-set ``distance`` score is minus it)."""
+        scores = self.logits(query) * self.temperature  # -squared distance, or cosine
+        if self.distance == "cosine":
+            return 1.0 - scores.amax(-1)
+        return (-scores.amax(-1)).clamp_min(0).sqrt()
+
 
 @register_head("protonet")
 @dataclass(frozen=True)

@@ -86,6 +86,12 @@ class TipAdapterClassifier(FittedHead):
             f, self.keys, self.values, self.beta
         )
 
+    def text_similarities(self, query: Tensor) -> Tensor:
+        """(M, D) -> (M, C): cosine similarities to the class texts (the zero-shot term without its
+        scale; the open-set ``mcm`` score reads them)."""
+        check_query(query, self.dim)
+        return l2_normalize(query.to(self.keys.dtype)) @ self.text_weights.T
+
 
 def search_alpha_beta(
     zero_shot: Tensor,

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.methods.open_set import logit_support
 from focusshot.option_types import check_option_types
 from focusshot.options import option, option_help, options_dict
 
@@ -132,6 +133,39 @@ class Fitted(ABC):
         is not such a graph overrides it (APT: one pass with dropout off instead of MC samples)."""
         return self.logits(query, regions)
 
+    def open_scores(self) -> dict[str, str]:
+        """The open-set scores this fit gives (:data:`focusshot.methods.open_set.SCORES`): name ->
+        ``""`` when it gives it, else why not. Every fit gives the logit scores (``msp``,
+        ``max_logit``, ``energy``); a fit that also gives ``distance`` or ``mcm`` overrides this and
+        :meth:`nearest_distance` / :meth:`text_similarities`."""
+        return logit_support()
+
+    def nearest_distance(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Distance ``(M,)`` of each query's feature to the nearest class prototype or support
+        feature (the ``distance`` score is minus it); fits that classify by distance give it.
+
+        Args:
+            query: the query prefix ``(M, *prefix)``.
+            regions: ``(M, 4)`` query regions, for a fit that reads them.
+
+        Raises:
+            ValueError: the fit keeps no prototypes or support features (the reason).
+        """
+        raise ValueError(self.open_scores()["distance"])
+
+    def text_similarities(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Cosine similarities ``(M, C)`` of each query's image feature to the class texts (the
+        ``mcm`` score reads them); CLIP fits that keep them apart from their logits give them.
+
+        Args:
+            query: the query prefix ``(M, *prefix)``.
+            regions: ``(M, 4)`` query regions, for a fit that reads them.
+
+        Raises:
+            ValueError: the fit keeps no such similarities (the reason).
+        """
+        raise ValueError(self.open_scores()["mcm"])
+
 
 M = TypeVar("M", bound=type["Method[Any]"])
 #: a method's options dataclass
@@ -169,6 +203,9 @@ class Method(ABC, Generic[OptionsT]):
     #: the registry name of the recipe this one composes (``lora+fort`` extends ``lora``): options
     #: given for that recipe reach this one too (:func:`options_for`)
     extends: ClassVar[str] = ""
+    #: the open-set score this method's classifiers reject unknown images by, unless another is
+    #: asked for (:mod:`focusshot.methods.open_set`; every fit of the method gives it)
+    open_score: ClassVar[str] = "msp"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -154,6 +154,13 @@ class CoOpFitted(Fitted):
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.scale * l2_normalize(query.float()) @ self.weights.T
 
+    def open_scores(self) -> dict[str, str]:
+        return {**super().open_scores(), "mcm": ""}
+
+    def text_similarities(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """Cosine similarities ``(M, C)`` to the learned prompts' class features."""
+        return l2_normalize(query.float()) @ self.weights.T
+
     @property
     def num_classes(self) -> int:
         return int(self.weights.shape[0])
@@ -175,6 +182,7 @@ class CoOpMethod(Method[CoOpOptions]):
     trains: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     summary = "CoOp: learned context vectors before the class name (Zhou et al., IJCV 2022)"
+    open_score = "max_logit"
 
     def prefix(self, backbone: Backbone) -> Prefix:
         require_text_tower(self.name, backbone)

@@ -141,6 +141,7 @@ class PromptMethod(Method[P]):
     """Zero-shot CLIP on images with a prompt drawn on them (``red_circle``, ``blur_box``)."""
 
     needs_text: ClassVar[bool] = True
+    open_score: ClassVar[str] = "max_logit"
 
     @property
     def needs_regions(self) -> bool:

@@ -333,6 +333,7 @@ class FalipRecipe(Method[FO]):
     """What ``falip`` and ``falip_tip`` share: the biased blocks, the prefix, the region options."""
 
     needs_text: ClassVar[bool] = True
+    open_score: ClassVar[str] = "max_logit"
 
     @property
     def needs_regions(self) -> bool:

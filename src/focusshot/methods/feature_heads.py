@@ -34,13 +34,15 @@ from focusshot.heads.lp_pp import LPPlusPlusSettings
 from focusshot.heads.tip_adapter import TipAdapterFSettings, TipAdapterSettings
 from focusshot.heads.zeroshot import ZeroShotSettings
 from focusshot.methods.base import FitContext, Fitted, Method, OptionsT, register_method
+from focusshot.methods.open_set import HeadScores
 from focusshot.methods.text import need_text
 
 __all__ = ["FeatureHeadMethod", "HeadFitted", "HeadMethod", "TextHeadMethod"]
 
 
-class HeadFitted(Fitted):
-    """A fitted head as a fitted method: ``logits(query (M, D)) -> (M, C)``."""
+class HeadFitted(HeadScores, Fitted):
+    """A fitted head as a fitted method: ``logits(query (M, D)) -> (M, C)``; its open-set scores
+    are the head's (:class:`~focusshot.methods.open_set.HeadScores`)."""
 
     def __init__(self, method: str, head: FittedHead) -> None:
         self.method = method
@@ -122,6 +124,7 @@ class NearestNeighbourMethod(HeadMethod[NearestNeighbour]):
     """Cosine nearest neighbour over support features."""
 
     summary = "cosine nearest neighbour over support features"
+    open_score = "distance"
 
 
 @register_method("protonet", auto_order=1, auto_fallback="any")
@@ -129,6 +132,7 @@ class ProtoNetMethod(HeadMethod[ProtoNet]):
     """ProtoNet: nearest class mean (Snell et al., 2017)."""
 
     summary = "ProtoNet: nearest class mean (Snell et al., 2017)"
+    open_score = "distance"
 
 
 @register_method("ridge", auto_order=3)
@@ -136,6 +140,7 @@ class RidgeMethod(HeadMethod[Ridge]):
     """Ridge regression onto one-hot labels."""
 
     summary = "ridge regression onto one-hot labels"
+    open_score = "max_logit"
 
 
 @register_method("r2d2")
@@ -143,6 +148,7 @@ class R2D2Method(HeadMethod[R2D2]):
     """R2D2 closed-form ridge head (Bertinetto et al., 2019)."""
 
     summary = "R2D2 closed-form ridge head (Bertinetto et al., 2019)"
+    open_score = "max_logit"
 
 
 @register_method("svm")
@@ -171,6 +177,7 @@ class ZeroShotMethod(TextHeadMethod[ZeroShotSettings]):
     """Zero-shot CLIP: class names x prompt templates."""
 
     summary = "zero-shot CLIP: class names x prompt templates"
+    open_score = "max_logit"
 
 
 @register_method("tip_adapter", auto_order=7, auto_fallback="text")
@@ -178,6 +185,7 @@ class TipAdapterMethod(TextHeadMethod[TipAdapterSettings]):
     """Tip-Adapter: training-free cache model (Zhang et al., 2022)."""
 
     summary = "Tip-Adapter: training-free cache model (Zhang et al., 2022)"
+    open_score = "max_logit"
 
 
 @register_method("tip_adapter_f", auto_order=9)
@@ -185,6 +193,7 @@ class TipAdapterFMethod(TextHeadMethod[TipAdapterFSettings]):
     """Tip-Adapter-F: the cache keys fine-tuned."""
 
     summary = "Tip-Adapter-F: the cache keys fine-tuned"
+    open_score = "max_logit"
 
 
 @register_method("lp_pp", auto_order=8)

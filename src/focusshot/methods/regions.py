@@ -20,6 +20,7 @@ from focusshot.heads import FittedHead
 from focusshot.heads.linear import LinearClassifier
 from focusshot.heads.zeroshot import ZeroShot
 from focusshot.methods.base import FitContext, Fitted
+from focusshot.methods.open_set import HeadScores
 from focusshot.methods.text import need_text
 
 __all__ = [
@@ -76,8 +77,9 @@ def resolve_regions(method: str, region: str, missing_box: str, regions: Tensor 
     return regions.detach().to(torch.float32).cpu()
 
 
-class RegionHeadFitted(Fitted):
-    """A head over region-dependent features: ``logits(query, regions) = head(features(query, regions))``."""
+class RegionHeadFitted(HeadScores, Fitted):
+    """A head over region-dependent features: ``logits(query, regions) = head(features(query, regions))``;
+    its open-set scores are the head's, over those features."""
 
     head: FittedHead
     backbone: Backbone
@@ -88,6 +90,9 @@ class RegionHeadFitted(Fitted):
 
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         return self.head.logits(self.features(query, regions))
+
+    def head_features(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        return self.features(query, regions)
 
     @property
     def num_classes(self) -> int:

@@ -292,6 +292,21 @@ class SavFitted(Fitted):
         tie = (3.0 + sim.mean(1)) / 8.0  # (M, C) in [1/4, 1/2]
         return torch.log(votes + tie)
 
+    def open_scores(self) -> dict[str, str]:
+        """``distance`` (to the nearest class mean, averaged over the kept heads) besides ``msp``
+        (the vote share) and ``max_logit``; no ``energy``: the logits are log vote counts, whose
+        ``logsumexp`` is about the number of heads whatever the image."""
+        return {
+            **super().open_scores(),
+            "distance": "",
+            "energy": "the logits are log vote counts: their logsumexp is the number of kept heads "
+            "(plus a tie-break under 1 per class), whatever the image",
+        }
+
+    def nearest_distance(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
+        """``1 - cos`` to the nearest class mean, averaged over the kept heads ``(M,)``."""
+        return 1.0 - self.similarities(query).amax(-1).mean(-1)
+
     def votes(self, query: Tensor) -> Tensor:
         """Heads voting for each class ``(M, C)`` (int64)."""
         return F.one_hot(self.similarities(query).argmax(-1), self.num_classes).sum(1)
@@ -370,6 +385,7 @@ class SavMethod(Method[SavOptions]):
     """SAV: the top attention heads by support accuracy vote with class means (Mitra et al., 2024)."""
 
     summary: ClassVar[str] = "SAV: sparse attention-head votes over class means (Mitra et al., 2024)"
+    open_score: ClassVar[str] = "distance"
 
     def prefix(self, backbone: Backbone) -> Prefix:
         """[CLS]-row per-head outputs of ``options.layers`` (all attention layers when empty), resolved.

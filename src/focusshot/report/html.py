@@ -166,6 +166,14 @@ def write_report(run_dir: str | Path) -> Path:
         if forest:
             parts.append(_img(forest, "forest plot of paired differences"))
         parts.append(_table(pairs))
+    from focusshot.report.roc import roc_figure
+
+    roc = roc_figure(rows)
+    if roc is not None:
+        parts.append(
+            "<h2>Known against unknown (open set)</h2>"
+            + _img(_png(roc), "ROC curves of known against unknown queries per method and score")
+        )
     curves = _curves(rows)
     if curves:
         parts.append("<h2>Accuracy against shots</h2>" + _img(curves, "accuracy against shots per method"))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Open-set episodes on world-clip / world:clutter (issue 33): 5 known ways with 1 or 5 shots and
+# 15 queries each, 5 unknown ways with as many unknown queries (75), 200 episodes, seed 0; every
+# frozen head, zero-shot, Tip-Adapter and SAV, each with every open-set score it gives.
+set -euo pipefail
+out=benchmarks/results/open_set
+methods=protonet,nearest_neighbour,ridge,r2d2,svm,metaoptnet,logistic,zeroshot,tip_adapter,sav
+for k in 1 5; do
+  focusshot evaluate --backbone world-clip --data world:clutter --method $methods \
+    --ways 5 --shots $k --episodes 200 --open-ways 5 --quiet \
+    --output $out/world_clip_5way${k}shot > /dev/null
+done
+# EfficientNet-Lite0 (ImageNet weights) on the clothing-small photos, split protocol: five classes
+# held out of training, their test photos the unknown ones; 1 and 5 shots, seeds 1-3.
+focusshot evaluate --backbone efficientnet-lite0 --data ../shared/datasets/clothing-small \
+  --protocol split --shots 1,5 --seeds 1,2,3 --open-classes shirt,shoes,shorts,skirt,t-shirt \
+  --method protonet,nearest_neighbour,ridge,r2d2,svm,metaoptnet,logistic --quiet \
+  --output $out/effnet_clothing_split > /dev/null

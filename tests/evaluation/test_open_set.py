@@ -1,0 +1,200 @@
+"""Open-set scores, metrics, the threshold choice and rejection in fit -> save -> load -> predict."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import focusshot
+from focusshot.classifier import UNKNOWN, Classifier
+from focusshot.cli import main
+from focusshot.evaluation.open_set import (
+    auroc,
+    balanced_threshold,
+    fpr_at_tpr,
+    loco_refusal,
+    open_accuracy,
+    oracle_threshold,
+    roc_curve,
+    tpr_threshold,
+)
+from focusshot.heads import NearestNeighbour, ProtoNet, ZeroShot
+from focusshot.methods.base import create_method
+from focusshot.methods.open_set import SCORES, check_score, logit_score, mcm
+from tests.methods.helpers import class_folders
+
+
+def test_auroc_matches_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    k, u = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 30).astype(float)
+    pairs = (k[:, None] > u[None, :]).mean() + 0.5 * (k[:, None] == u[None, :]).mean()
+    assert auroc(k, u) == pytest.approx(pairs, abs=1e-12)
+    assert auroc([1, 2], [0, 0]) == 1.0 and auroc([0, 0], [1, 2]) == 0.0 and auroc([1], [1]) == 0.5
+
+
+def test_roc_curve_area_is_auroc() -> None:
+    rng = np.random.default_rng(1)
+    k, u = rng.normal(1, 1, 50), rng.normal(0, 1, 70)
+    fpr, tpr = roc_curve(k, u)
+    area = float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
+    assert area == pytest.approx(auroc(k, u), abs=1e-9)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (1.0, 1.0, 0.0, 0.0)
+
+
+def test_tpr_threshold_and_fpr() -> None:
+    known = np.arange(1, 101, dtype=float)  # 1..100
+    t = tpr_threshold(known, 0.95)
+    assert (known >= t).mean() >= 0.95 and (known >= t + 1).mean() < 0.95
+    assert fpr_at_tpr(known, [0.0, 5.5, 6.0, 50.0], 0.95) == 0.5  # 6 and 50 are >= 6
+    with pytest.raises(ValueError, match="true-positive rate"):
+        tpr_threshold(known, 1.5)
+
+
+def test_balanced_threshold_equalises_the_error_rates() -> None:
+    known, unknown = np.arange(10, 20, dtype=float), np.arange(0, 12, dtype=float)
+    t = balanced_threshold(known, unknown)
+    fnr, fpr = (known < t).mean(), (unknown >= t).mean()
+    assert max(fnr, fpr) <= 0.2 and 10 <= t <= 12
+    assert balanced_threshold([5.0, 6.0], [1.0, 2.0]) == pytest.approx(3.5)  # separable: in the gap
+
+
+def test_open_accuracy_and_oracle() -> None:
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.7, 0.1])
+    correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)
+    known = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert open_accuracy(scores, correct, known, 0.5) == pytest.approx(3 / 6)  # 0.9 right; 0.2, 0.1 rejected
+    t, acc = oracle_threshold(scores, correct, known)
+    brute = max(open_accuracy(scores, correct, known, c) for c in [-1, 0.15, 0.25, 0.5, 0.75, 0.85, 1])
+    assert acc == pytest.approx(brute) and open_accuracy(scores, correct, known, t) == pytest.approx(acc)
+
+
+def test_logit_scores() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    msp = logit_score(logits, "msp")
+    assert msp[1] == pytest.approx(1 / 3) and msp[0] > msp[1]
+    assert logit_score(logits, "msp", temperature=1e6)[0] == pytest.approx(1 / 3, abs=1e-5)
+    assert logit_score(logits, "max_logit").tolist() == [2.0, 0.0]
+    assert logit_score(logits, "energy")[1] == pytest.approx(math.log(3))
+    sims = torch.tensor([[0.3, 0.1], [0.2, 0.2]])
+    assert mcm(sims).tolist() == pytest.approx([1 / (1 + math.exp(-0.2)), 0.5])
+    with pytest.raises(ValueError, match="valid scores: msp, max_logit, energy, distance, mcm"):
+        check_score("entropy")
+
+
+def test_head_distances() -> None:
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    labels = torch.tensor([0, 0, 1])
+    proto = ProtoNet().fit(support, labels)
+    q = torch.tensor([[1.0, 0.0], [0.0, 7.0]])
+    assert proto.nearest_distance(q).tolist() == pytest.approx([0.0, 3.0])
+    nn = NearestNeighbour(metric="euclidean").fit(support, labels)
+    assert nn.nearest_distance(q).tolist() == pytest.approx([1.0, 3.0])
+    cos = NearestNeighbour().fit(support[1:], labels[1:])
+    assert cos.nearest_distance(torch.tensor([[1.0, 1.0]])).item() == pytest.approx(1 - math.sqrt(0.5))
+    text = torch.nn.functional.normalize(torch.randn(3, 2, 4), dim=-1)
+    zs = ZeroShot(text).classifier()
+    f = torch.randn(5, 4)
+    torch.testing.assert_close(zs.text_similarities(f) * zs.scale, zs.logits(f))
+
+
+def test_loco_refusals() -> None:
+    head = create_method("protonet")
+    assert loco_refusal(head, [0, 0, 1, 1, 2, 2]) == ""
+    assert "at least 3 classes" in loco_refusal(head, [0, 0, 1, 1])
+    assert "every class has 1" in loco_refusal(head, [0, 1, 2])
+    assert "trains per fit" in loco_refusal(create_method("lora"), [0, 0, 1, 1, 2, 2])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("open")
+    class_folders(root / "support", classes=3, per_class=3)
+    class_folders(root / "query", classes=3, per_class=2)
+    return root
+
+
+def test_fit_reject_auto_save_load_predict(folders: Path, tmp_path: Path) -> None:
+    clf = focusshot.fit(
+        folders / "support", backbone="tiny-clip-vit", method="protonet", cache_dir=tmp_path, reject="auto"
+    )
+    r = clf.info["reject"]
+    assert r["score"] == "distance" and r["rule"] == "balanced" and r["folds"] == 3
+    assert r["known_scores"] == 6 and r["unknown_scores"] == 9 and math.isfinite(r["threshold"])
+    again = Classifier.load(clf.save(tmp_path / "c.safetensors"))
+    assert again.info["reject"] == r
+    preds = again.predict(folders / "query")
+    assert all(p.score is not None for p in preds)
+    assert all((p.label == UNKNOWN) == (p.score < r["threshold"]) for p in preds)
+    high = again.predict(folders / "query", reject=1e9)  # every distance score is <= 0
+    assert all(p.label == UNKNOWN for p in high)
+    off = again.predict(folders / "query", reject=False)
+    assert all(p.score is None and p.label != UNKNOWN for p in off)
+    tpr = focusshot.fit(
+        folders / "support", backbone="tiny-clip-vit", method="protonet", cache_dir=tmp_path,
+        reject="auto", reject_tpr=0.9, open_score="msp",
+    )  # fmt: skip
+    assert tpr.info["reject"]["rule"] == "tpr" and tpr.info["reject"]["target_tpr"] == 0.9
+    assert tpr.info["reject"]["score"] == "msp" and tpr.info["reject"]["tpr"] >= 0.9
+
+
+def test_files_without_rejection_load_and_predict_unchanged(folders: Path, tmp_path: Path) -> None:
+    clf = focusshot.fit(folders / "support", backbone="tiny-clip-vit", method="logistic", cache_dir=tmp_path)
+    again = Classifier.load(clf.save(tmp_path / "plain.safetensors"))
+    assert "reject" not in again.info and again.rejection() == ("msp", None)
+    preds = again.predict(folders / "query")
+    assert all(p.score is None and p.label != UNKNOWN for p in preds)
+
+
+def test_reject_errors(folders: Path, tmp_path: Path) -> None:
+    sup = folders / "support"
+    with pytest.raises(ValueError, match="valid scores: msp"):
+        focusshot.fit(sup, backbone="tiny-clip-vit", reject="auto", open_score="odin", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no class prototypes"):
+        focusshot.fit(sup, backbone="tiny-clip-vit", method="ridge", reject=0.3, open_score="distance")
+    with pytest.raises(ValueError, match="trains per fit"):
+        focusshot.fit(sup, backbone="tiny-clip-vit", method="lora", reject="auto", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="give reject too"):
+        focusshot.fit(sup, backbone="tiny-clip-vit", reject_tpr=0.9, cache_dir=tmp_path)
+    clf = focusshot.fit(sup, backbone="tiny-clip-vit", method="protonet", cache_dir=tmp_path, reject=-0.5)
+    assert clf.info["reject"] == {"score": "distance", "threshold": -0.5, "chosen_by": "given"}
+    with pytest.raises(ValueError, match="stored threshold is for the score 'distance'"):
+        clf.rejection(None, "msp")
+    assert clf.rejection(0.5, "msp") == ("msp", 0.5)
+
+
+def test_every_registered_score_is_described() -> None:
+    from focusshot.methods.base import list_methods, method_class
+
+    for name in list_methods():
+        assert method_class(name).open_score in SCORES, name
+
+
+def test_cli_fit_reject_and_predict(
+    folders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c.safetensors"
+    base = ["fit", str(folders / "support"), "--backbone", "tiny-clip-vit", "--output", str(out)]
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main([*base, "--method", "nearest_neighbour", "--reject", "auto", *cache]) == 0
+    assert "rejects below distance" in capsys.readouterr().out
+    csv_path = tmp_path / "p.csv"
+    assert main(["predict", str(out), str(folders / "query"), "--output", str(csv_path), "--quiet"]) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 6 and "score" in rows[0]
+    threshold = Classifier.load(out).info["reject"]["threshold"]
+    assert all((r["label"] == UNKNOWN) == (float(r["score"]) < threshold) for r in rows)
+    predict = ["predict", str(out), str(folders / "query"), "--output", str(csv_path), "--quiet"]
+    assert main([*predict, "--reject", "1"]) == 0  # cosine distance scores are <= 0
+    assert {r["label"] for r in csv.DictReader(csv_path.open())} == {UNKNOWN}
+    assert main([*predict, "--no-reject"]) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert "score" not in rows[0] and UNKNOWN not in {r["label"] for r in rows}
+    assert main([*predict, "--open-score", "nope"]) == 2
+    assert "valid scores: msp, max_logit, energy, distance, mcm" in capsys.readouterr().err
+    assert main([*base, "--method", "lora", "--reject", "auto", *cache]) == 2
+    assert "trains per fit" in capsys.readouterr().err
