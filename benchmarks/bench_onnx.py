@@ -176,8 +176,8 @@ def summary(result: dict) -> str:
         "onnx`; the graph maps preprocessed images to logits and probabilities. Latency: median "
         "seconds per call, best of the rounds. Speed-up: eager latency / this latency.",
         "",
-        "| backbone | params | batch | eager ms | onnxruntime ms | compiled ms | onnxruntime speed-up "
-        "| compiled speed-up | onnxruntime img/s | eager img/s |",
+        "| backbone | params (every tower) | batch | eager ms | onnxruntime ms | compiled ms "
+        "| onnxruntime speed-up | compiled speed-up | onnxruntime img/s | eager img/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in result["backbones"]:

@@ -22,9 +22,13 @@ onnxruntime on random input against the eager classifier before the file appears
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +149,22 @@ def _metadata(clf: Classifier, merged: int) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's notes that are no user's business (optional torchvision operators not
+    registered; torch.export's own deprecation warnings)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def _require_onnx() -> tuple[Any, Any]:
     try:
         import onnx
@@ -198,7 +218,7 @@ def export_onnx(
     names = ["images", "regions"][: len(example)]
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in example)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         try:
             program = torch.export.export(graph, example, dynamic_shapes=dynamic, strict=False)
             onnx_program = torch.onnx.export(
