@@ -147,6 +147,15 @@ def foveal_bias_graph(
     clamped to the grid), and over it :func:`gaussian_region`'s weights: the distance of each patch
     from the range's centre, normalised by the weights' minimum (at the range's corners) and
     maximum (at the patch, or half-patch, nearest the centre). A NaN row gives zeros.
+
+    Args:
+        boxes: ``(B, 4)`` regions ``x0, y0, x1, y1`` in ``[0, 1]`` crop coordinates (NaN: none).
+        grid: the patch grid ``(rows, cols)``.
+        num_prefix_tokens: tokens before the patches ([CLS], registers), at least 1.
+        num_tokens: the sequence length N (default: prefix + patches).
+        alpha: the bias's peak.
+        sigma: the Gaussian's std, in patches.
+        dtype: the bias's dtype.
     """
     rows, cols = (int(v) for v in grid)
     prefix = int(num_prefix_tokens)

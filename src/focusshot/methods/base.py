@@ -130,7 +130,12 @@ class Fitted(ABC):
     def export_logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         """:meth:`logits` as one fixed graph, what ``focusshot export --format onnx`` traces: the
         batch size symbolic, nothing random. The default is :meth:`logits`; a fit whose eager path
-        is not such a graph overrides it (APT: one pass with dropout off instead of MC samples)."""
+        is not such a graph overrides it (APT: one pass with dropout off instead of MC samples).
+
+        Args:
+            query: the query prefix ``(M, *prefix)``.
+            regions: ``(M, 4)`` query regions, for a fit that reads them.
+        """
         return self.logits(query, regions)
 
     def open_scores(self) -> dict[str, str]:
