@@ -16,3 +16,7 @@ focusshot evaluate --backbone efficientnet-lite0 --data ../shared/datasets/cloth
   --protocol split --shots 1,5 --seeds 1,2,3 --open-classes shirt,shoes,shorts,skirt,t-shirt \
   --method protonet,nearest_neighbour,ridge,r2d2,svm,metaoptnet,logistic --quiet \
   --output $out/effnet_clothing_split > /dev/null
+# LoRA trains per episode (about 30 s each here): the first 50 of the 5-shot episodes, beside ProtoNet.
+focusshot evaluate --backbone world-clip --data world:clutter --method protonet,lora \
+  --ways 5 --shots 5 --episodes 50 --open-ways 5 --quiet \
+  --output $out/world_clip_5way5shot_lora > /dev/null
