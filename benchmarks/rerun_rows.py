@@ -6,7 +6,7 @@ options, read from its ``run.json``) into a scratch folder and compares every ro
 string, accuracy, NLL, Brier and per-query confidences with the stored ones, exactly.
 
     python benchmarks/rerun_rows.py benchmarks/results/dino/world-clip_frozen_single_5w1s \\
-        --data world:single --episodes 10 --methods protonet --output /tmp/rerun.json
+        --data world:single --episodes 10 --methods protonet --output rerun.json
 
 The data spec is not in ``run.json``, so it is given here; each row's episode seed is compared too.
 The comparison is written to ``--output`` (JSON, with seed, config and versions).
