@@ -378,14 +378,6 @@ def create_head(name: str, **kwargs: Any) -> Head:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def doc(text: str) -> dict[str, str]:
-    """Field metadata carrying a setting's help text (DESIGN principle 10: the CLI reads it).
-
-    Use as ``lam: float = field(default=1.0, metadata=doc("ridge penalty"))``.
-    """
-    return {"help": text}
-
-
 def solve_dtype(x: Tensor) -> torch.dtype:
     """float64 for the small dense solves (exactness), except on devices without float64 (MPS)."""
     return torch.float32 if x.device.type == "mps" else torch.float64
