@@ -130,24 +130,51 @@ def test_plain_lora_uses_default_prompt_settings_and_the_coverage(saved, tmp_pat
     assert all(r["patches_before"] <= 8 for r in info["images"])  # half the mass of 16 near-even patches
 
 
-def test_refuses_frozen_feature_and_windowed_classifiers_by_name(saved, tmp_path, capsys) -> None:
+def test_frozen_feature_classifier_gets_its_relevance_map(saved, tmp_path, capsys) -> None:
     support, files = saved
     out = tmp_path / "out"
-    assert main(["explain", str(files["protonet"]), str(support), "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert str(files["protonet"]) in err and "'protonet'" in err and "trains" in err
-    assert not out.exists()
+    assert main(["explain", str(files["protonet"]), str(support), "--output", str(out), "--quiet"]) == 0
+    assert "gradient_rollout map on" in capsys.readouterr().out
+    info = json.loads((out / "explain.json").read_text())
+    assert info["relevance"]["kind"] == "gradient_rollout" and info["relevance"]["grid"] == [4, 4]
+    assert "Chefer" in info["relevance"]["rule"] and "prompts" not in info
+    clf = Classifier.load(files["protonet"])
+    paths = [r["path"] for r in info["images"]]
+    probs, _, _ = clf.predict_proba(paths)
+    for r, p in zip(info["images"], probs, strict=True):
+        assert r["predicted"] == clf.class_names[int(p.argmax())]  # the class predict gives is explained
+        assert "patches_before" not in r and abs(sum(r["relevance"]) - 1) < 1e-4
+        ranked = sorted(range(16), key=lambda j: -r["relevance"][j])
+        assert set(r["relevance_cells"]) == set(ranked[: len(r["relevance_cells"])])
+    assert len(list(out.glob("*.png"))) == 4
+
+
+def test_windowed_backbone_gets_grad_cam(saved, tmp_path, capsys) -> None:
+    support, _ = saved
     swin = focusshot.create_backbone("tiny-swin")
     method = create_method("lora", {"epochs": 1})
     tail, _ = method.build(swin, torch.Generator().manual_seed(0))
-    head = LinearHead(torch.zeros(2, swin.num_features), torch.zeros(2))
+    head = LinearHead(
+        torch.randn(2, swin.num_features, generator=torch.Generator().manual_seed(0)), torch.zeros(2)
+    )
     config = {"method": "lora", "options": method.options_dict(), "start": None, "seed": 0}
     fitted = AdaptedFitted("lora", tail, head, config, {})
     spec = {"source": "tiny-swin", "pretrained": True, "seed": 0}
     path = Classifier(swin, fitted, ["a", "b"], "lora", spec).save(tmp_path / "swin.safetensors")
-    assert main(["explain", str(path), str(support), "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert str(path) in err and "global [CLS]" in err
+    out = tmp_path / "out"
+    assert main(["explain", str(path), str(support), "--output", str(out), "--quiet"]) == 0
+    info = json.loads((out / "explain.json").read_text())
+    assert info["relevance"]["kind"] == "grad_cam" and "prompts" not in info
+    assert all("patches_after" not in r for r in info["images"])  # no global [CLS] row to compare
+
+
+def test_an_undecodable_image_is_named_and_nothing_is_written(saved, tmp_path) -> None:
+    support, files = saved
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="broken.png"):
+        explain(files["protonet"], [str(support / "class_0" / "0.png"), str(bad)], out)
     assert not out.exists()
 
 

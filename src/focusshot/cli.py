@@ -403,14 +403,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from focusshot.data.images import list_images
     from focusshot.explain import explain
 
-    info = explain(args.classifier, args.images, args.output, coverage=args.coverage, progress=not args.quiet)
+    boxes = None
+    if args.boxes:
+        found = list_images(args.images if len(args.images) > 1 else args.images[0])
+        boxes = _boxes_by_path(args.boxes, [str(f) for f in found])
+    info = explain(
+        args.classifier,
+        args.images,
+        args.output,
+        coverage=args.coverage,
+        progress=not args.quiet,
+        boxes=boxes,
+    )
+    kind = info["relevance"]["kind"]
     for row in info["images"]:
-        print(
-            f"{row['path']}: {row['predicted']}; {args.coverage:.0%} of [CLS] attention on "
-            f"{row['patches_before']} patches before, {row['patches_after']} after adapting"
-        )
+        cells = len(row["relevance_cells"])
+        line = f"{row['path']}: {row['predicted']}; {args.coverage:.0%} of its {kind} map on {cells} cells"
+        if "patches_before" in row:
+            before, after = row["patches_before"], row["patches_after"]
+            line += f"; [CLS] attention on {before} patches before, {after} after adapting"
+        print(line)
     print(f"wrote {len(info['images'])} figures and explain.json to {args.output}")
     return 0
 
@@ -677,16 +692,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
-        "explain", help="show where a trained classifier looks: FORT prompts, attention before/after"
+        "explain",
+        help="show where a classifier's prediction comes from: a relevance map per image (and, for "
+        "methods that tune the backbone, FORT prompts and attention before/after)",
     )
-    p.add_argument("classifier", help="a file written by `focusshot fit` with a method that trains")
+    p.add_argument("classifier", help="a file written by `focusshot fit` (any method)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", required=True, help="folder for one PNG per image and explain.json")
     p.add_argument(
         "--coverage",
         type=float,
         default=0.95,
-        help="[CLS] attention mass the patch sets cover (default 0.95)",
+        help="share of each map's mass the drawn cells cover (default 0.95)",
+    )
+    p.add_argument(
+        "--boxes",
+        metavar="MANIFEST",
+        help="a manifest (CSV/JSONL, as fit reads) giving each image's box, for methods that read boxes",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_explain)

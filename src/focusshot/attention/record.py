@@ -117,6 +117,7 @@ def record(
     layers: Sequence[int] | None = None,
     grad: bool = False,
     training_only: bool = False,
+    strict: bool = True,
 ) -> Iterator[Recording]:
     """Record ``kinds`` (see :data:`TAP_KINDS`) at ``layers`` of ``model`` while the context is open.
 
@@ -129,6 +130,9 @@ def record(
             :meth:`Recording.grad` returns their gradients.
         training_only: capture only forward passes run with gradients enabled; passes under
             ``no_grad`` (validation inside a training loop) keep the fused path and store nothing.
+        strict: raise :class:`RecordingError` at the end when a chosen layer captured nothing;
+            ``False`` when only some of the layers are expected to run (a model of which a method
+            runs the first blocks, another model the rest).
     """
     if not kinds:
         raise ValueError(f"record() needs at least one kind out of {sorted(TAP_KINDS)}")
@@ -167,7 +171,7 @@ def record(
             m.tap.keep_grad = False
             m.tap.training_only = False
             m.tap.store = {}
-    if ok:
+    if ok and strict:
         missing = [
             f"{k}@layer{i}"
             for k in kinds

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.graph_mode import frozen
 from focusshot.heads.base import l2_normalize
 from focusshot.heads.zeroshot import text_classifier
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
@@ -151,7 +152,7 @@ class _AptModel(nn.Module):
         self.scale = float(scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
+        with frozen():
             tokens = l2_normalize(self.backbone.forward_head_tokens(x).float())
         weights = l2_normalize(self.refiner(self.text, tokens))  # (B, C, E)
         return self.scale * torch.einsum("be,bce->bc", tokens[:, 0], weights)

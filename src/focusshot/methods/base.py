@@ -127,6 +127,17 @@ class Fitted(ABC):
         """The adapted backbone whose attention can be recorded (``None``: the frozen backbone's)."""
         return None
 
+    def voting_heads(self, query: Tensor) -> tuple[list[tuple[int, int]], Tensor] | None:
+        """For a fit that classifies by the votes of single attention heads (SAV): the heads as
+        ``(attention layer, head)`` pairs (layers counted from 0) and each query's vote per head
+        ``(M, K)`` (class indices); ``None`` for every other fit. ``focusshot explain`` shows such a
+        fit's own heads' attention instead of a gradient map (votes have no useful gradient).
+
+        Args:
+            query: the query prefix ``(M, *prefix)``.
+        """
+        return None
+
     def export_logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         """:meth:`logits` as one fixed graph, what ``focusshot export --format onnx`` traces: the
         batch size symbolic, nothing random. The default is :meth:`logits`; a fit whose eager path

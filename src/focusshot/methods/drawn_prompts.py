@@ -24,6 +24,7 @@ from torch import Tensor
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.data.prompts import blur_outside, red_ellipse
+from focusshot.graph_mode import inference
 from focusshot.heads import FittedHead
 from focusshot.heads import fitted_from_state as head_from_state
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
@@ -110,7 +111,7 @@ class PromptFitted(RegionHeadFitted):
         rgb = self.options.draw(rgb, boxes)
         return (rgb - mean) / std
 
-    @torch.inference_mode()
+    @inference
     def features(self, images: Tensor, regions: Tensor | None = None) -> Tensor:
         """Pooled CLIP features ``(M, D)`` of the prompted images (float32, on the CPU)."""
         boxes = resolve_regions(self.method, "box", self.options.missing_box, regions)

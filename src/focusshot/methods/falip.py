@@ -80,6 +80,7 @@ from focusshot.attention.record import record
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.vit import Block
+from focusshot.graph_mode import inference
 from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
 from focusshot.methods.base import FitContext, Fitted, Method, options_from_dict, register_method
@@ -206,7 +207,7 @@ def _token_grid(backbone: Backbone, tokens: Tensor) -> tuple[int, int]:
     return rows, cols
 
 
-@torch.inference_mode()
+@inference
 def falip_features(
     backbone: Backbone,
     tokens: Tensor,

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from focusshot.adapters.base import AdapterError, load_trainable_state, trainable_state
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.graph_mode import inference
 from focusshot.heads import create_head
 from focusshot.heads.trainable import LinearHead, linear_form
 from focusshot.methods.base import FitContext, Fitted, Method
@@ -270,7 +271,7 @@ class AdaptedFitted(Fitted):
         #: ``(S, P)`` position prompts of the support images (FORT), else ``None``
         self.prompts = prompts
 
-    @torch.inference_mode()
+    @inference
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
         """``(M, *prefix) -> (M, C)``; ``regions`` (handed to methods that read boxes) are unused."""
         device = _device_of(self.head)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from focusshot.adapters.base import load_trainable_state, trainable_state
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
+from focusshot.graph_mode import frozen, inference
 from focusshot.heads import FittedHead, create_head
 from focusshot.heads import fitted_from_state as head_from_state
 from focusshot.heads.tip_adapter import TipAdapterClassifier
@@ -124,9 +125,9 @@ class SafeTail(TunedTail):
         return model.forward_head(x)
 
     def blended(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            frozen = self._pool(self.original, x)
-        return self.beta * frozen + self._pool(self.backbone, x)
+        with frozen():  # the original pool never trains
+            fixed = self._pool(self.original, x)
+        return self.beta * fixed + self._pool(self.backbone, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Blended features; the tuned pool alone in training mode when ``blend`` is off."""
@@ -309,7 +310,7 @@ class SafeAOptions(SafeOptions):
     tip_lr: float = option(1e-3, "Tip-Adapter-F learning rate")
 
 
-@torch.inference_mode()
+@inference
 def blended_features(tail: SafeTail, prefix: Tensor) -> Tensor:
     """``beta * pool_original + pool_tuned`` of the prefix ``(M, ...)``: ``(M, D)`` on the CPU."""
     device = _device_of(tail.backbone)

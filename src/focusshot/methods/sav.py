@@ -307,6 +307,12 @@ class SavFitted(Fitted):
         """``1 - cos`` to the nearest class mean, averaged over the kept heads ``(M,)``."""
         return 1.0 - self.similarities(query).amax(-1).mean(-1)
 
+    def voting_heads(self, query: Tensor) -> tuple[list[tuple[int, int]], Tensor]:
+        """The kept heads as ``(attention layer, head)`` (layers as the prefix names them) and each
+        query's vote per head ``(M, K)``."""
+        heads = [(self.layers[int(pos)], int(h)) for pos, h in self.selected.tolist()]
+        return heads, self.similarities(query).argmax(-1)
+
     def votes(self, query: Tensor) -> Tensor:
         """Heads voting for each class ``(M, C)`` (int64)."""
         return F.one_hot(self.similarities(query).argmax(-1), self.num_classes).sum(1)
