@@ -93,7 +93,18 @@ def keeps_support(recipe: Any, prefix: Prefix) -> bool:
 class Prediction:
     """One image's prediction: the label, its probability, and the top-k (label, probability) pairs;
     with rejection, the open-set score (:mod:`focusshot.methods.open_set`) and ``label`` is
-    :data:`UNKNOWN` when the score is below the threshold (``top`` still ranks the classes)."""
+    :data:`UNKNOWN` when the score is below the threshold (``top`` still ranks the classes).
+
+    Attributes:
+        path: the image file, as the images were listed.
+        label: the most probable class's name, or :data:`UNKNOWN` when rejected.
+        confidence: the most probable class's probability (temperature applied), in ``[0, 1]``;
+            set even when ``label`` is :data:`UNKNOWN`.
+        top: the ``top_k`` most probable classes as ``(name, probability)`` pairs, most probable
+            first.
+        score: the open-set score (higher: more like a fitted class), or ``None`` when
+            :meth:`Classifier.predict` neither rejected nor was given an ``open_score``.
+    """
 
     path: str
     label: str
@@ -103,7 +114,29 @@ class Prediction:
 
 
 class Classifier:
-    """A backbone plus a fitted method plus class names; saved as one safetensors file."""
+    """A backbone plus a fitted method plus class names; saved as one safetensors file.
+
+    :func:`focusshot.fit` and :meth:`load` make one; building one by hand is for code that fits a
+    method itself.
+
+    Args:
+        backbone: the frozen backbone that computes the method's prefix of each image.
+        fitted: the fitted method; it must score ``len(class_names)`` classes (else ``ValueError``).
+        class_names: the class names in label order: ``class_names[i]`` names the fit's class ``i``.
+        method: the request ``fitted`` came from (:func:`~focusshot.methods.request.resolve`), or
+            its name (or alias ``METHOD@LABEL``), which is resolved again with the options the fit
+            records in its config.
+        backbone_spec: what :meth:`load` rebuilds the backbone from: ``{"source", "pretrained",
+            "seed"}`` as passed to :func:`~focusshot.backbones.registry.create_backbone`
+            (``pretrained`` is ``None`` for an in-memory backbone, which :meth:`load` must then be
+            given).
+        info: facts written into the file: ``fitted_on`` (what the fit read), ``calibration`` (the
+            temperature, :attr:`temperature`), ``reject`` (the stored threshold and its score),
+            ``auto`` (what ``--method auto`` chose) and ``updates`` (``focusshot update``'s record);
+            :meth:`load` reads back only these keys. ``None``: none.
+        support: the prefix the fit read (:func:`keeps_support`), saved so that ``focusshot update``
+            can refit from it; ``None``: not kept.
+    """
 
     def __init__(
         self,
@@ -115,9 +148,6 @@ class Classifier:
         info: dict[str, Any] | None = None,
         support: SupportSet | None = None,
     ) -> None:
-        """``method``: the request ``fitted`` came from (:func:`~focusshot.methods.request.resolve`),
-        or its name (or alias), which is resolved again with the options the fit records.
-        ``support``: the prefix the fit read (:func:`keeps_support`), saved for ``focusshot update``."""
         if fitted.num_classes != len(class_names):
             raise ValueError(
                 f"the method scores {fitted.num_classes} classes but {len(class_names)} are named"
@@ -148,7 +178,18 @@ class Classifier:
         prefix: Prefix | None = None,
     ) -> Embeddings:
         """What the method reads for each image file (its prefix, ``(N, *prefix)``), or another
-        ``prefix`` of the same images (``Prefix.images()``: the preprocessed ``(N, 3, crop, crop)``)."""
+        ``prefix`` of the same images (``Prefix.images()``: the preprocessed ``(N, 3, crop, crop)``).
+
+        Args:
+            images: image files (not folders); the rows follow their order.
+            batch_size: images per forward pass of the backbone.
+            progress: show a progress bar on stderr.
+            prefix: a prefix to compute instead of the method's own (``None``, the default).
+
+        Returns:
+            :class:`~focusshot.embedding.Embeddings`: ``features`` of the images that decoded,
+            their ``paths``, and one ``ImageError`` per file that did not (``bad``).
+        """
         return embed_images(
             self.backbone,
             [str(p) for p in images],
@@ -225,9 +266,14 @@ class Classifier:
             )
 
     def probabilities(self, features: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied);
-        ``regions`` ``(N, 4)`` in ``[0, 1]`` crop coordinates for a method that reads them
-        (:meth:`regions`)."""
+        """Class probabilities ``(N, C)`` of the method's prefix ``(N, ...)`` (temperature applied).
+
+        Args:
+            features: the method's prefix of ``N`` images, ``(N, *prefix)`` (:meth:`embed`).
+            regions: ``(N, 4)`` boxes ``(x0, y0, x1, y1)`` in ``[0, 1]`` coordinates of the
+                backbone's crop, a NaN row for an image without one (:meth:`regions`); read only by
+                a method that reads regions, ignored by the others.
+        """
         kw = {"regions": regions} if self.needs_regions else {}
         with torch.inference_mode():
             return (self.fitted.logits(features, **kw).double() / self.temperature).softmax(-1).float()
@@ -238,6 +284,11 @@ class Classifier:
         """The boxes of the images ``paths`` (original pixels ``x0, y0, x1, y1``; one per path, or a
         mapping path -> box) in ``[0, 1]`` coordinates of the backbone's crop: ``(N, 4)``, a NaN row
         where an image has none; ``None`` when the method reads no boxes or none are given.
+
+        Args:
+            paths: the image files, in the order of the result's rows.
+            boxes: one box per path (``None`` for an image without one), or a mapping path -> box
+                (a path missing from it has none); ``None``: no boxes at all.
 
         Raises:
             ValueError: the method reads boxes and ``boxes`` is ``None`` (unless its
@@ -263,7 +314,11 @@ class Classifier:
 
     def uncertainty(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image uncertainty ``(N,)`` the method offers beyond its probabilities (APT's MC
-        dropout: ``entropy`` and ``mutual_information``); ``{}`` for the others."""
+        dropout: ``entropy`` and ``mutual_information``); ``{}`` for the others.
+
+        Args:
+            features: the method's prefix of ``N`` images, ``(N, *prefix)`` (:meth:`embed`).
+        """
         fn = getattr(self.fitted, "uncertainty", None)
         return dict(fn(features)) if callable(fn) else {}
 
@@ -276,8 +331,19 @@ class Classifier:
     ) -> tuple[torch.Tensor, list[str], list]:
         """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files.
 
-        ``boxes``: one box per image (original pixels), or a mapping path -> box, for a method
-        that reads regions (:meth:`regions`)."""
+        Args:
+            images: image files (not folders).
+            batch_size: images per forward pass of the backbone.
+            progress: show a progress bar on stderr.
+            boxes: one box ``(x0, y0, x1, y1)`` in pixels of the original image per image, in the
+                order of ``images`` (``None`` for an image without one), or a mapping path -> box;
+                for a method that reads regions (:meth:`regions`), ignored by the others.
+
+        Returns:
+            ``(probabilities, paths, bad)``: ``(N, C)`` probabilities (temperature applied) of the
+            ``N`` images that decoded, their paths in row order, and one ``ImageError`` per file
+            that did not.
+        """
         if boxes is not None and not isinstance(boxes, Mapping):
             if len(boxes) != len(images):
                 raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
@@ -295,12 +361,32 @@ class Classifier:
         reject: float | bool | None = None,
         open_score: str | None = None,
     ) -> list[Prediction]:
-        """Predictions for image files or folders (undecodable files raise :class:`ImageError`);
-        ``boxes`` maps an image path to its box, for a method that reads regions.
+        """Predictions for image files or folders (undecodable files raise :class:`ImageError`).
 
-        ``reject`` and ``open_score`` (:meth:`rejection`): with a threshold (by default the one
-        ``fit(..., reject=...)`` stored), each prediction carries its open-set ``score`` and is
-        labelled :data:`UNKNOWN` below the threshold; ``reject=False`` turns rejection off."""
+        With a rejection threshold (by default the one ``fit(..., reject=...)`` stored), each
+        prediction carries its open-set ``score`` and is labelled :data:`UNKNOWN` below the
+        threshold (:meth:`rejection`).
+
+        Args:
+            images: an image file, a folder (searched recursively), a text file listing image paths
+                one per line, or a sequence of these (:func:`~focusshot.data.images.list_images`).
+            top_k: how many ``(label, probability)`` pairs each prediction's ``top`` holds (at most
+                the number of classes).
+            batch_size: images per forward pass of the backbone.
+            progress: show a progress bar on stderr.
+            boxes: image path (as the images are listed) -> box ``(x0, y0, x1, y1)`` in pixels of
+                the original image, or ``None`` for an image without one; for a method that reads
+                regions (:meth:`regions`), ignored by the others.
+            reject: ``None`` (the default): the stored threshold if there is one, else no
+                rejection; ``True``: the stored threshold (an error when none is stored);
+                ``False``: no rejection; a number: that threshold.
+            open_score: the open-set score to reject by
+                (:data:`focusshot.methods.open_set.SCORES`); default: the stored threshold's score,
+                else the method's own. Giving one also fills each prediction's ``score``.
+
+        Returns:
+            one :class:`Prediction` per image, in the order the images are listed.
+        """
         score, threshold = self.rejection(reject, open_score)
         paths = list_images(images)
         if not paths:
@@ -327,7 +413,15 @@ class Classifier:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted tensors (adapter weights, head) and, as JSON metadata, everything needed
         to rebuild the classifier: method and its config, class names, the backbone's source and
-        weights hash, preprocessing and versions."""
+        weights hash, preprocessing and versions.
+
+        Args:
+            path: the file to write; its folder is created, and an existing file is replaced (the
+                new one is written beside it as ``<name>.tmp`` and then renamed).
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -355,7 +449,19 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], backbone: Backbone | None = None) -> Classifier:
-        """Read a classifier; the backbone is rebuilt from its recorded source and its weights checked."""
+        """Read a classifier; the backbone is rebuilt from its recorded source and its weights checked.
+
+        Args:
+            path: a file written by :meth:`save`.
+            backbone: a backbone to use instead of rebuilding one from the recorded source (needed
+                for a classifier fitted with an in-memory backbone); its weights hash must equal
+                the recorded one either way.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a classifier file; the backbone's weights cannot be found or differ
+                from those the classifier was fitted with; the fit does not load.
+        """
         from safetensors import safe_open
 
         path = Path(path)

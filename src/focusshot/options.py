@@ -44,9 +44,16 @@ T = TypeVar("T")
 
 
 def option(default: T, help: str, *, repr: bool = True) -> T:
-    """A dataclass field with ``default`` and its ``help`` text (in ``metadata["help"]``); ``repr``:
-    whether the dataclass's repr shows it. Typed as its default, so ``rank: int = option(4, ...)``
-    reads to the type checker as the field it is."""
+    """A dataclass field with ``default`` and its ``help`` text (in ``metadata["help"]``). Typed as
+    its default, so ``rank: int = option(4, ...)`` reads to the type checker as the field it is.
+
+    Args:
+        default: the field's default value, shared by every instance; dataclasses refuse a
+            mutable one such as a list or dict (use a tuple).
+        help: one line saying what the option does, shown by the CLI, ``focusshot methods`` and
+            the docs' option tables.
+        repr: whether the dataclass's ``repr`` shows the field (default ``True``).
+    """
     return dataclasses.field(default=default, metadata={"help": help}, repr=repr)
 
 
@@ -60,7 +67,13 @@ def field_default(f: dataclasses.Field[Any]) -> Any:
 
 
 def option_help(options_cls: type) -> list[tuple[str, Any, str]]:
-    """``(name, default, help)`` of every init field of a dataclass (for listings, the CLI, the docs)."""
+    """``(name, default, help)`` of every init field of a dataclass (for listings, the CLI, the docs).
+
+    Args:
+        options_cls: the dataclass (an options class). A field without a default gives
+            ``dataclasses.MISSING``, one with a default factory a freshly made value, and one
+            without help text ``""``.
+    """
     out = []
     for f in dataclasses.fields(options_cls):
         if not f.init:
@@ -95,7 +108,17 @@ def check_component(options: object, names: tuple[str, ...], build: Callable[[],
 
 
 def read_options_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """``{method: {option: value}}`` from a ``.json``, ``.toml`` or ``.yaml``/``.yml`` file."""
+    """``{method: {option: value}}`` from a ``.json``, ``.toml`` or ``.yaml``/``.yml`` file.
+
+    Args:
+        path: the options file; its suffix (any case) picks the format. TOML needs Python 3.11 or
+            ``tomli``, YAML needs PyYAML.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: another suffix, a missing parser, a file that does not parse, or content that
+            is not a table of method tables.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such options file")
@@ -154,7 +177,19 @@ def parse_setting(text: str) -> tuple[str, str, Any]:
 
 
 def merge_settings(base: dict[str, dict[str, Any]], settings: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``base`` with every ``METHOD.OPTION=VALUE`` of ``settings`` applied (later ones win)."""
+    """``base`` with every ``METHOD.OPTION=VALUE`` of ``settings`` applied (later ones win).
+
+    Args:
+        base: ``{method: {option: value}}``, e.g. from :func:`read_options_file`; not modified.
+        settings: ``--set`` strings ``METHOD.OPTION=VALUE``; a value is read as JSON where it
+            parses (``8``, ``1e-3``, ``true``, ``["*.attn.q"]``) and kept as text otherwise.
+
+    Returns:
+        a new settings mapping.
+
+    Raises:
+        ValueError: a setting that is not ``METHOD.OPTION=VALUE``.
+    """
     out = {k: dict(v) for k, v in base.items()}
     for text in settings:
         method, option, value = parse_setting(text)

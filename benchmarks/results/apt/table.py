@@ -3,7 +3,8 @@
 Run from the checkout root after run.sh::
 
     python benchmarks/results/apt/table.py > benchmarks/results/apt/summary.md
-    python benchmarks/results/apt/table.py --readme docs/methods/apt.md   # the page's tables
+
+The APT page (docs/methods/apt.md) links this summary rather than copying its tables.
 
 Per suite: accuracy, ECE and ECE after temperature scaling (mean ± std over the split seeds) per
 K; then APT with MC dropout against the same trained APT predicting deterministically: paired
@@ -14,7 +15,6 @@ it lowered ECE in).
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 from focusshot.evaluation.results import paired_split, read_results, results_file
@@ -91,15 +91,7 @@ def tables(suite: str) -> str:
 
 
 def main() -> None:
-    text = "\n".join(t for t in (tables(s) for s in SUITES) if t)
-    if len(sys.argv) == 3 and sys.argv[1] == "--readme":
-        readme = Path(sys.argv[2])
-        doc = readme.read_text()
-        start, end = "<!-- apt-table:start -->", "<!-- apt-table:end -->"
-        i, j = doc.index(start) + len(start), doc.index(end)
-        readme.write_text(doc[:i] + "\n" + text + "\n" + doc[j:])
-    else:
-        print(text)
+    print("\n".join(t for t in (tables(s) for s in SUITES) if t))
 
 
 if __name__ == "__main__":

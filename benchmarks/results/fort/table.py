@@ -3,7 +3,8 @@
 Run from the checkout root after run.sh (and diagnose.sh, if its folders exist)::
 
     python benchmarks/results/fort/table.py > benchmarks/results/fort/summary.md
-    python benchmarks/results/fort/table.py --readme docs/methods/fort.md   # the FORT page's tables
+
+The FORT page (docs/methods/fort.md) links this summary rather than copying its tables.
 
 Accuracy and last-layer [CLS] attention mass on the query targets, each with a 95% CI; paired
 differences (FORT - plain) with 95% CIs over episodes; prompt mass on the support targets against
@@ -13,7 +14,6 @@ chance (the target's share of the patches); seconds per episode.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from focusshot.evaluation.metrics import paired_difference
@@ -98,15 +98,7 @@ def table(shots: int) -> str:
 
 
 def main() -> None:
-    text = "\n".join(table(k) for k in (1, 5))
-    if len(sys.argv) == 3 and sys.argv[1] == "--readme":  # splice between the page's markers
-        readme = Path(sys.argv[2])
-        start, end = "<!-- fort-table:start -->\n", "<!-- fort-table:end -->"
-        old = readme.read_text()
-        head, rest = old.split(start, 1)
-        readme.write_text(head + start + text + rest[rest.index(end) :])  # the page's heading level
-    else:
-        print(text)
+    print("\n".join(table(k) for k in (1, 5)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Run from the checkout root after run.sh::
 
     python benchmarks/results/safe/table.py > benchmarks/results/safe/summary.md
-    python benchmarks/results/safe/table.py --readme docs/methods/safe.md   # the SAFE page's tables
+
+The SAFE page (docs/methods/safe.md) links this summary rather than copying its tables.
 
 Per suite and test set: accuracy (mean ± std over the split seeds) per K, ECE at the largest K;
 then paired differences over test images x seeds (95% CI) of every method against zero-shot CLIP,
@@ -13,7 +14,6 @@ and SAFE against both of its ends (beta = 0: the tuned pool alone; zero-shot: th
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 from focusshot.evaluation.results import paired_split, read_results, results_file
@@ -110,15 +110,7 @@ def tables(suite: str) -> str:
 
 
 def main() -> None:
-    text = "\n".join(t for t in (tables(s) for s in SUITES) if t)
-    if len(sys.argv) == 3 and sys.argv[1] == "--readme":
-        readme = Path(sys.argv[2])
-        doc = readme.read_text()
-        start, end = "<!-- safe-table:start -->", "<!-- safe-table:end -->"
-        i, j = doc.index(start) + len(start), doc.index(end)
-        readme.write_text(doc[:i] + "\n" + text + "\n" + doc[j:])
-    else:
-        print(text)
+    print("\n".join(t for t in (tables(s) for s in SUITES) if t))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,18 @@ def gaussian_region(height: int, width: int, sigma: float, alpha: float) -> Tens
     ``exp(-d^2 / (2 sigma^2))`` with ``d`` the distance (in patches) from the region's centre
     ``((height - 1) / 2, (width - 1) / 2)``, then ``(g - min + 1e-6) / (max - min + 1e-6) * alpha``
     (FALIP, Sec. 3.2; the official code's normalisation, epsilon included). Computed in float64.
+
+    Args:
+        height: rows of patches the region spans, at least 1.
+        width: columns of patches the region spans, at least 1.
+        sigma: the Gaussian's standard deviation, in patches; must be positive (FALIP's official
+            100 makes the raw Gaussian almost flat, so the shape comes from the normalisation).
+        alpha: the strength: the weight the normalisation gives the patches nearest the centre.
+
+    Returns:
+        ``(height, width)`` float64 weights, ``alpha`` nearest the centre and about 0 at the far
+        corners; ``alpha`` throughout when every patch is equally far from the centre (regions of
+        at most 2 x 2 patches).
     """
     if height < 1 or width < 1:
         raise ValueError(f"a region needs at least one patch, got {height} x {width}")
@@ -69,8 +81,17 @@ def gaussian_region(height: int, width: int, sigma: float, alpha: float) -> Tens
 def box_patch_range(box: Sequence[float], grid: tuple[int, int]) -> tuple[int, int, int, int]:
     """The patches a box overlaps: ``(row0, col0, row1, col1)``, inclusive, on a ``(rows, cols)`` grid.
 
-    ``box`` is ``(x0, y0, x1, y1)`` in ``[0, 1]`` crop coordinates (``x`` along columns). A box
-    thinner than a patch still covers the patch it lies in.
+    A box thinner than a patch still covers the patch it lies in; an edge within 1e-6 of a patch
+    boundary counts as on it, and the range is clamped to the grid.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in ``[0, 1]`` coordinates of the (centre-cropped) input, ``x``
+            along the columns and ``y`` along the rows.
+        grid: the patch grid ``(rows, cols)``.
+
+    Returns:
+        ``(row0, col0, row1, col1)``: the first row, first column, last row and last column the
+        box overlaps (inclusive).
     """
     rows, cols = (int(v) for v in grid)
     x0, y0, x1, y1 = (float(v) for v in box)

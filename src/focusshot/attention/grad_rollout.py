@@ -53,7 +53,16 @@ VARIANTS = {"code": ("min", 0.1), "paper": ("mean", 1.0)}
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """How Grad-Rollout fuses and rolls out (see the module docstring)."""
+    """How Grad-Rollout fuses and rolls out (see the module docstring).
+
+    Attributes:
+        variant: ``"code"`` (heads fused by their minimum, each fused row keeping its largest 10%,
+            as the official code) or ``"paper"`` (heads averaged, every entry kept, as the paper).
+        lamb: weight of the gradient term added to each layer's fused patch attention (default 1).
+        sign: the sign rule of the gradient term: ``"aligned"`` (default; each image's projection
+            flipped to correlate positively with gradient x input) or ``"svd"`` (the sign the SVD
+            returns, as the official code).
+    """
 
     variant: str = "code"
     lamb: float = 1.0
@@ -75,7 +84,13 @@ class RolloutSettings:
 
 
 def prompt_count(grid: tuple[int, int], top: int = 0) -> int:
-    """``top`` if given, else the grid's side (FORT: P = 14 on a 14x14 grid, 7 for Swin-T's 7x7)."""
+    """``top`` if given, else the grid's side (FORT: P = 14 on a 14x14 grid, 7 for Swin-T's 7x7).
+
+    Args:
+        grid: the patch grid ``(rows, cols)``.
+        top: how many patches to prompt; ``0`` (the default) means ``round(sqrt(rows * cols))``,
+            and a count above ``rows * cols`` is cut to it. Negative counts raise ``ValueError``.
+    """
     if top < 0:
         raise ValueError(f"the number of prompt patches must be >= 0, got {top}")
     rows, cols = grid
@@ -164,6 +179,13 @@ def position_prompts(importance: Tensor, top: int) -> Tensor:
 
     ``importance (B, P) -> (B, P)``, non-negative, ``top`` non-zero entries at most, each row
     summing to ``top`` (divide by ``top`` for a distribution over patches). Ties keep patch order.
+    Negative importance is clipped to zero; when every kept weight is zero, the ``top`` patches
+    share the mass equally.
+
+    Args:
+        importance: ``(B, P)`` importance of each patch (higher: more important), e.g. from
+            :func:`grad_rollout_importance`.
+        top: how many patches per image keep a weight, in ``[1, P]`` (:func:`prompt_count`).
     """
     if importance.ndim != 2:
         raise ValueError(f"importance must be (B, P), got shape {tuple(importance.shape)}")
@@ -183,6 +205,11 @@ def box_coverage(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
 
     Boxes are ``(x0, y0, x1, y1)`` in ``[0, 1]`` crop coordinates; a NaN row (no box) covers the
     whole image. Patches in row-major order.
+
+    Args:
+        boxes: ``(B, 4)`` boxes ``(x0, y0, x1, y1)`` in ``[0, 1]`` coordinates of the (centre-cropped)
+            input, ``x`` along the columns; a row with a NaN stands for an image without a box.
+        grid: the patch grid ``(rows, cols)``.
     """
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be (B, 4), got shape {tuple(boxes.shape)}")
@@ -259,6 +286,16 @@ def grad_rollout_importance(
 
 
 def tail_layers(model: nn.Module, start: int | None) -> list[int]:
-    """Attention-layer indices a tail starting at block ``start`` runs (all when ``None``)."""
+    """Attention-layer indices a tail starting at block ``start`` runs (all when ``None``).
+
+    Args:
+        model: the backbone whose attention layers are counted
+            (:func:`~focusshot.attention.record.attention_modules`; one per block, as in a ViT).
+        start: the first block the tail runs (the tokens entering it are the cached prefix), or
+            ``None`` when the whole tower runs from the image.
+
+    Returns:
+        ``[start, ..., L - 1]`` for ``L`` attention layers (``[0, ..., L - 1]`` for ``None``).
+    """
     total = len(attention_modules(model))
     return list(range(0 if start is None else int(start), total))

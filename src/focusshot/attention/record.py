@@ -35,7 +35,18 @@ def attention_modules(model: nn.Module) -> list[Attention]:
 
 
 class Recording:
-    """What one :func:`record` context captured, per layer and kind."""
+    """What one :func:`record` context captured, per layer and kind.
+
+    Made by :func:`record`, not by hand. Its accessors raise ``KeyError`` for a kind or layer that
+    was not recorded.
+
+    Args:
+        layers: the recorded attention-layer indices, non-negative and sorted.
+        modules: the :class:`~focusshot.attention.core.Attention` module of each of ``layers``
+            (same order); each gets a fresh capture store.
+        kinds: the recorded kinds (:data:`~focusshot.attention.core.TAP_KINDS`).
+        total: how many attention layers the model has, for resolving negative layer indices.
+    """
 
     def __init__(
         self, layers: list[int], modules: list[Attention], kinds: tuple[str, ...], total: int
@@ -71,11 +82,35 @@ class Recording:
         raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
 
     def calls(self, kind: str, layer: int = -1) -> list[Tensor]:
-        """Every tensor captured for ``kind`` at ``layer``, one per forward call."""
+        """Every tensor captured for ``kind`` at ``layer``, one per forward call.
+
+        Args:
+            kind: one of the kinds the recording was opened with (``"logits"``, ``"probs"``,
+                ``"head_out"``, ``"block_in"``; :data:`~focusshot.attention.core.TAP_KINDS`).
+            layer: a recorded attention-layer index, in forward order; negative counts from the
+                end (the default ``-1``: the last layer), as in :func:`record`.
+
+        Returns:
+            the captures in call order (empty when nothing was captured there).
+        """
         return list(self._stored(kind, layer))
 
     def get(self, kind: str, layer: int = -1) -> Tensor:
-        """The captured ``kind`` at ``layer``, forward calls concatenated along the batch axis."""
+        """The captured ``kind`` at ``layer``, forward calls concatenated along the batch axis.
+
+        Args:
+            kind: one of the kinds the recording was opened with (``"logits"``, ``"probs"``,
+                ``"head_out"``, ``"block_in"``; :data:`~focusshot.attention.core.TAP_KINDS`).
+            layer: a recorded attention-layer index, in forward order; negative counts from the
+                end (the default ``-1``: the last layer), as in :func:`record`.
+
+        Returns:
+            the capture, shaped as :data:`~focusshot.attention.core.TAP_KINDS` says (e.g.
+            ``(B, H, N, N)`` for ``"probs"``), ``B`` summed over the forward calls.
+
+        Raises:
+            RecordingError: nothing was captured for ``kind`` at ``layer``.
+        """
         stored = self._stored(kind, layer)
         if not stored:
             raise RecordingError(f"nothing was captured for {kind!r} at layer {layer}")
@@ -86,6 +121,15 @@ class Recording:
 
         For recordings held open over many forward passes (a training loss that reads each step's
         attention, e.g. FORT's), so that memory does not grow with the steps.
+
+        Args:
+            kind: one of the kinds the recording was opened with (``"logits"``, ``"probs"``,
+                ``"head_out"``, ``"block_in"``; :data:`~focusshot.attention.core.TAP_KINDS`).
+            layer: a recorded attention-layer index, in forward order; negative counts from the
+                end (the default ``-1``: the last layer), as in :func:`record`.
+
+        Raises:
+            RecordingError: nothing was captured there since the last ``take``.
         """
         stored = self._stored(kind, layer)
         if not stored:
@@ -99,6 +143,18 @@ class Recording:
         """Gradient of the last backward pass with respect to the captured ``kind`` at ``layer``.
 
         Needs ``record(..., grad=True)`` and a ``backward()`` inside or after the context.
+
+        Args:
+            kind: one of the kinds the recording was opened with (``"logits"``, ``"probs"``,
+                ``"head_out"``, ``"block_in"``; :data:`~focusshot.attention.core.TAP_KINDS`).
+            layer: a recorded attention-layer index, in forward order; negative counts from the
+                end (the default ``-1``: the last layer), as in :func:`record`.
+
+        Returns:
+            the gradients, shaped like :meth:`get`'s result (forward calls concatenated).
+
+        Raises:
+            RecordingError: a capture there has no gradient (or nothing was captured).
         """
         stored = self._stored(kind, layer)
         grads = [t.grad for t in stored if t.grad is not None]

@@ -111,7 +111,12 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         self.identity = Identity(name=type(self).__name__, family="unknown")
 
     def grid_size(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-        """Patch-grid ``(rows, cols)`` for an input of ``image_size`` (the crop size by default)."""
+        """Patch-grid ``(rows, cols)`` for an input of ``image_size`` (the crop size by default).
+
+        Args:
+            image_size: the input's side in pixels (a square), or its ``(height, width)``; ``None``
+                (the default) means ``preprocess.crop``.
+        """
         if image_size is None:
             image_size = self.preprocess.crop
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -119,25 +124,64 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     @abstractmethod
     def forward_tokens(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
-        """Images ``(B, 3, H, W)`` -> output tokens of the last stage ``(B, N, C)``."""
+        """Images ``(B, 3, H, W)`` -> output tokens of the last stage ``(B, N, C)``.
+
+        Args:
+            x: images ``(B, 3, H, W)``, preprocessed as :attr:`preprocess` says (normalised, ``H`` and
+                ``W`` usually the crop size).
+            attn_bias: additive attention bias (:data:`AttnBias`): one tensor for every layer, a
+                sequence with one entry (or ``None``) per attention layer, or ``None`` (the default, no
+                bias). Each broadcasts to the layer's ``(B, H, N, N)`` logits, e.g. a foveal bias
+                ``(B, 1, N, N)`` (:func:`~focusshot.attention.foveal.foveal_bias`). Backbones without
+                global attention (Swin, CNNs) refuse any bias with ``ValueError``.
+        """
 
     @abstractmethod
     def forward_head(self, tokens: Tensor) -> Tensor:
-        """Last-stage tokens ``(B, N, C)`` -> pooled features ``(B, num_features)``."""
+        """Last-stage tokens ``(B, N, C)`` -> pooled features ``(B, num_features)``.
+
+        Args:
+            tokens: last-stage tokens ``(B, N, C)``, as :meth:`forward_tokens` returns them.
+        """
 
     def forward_head_tokens(self, tokens: Tensor) -> Tensor:
         """Every token through the head: ``(B, N, C)`` -> ``(B, N, num_features)`` (CLIP: projected
         into the joint space), row 0 equal to :meth:`forward_head` where the head pools row 0
-        (APT's keys and values). Backbones whose head is not per-token raise ``ValueError``."""
+        (APT's keys and values). Backbones whose head is not per-token raise ``ValueError``.
+
+        Args:
+            tokens: last-stage tokens ``(B, N, C)``, as :meth:`forward_tokens` returns them.
+        """
         raise ValueError(f"{type(self).__name__} ({self.identity.name}) has no per-token head")
 
     def forward_features(self, x: Tensor, attn_bias: AttnBias = None) -> Tensor:
-        """Images ``(B, 3, H, W)`` -> pooled (for CLIP: projected) features ``(B, num_features)``."""
+        """Images ``(B, 3, H, W)`` -> pooled (for CLIP: projected) features ``(B, num_features)``.
+
+        Args:
+            x: images ``(B, 3, H, W)``, preprocessed as :attr:`preprocess` says (normalised, ``H`` and
+                ``W`` usually the crop size).
+            attn_bias: additive attention bias (:data:`AttnBias`): one tensor for every layer, a
+                sequence with one entry (or ``None``) per attention layer, or ``None`` (the default, no
+                bias). Each broadcasts to the layer's ``(B, H, N, N)`` logits, e.g. a foveal bias
+                ``(B, 1, N, N)`` (:func:`~focusshot.attention.foveal.foveal_bias`). Backbones without
+                global attention (Swin, CNNs) refuse any bias with ``ValueError``.
+        """
         return self.forward_head(self.forward_tokens(x, attn_bias=attn_bias))
 
     @abstractmethod
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """Outputs of the blocks (or stages) at ``indices`` (negative counts from the end)."""
+        """Outputs of the blocks (or stages) at ``indices`` (negative counts from the end).
+
+        Args:
+            x: images ``(B, 3, H, W)``, preprocessed as :attr:`preprocess` says (normalised, ``H`` and
+                ``W`` usually the crop size).
+            indices: block indices for a ViT, stage indices for Swin and EfficientNet; negative
+                indices count from the last one. The outputs come back in this order.
+
+        Returns:
+            one tensor per index; for a ViT the tokens ``(B, N, C)`` after that block, before the
+            final norm (the backbone classes document their own shapes).
+        """
 
     # ---- the token path: what prefix caching and last-k tuning need (DESIGN, "Performance")
 
@@ -152,13 +196,30 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         raise TokenPathError(self._no_token_path())
 
     def embed_tokens(self, x: Tensor) -> Tensor:
-        """Images ``(B, 3, H, W)`` -> tokens entering block 0 ``(B, T, C)``."""
+        """Images ``(B, 3, H, W)`` -> tokens entering block 0 ``(B, T, C)``.
+
+        Args:
+            x: images ``(B, 3, H, W)``, preprocessed as :attr:`preprocess` says (normalised, ``H`` and
+                ``W`` usually the crop size).
+        """
         raise TokenPathError(self._no_token_path())
 
     def forward_blocks(
         self, x: Tensor, start: int = 0, stop: int | None = None, attn_bias: AttnBias = None
     ) -> Tensor:
-        """Run blocks ``start..stop-1`` on tokens ``(B, T, C)``; the bias is indexed by absolute layer."""
+        """Run blocks ``start..stop-1`` on tokens ``(B, T, C)``; the bias is indexed by absolute layer.
+
+        Args:
+            x: tokens ``(B, T, C)`` entering block ``start`` (:meth:`embed_tokens` for block 0).
+            start: the first block to run (default 0).
+            stop: one past the last block to run; ``None`` (the default) runs to the end
+                (:meth:`token_blocks`).
+            attn_bias: as for :meth:`forward_tokens`; a per-layer sequence is indexed by absolute
+                block index, so it holds entries for blocks before ``start`` too.
+
+        Returns:
+            the tokens ``(B, T, C)`` leaving block ``stop - 1``, before the final norm.
+        """
         raise TokenPathError(self._no_token_path())
 
     def _no_token_path(self) -> str:
@@ -168,4 +229,10 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """:meth:`forward_features` without a bias: ``backbone(x)``.
+
+        Args:
+            x: images ``(B, 3, H, W)``, preprocessed as :attr:`preprocess` says (normalised, ``H`` and
+                ``W`` usually the crop size).
+        """
         return self.forward_features(x)

@@ -28,6 +28,12 @@ def from_coop_split(
     always come with the same class name and vice versa, and the ids must cover ``0..C-1``, so that
     ``class_names[label]`` is the file's class name.
 
+    Args:
+        json_path: the split file.
+        image_root: the folder the file's relative ``impath`` entries are relative to.
+        check_files: check that ``image_root`` is a folder and every image file exists (default
+            ``True``); ``False`` reads the split file alone.
+
     Returns:
         a dict of :class:`LabelledImages` with the file's split keys (in file order), sharing one
         class list.

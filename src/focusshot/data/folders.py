@@ -68,6 +68,10 @@ def from_folder(root: str | os.PathLike[str]) -> LabelledImages | dict[str, Labe
     same on every machine. Images are found recursively inside a class folder by file extension
     (:data:`IMAGE_EXTENSIONS`, case-insensitive); hidden files and folders are skipped.
 
+    Args:
+        root: the folder holding the class folders (or the split folders); the paths returned are
+            absolute.
+
     Raises:
         FileNotFoundError: ``root`` is not a folder.
         ValueError: no class folders; a class folder without images; a split whose class folders

@@ -81,7 +81,15 @@ class LabelledImages:
         return {name: len(idx) for name, idx in zip(self.class_names, self.indices_by_class(), strict=True)}
 
     def subset(self, indices: Iterable[int]) -> LabelledImages:
-        """The samples at ``indices`` (in that order), keeping the class list and the split name."""
+        """The samples at ``indices`` (in that order), keeping the class list and the split name.
+
+        Args:
+            indices: sample positions in this set; negative ones count from the end, and a
+                position may repeat.
+
+        Raises:
+            IndexError: a position out of range.
+        """
         idx = [int(i) for i in indices]
         for i in idx:
             if not -len(self) <= i < len(self):

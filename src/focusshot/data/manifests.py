@@ -180,6 +180,13 @@ def from_manifest(
     .... Pass ``class_names`` to fix the class list: each label must then be one of those names or
     an id into it.
 
+    Args:
+        path: the ``.csv`` or ``.jsonl`` manifest.
+        class_names: the class list to use, in label order; ``None`` (the default) derives it from
+            the labels as described above.
+        check_files: check that every image file exists (default ``True``); ``False`` reads the
+            manifest alone, for images that will appear later or live elsewhere.
+
     Returns:
         one :class:`LabelledImages` when there is no ``split`` column/field, else a dict of them
         keyed by split (``validation`` becomes ``val``), all sharing one class list.

@@ -62,6 +62,14 @@ def open_source(
       class and the ``per_class`` needed. For example ``world:clutter?per_class=30&split=1``
       gives 15/6/9 images per class.
 
+    Args:
+        spec: a folder, a manifest or CoOp split file, or a ``world:`` spec (string), as above.
+        image_root: for a CoOp split file: the folder its image paths are relative to (default:
+            the JSON's folder). Given with a folder or a manifest it is an error; a ``world:``
+            spec ignores it.
+        check_files: for manifests and CoOp split files: check that every image file exists
+            (default ``True``). Class folders and ``world:`` specs list only files that exist.
+
     Raises:
         FileNotFoundError: ``spec`` does not exist.
         ValueError: ``spec`` is a file of another kind; the message lists the kinds understood. A

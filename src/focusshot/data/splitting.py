@@ -90,6 +90,12 @@ def split_per_class(
     draws, so their index order is already a random order. Each split keeps the class list and the
     boxes, has ``split`` set to its name, and lists its samples class by class.
 
+    Args:
+        data: an unsplit set (``data.split`` is ``None``).
+        fractions: the shares ``(train, val, test)`` of each class, positive and summing to 1
+            (default :data:`WORLD_SPLIT_FRACTIONS`, 0.5/0.2/0.3).
+        where: what error messages start with (e.g. the source's spec).
+
     Raises:
         ValueError: bad fractions, ``data`` is already a split, or a class has too few samples to
             give each split one; the message (prefixed with ``where``) names the class.

@@ -70,7 +70,30 @@ class SplitConfig:
 
 @dataclass
 class RunOutcome:
-    """What a protocol run produced."""
+    """What a protocol run produced. On ranks other than 0 of a multi-process run only
+    ``directory`` is filled in; rank 0 writes the files and holds the results.
+
+    Attributes:
+        directory: the run's output folder: ``run.json`` (its configuration), ``results.jsonl``
+            (the rows), ``summary.csv``/``.md``, ``paired.csv``/``.md`` (with two or more
+            methods) and ``timing.json``.
+        rows: every result row of the run, read back from ``results.jsonl`` (so a resumed run's
+            earlier rows are included): one dict per finished unit (episodic: a method on an
+            episode; split: a method at a shot count, seed and test set), with its metrics.
+        summary: one row per method (split runs: per method and shot count, and test set when
+            there are shifted ones; open-set runs: also per score) with each metric's mean and its
+            95% interval half-width (``<metric>_ci95``, episodic) or standard deviation over the
+            seeds (``<metric>_std``, split); what ``summary.csv`` holds.
+        paired: every method against the first one listed, paired over the shared episodes (split
+            runs: over test images x seeds; open-set runs: per score and metric):
+            the ``mean_difference`` of accuracy (open-set: of each metric) with its 95% interval
+            half-width ``ci95`` and whether it is ``significant``; what ``paired.csv`` holds,
+            empty with one method.
+        attention: episodic runs: the frozen backbone's last-layer [CLS] attention on the target
+            masks (``attention.json``; ``{"available": False, "reason": ...}`` when the backbone or
+            the data do not allow it), and each training method's own under ``"methods"`` where
+            measured; empty for split and open-set runs and when attention is not measured.
+    """
 
     directory: Path
     rows: list[dict[str, Any]]

@@ -361,6 +361,11 @@ def _lookup(name: str) -> type[Head]:
 def create_head(name: str, **kwargs: Any) -> Head:
     """Build the head registered as ``name`` with keyword settings.
 
+    Args:
+        name: the registered head name (:func:`list_heads`), e.g. ``"protonet"`` or ``"logistic"``.
+        **kwargs: the head's settings, fields of its dataclass (:func:`head_arguments` lists them
+            for ``name``); settings left out keep the class's defaults.
+
     Raises:
         ValueError: for an unknown name (the message lists the valid names) or an invalid value.
         TypeError: for unknown keyword arguments (the message lists the valid ones).

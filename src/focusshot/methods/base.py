@@ -103,8 +103,16 @@ class Fitted(ABC):
 
     @abstractmethod
     def logits(self, query: Tensor, regions: Tensor | None = None) -> Tensor:
-        """Class scores ``(M, C)`` for the query prefix ``(M, *prefix)`` (``regions`` ``(M, 4)``:
-        read by region methods only)."""
+        """Class scores ``(M, C)`` for the query prefix ``(M, *prefix)``, before any softmax or
+        temperature.
+
+        Args:
+            query: the query images' prefix ``(M, *prefix)`` (the prefix :meth:`Method.prefix`
+                names).
+            regions: ``(M, 4)`` query boxes ``(x0, y0, x1, y1)`` in ``[0, 1]`` crop coordinates, a
+                NaN row for an image without one; read by fits of region methods only
+                (:attr:`Method.needs_regions`), ignored by the others.
+        """
 
     @property
     @abstractmethod
@@ -196,6 +204,16 @@ class Method(ABC, Generic[OptionsT]):
     its base's type argument (``class LoRAFinetune(FinetuneMethod[LoRAOptions])``): the type
     checker reads ``self.options.rank`` as a field of it, and :attr:`Options` is set from it.
     Subclasses set the class attributes and are registered with :func:`register_method`.
+
+    Args:
+        options: an instance of :attr:`Options`, a mapping ``{option: value}`` (names and types
+            checked, JSON lists turned into tuples: :func:`options_from_dict`), or ``None`` (the
+            default) for the default options.
+
+    Raises:
+        TypeError: ``options`` is neither an :attr:`Options` instance, a mapping nor ``None``.
+        ValueError: a mapping with an unknown option (the message lists the valid ones) or a bad
+            value.
     """
 
     #: the registry name (an instance made for an alias ``METHOD@LABEL`` carries the alias)
@@ -253,15 +271,33 @@ class Method(ABC, Generic[OptionsT]):
 
     @abstractmethod
     def prefix(self, backbone: Backbone) -> Prefix:
-        """The frozen prefix of ``backbone`` this method reads (raises when it cannot be served)."""
+        """The frozen prefix of ``backbone`` this method reads (raises when it cannot be served).
+
+        Args:
+            backbone: the backbone the prefix would be computed with.
+        """
 
     @abstractmethod
     def fit(self, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
-        """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``."""
+        """Fit to the support prefix ``(N, *prefix)`` with labels ``(N,)`` in ``0..C-1``.
+
+        Args:
+            support: the support images' prefix ``(N, *prefix)`` (:meth:`prefix`).
+            labels: ``(N,)`` integer class ids in ``0 .. ctx.num_classes - 1``.
+            ctx: everything else the fit may use: the backbone, class names, text embeddings,
+                validation set, augmented views, regions, seed and device (:class:`FitContext`).
+
+        Returns:
+            the fitted method, whose :meth:`Fitted.logits` scores ``ctx.num_classes`` classes.
+        """
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise ``ValueError`` saying why this method (with its options) cannot run on ``backbone``:
-        its prefix must exist there; recipes that adapt the backbone check what they adapt too."""
+        its prefix must exist there; recipes that adapt the backbone check what they adapt too.
+
+        Args:
+            backbone: the backbone to check; nothing is raised when the method can run on it.
+        """
         self.prefix(backbone).resolve(backbone)
 
     def uses_boxes(self) -> bool:
@@ -285,7 +321,16 @@ class Method(ABC, Generic[OptionsT]):
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
-        """Rebuild a :class:`Fitted` this method made, from its tensors and config."""
+        """Rebuild a :class:`Fitted` this method made, from its tensors and config.
+
+        The base class raises ``TypeError``; a method whose fits can be saved overrides it.
+
+        Args:
+            state: the fit's tensors, as its :meth:`Fitted.state_dict` gave them.
+            config: the fit's settings, as its :meth:`Fitted.config` gave them.
+            backbone: the backbone the fit was made on (the same weights); fits that adapt the
+                backbone rebuild their adapted copy from it.
+        """
         raise TypeError(f"method {cls.name!r} cannot be loaded from a file")
 
     def options_dict(self) -> dict[str, Any]:
@@ -328,7 +373,11 @@ def register_method(
 
 
 def unregister_method(name: str) -> None:
-    """Remove ``name`` from the registry (tests and plug-ins that register a method for a while)."""
+    """Remove ``name`` from the registry (tests and plug-ins that register a method for a while).
+
+    Args:
+        name: the registry name; a name that is not registered is ignored.
+    """
     _METHODS.pop(name, None)
 
 
@@ -407,7 +456,16 @@ def cannot_run(name: str, backbone: Backbone) -> str:
 
 
 def methods_in_group(group: str, backbone: Backbone) -> list[str]:
-    """The methods of ``group`` in registration order (``all``: :data:`COMPUTED_GROUPS`)."""
+    """The methods of ``group`` in registration order (``all``: :data:`COMPUTED_GROUPS`).
+
+    Args:
+        group: a group name (:func:`method_groups` lists them).
+        backbone: the backbone the methods are to run on; only ``all`` reads it (the
+            training-free methods that run on it without boxes, :func:`runs_on`).
+
+    Raises:
+        ValueError: an unknown group (the message lists the groups).
+    """
     _load_all()
     if group == "all":
         return [n for n, c in _METHODS.items() if not c.trains and runs_on(n, backbone)]
@@ -425,7 +483,15 @@ def auto_candidates() -> list[str]:
 
 
 def auto_fallback(backbone: Backbone) -> str:
-    """The method ``auto`` falls back to without an estimate (see :attr:`Method.auto_fallback`)."""
+    """The method ``auto`` falls back to without an estimate (see :attr:`Method.auto_fallback`).
+
+    Args:
+        backbone: the backbone ``auto`` chooses for: the first method registered with
+            ``auto_fallback="text"`` when it has a text tower, else with ``auto_fallback="any"``.
+
+    Raises:
+        ValueError: no registered method declares that fallback.
+    """
     _load_all()
     kind = "text" if backbone.capabilities.text else "any"
     for n, c in _METHODS.items():
@@ -450,7 +516,14 @@ def split_alias(name: str) -> tuple[str, str]:
 
 
 def method_class(name: str) -> type[Method[Any]]:
-    """The registered class of method ``name`` (an alias ``METHOD@LABEL`` gives METHOD's class)."""
+    """The registered class of method ``name`` (an alias ``METHOD@LABEL`` gives METHOD's class).
+
+    Args:
+        name: a registry name, or an alias ``METHOD@LABEL`` of one.
+
+    Raises:
+        ValueError: an unknown method (the message lists the valid ones) or a malformed alias.
+    """
     _load_all()
     base, _ = split_alias(name)
     if base not in _METHODS:
@@ -461,6 +534,13 @@ def method_class(name: str) -> type[Method[Any]]:
 def create_method(name: str, options: Any = None, **overrides: Any) -> Method[Any]:
     """The method ``name`` (or an alias ``METHOD@LABEL``, :func:`split_alias`) with ``options`` (a
     dataclass or a dict) and keyword overrides.
+
+    Args:
+        name: a registry name, or an alias ``METHOD@LABEL`` (the method then carries the alias as
+            its :attr:`~Method.name`).
+        options: the method's :attr:`~Method.Options` instance, a mapping ``{option: value}``, or
+            ``None`` for the defaults.
+        **overrides: option values that replace those in ``options``.
 
     Raises:
         ValueError: an unknown method (listing the valid ones) or an unknown option (listing the
@@ -480,7 +560,16 @@ def create_method(name: str, options: Any = None, **overrides: Any) -> Method[An
 def options_for(name: str, settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     """Method ``name``'s options out of ``settings`` (``{method: {option: value}}``, as ``--set``
     and options files give them): those of the recipe it extends (:attr:`Method.extends`; e.g.
-    ``lora``'s for ``lora+fort``) first, then its own, which win."""
+    ``lora``'s for ``lora+fort``) first, then its own, which win.
+
+    Args:
+        name: the method's name (an alias ``METHOD@LABEL`` finds its own settings under the
+            alias, and those of the recipe its method extends).
+        settings: ``{method: {option: value}}``; ``None`` counts as empty.
+
+    Returns:
+        a new ``{option: value}`` dict (unchecked: :func:`create_method` checks the options).
+    """
     settings = settings or {}
     cls = method_class(name)
     out: dict[str, Any] = dict(settings.get(cls.extends, {})) if cls.extends else {}
@@ -489,7 +578,18 @@ def options_for(name: str, settings: Mapping[str, Mapping[str, Any]] | None) -> 
 
 
 def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str = "") -> Any:
-    """Build ``options_cls`` from ``values``, checking names and coercing JSON lists to tuples."""
+    """Build ``options_cls`` from ``values``, checking names and coercing JSON lists to tuples.
+
+    Args:
+        options_cls: the options dataclass to build (a method's :attr:`~Method.Options`).
+        values: ``{option: value}``; options left out keep their defaults. A list becomes a tuple
+            where the field's default is a tuple (or the field has no default).
+        method: the method's name, for error messages only.
+
+    Raises:
+        ValueError: an unknown option (the message lists the valid ones), a value of the wrong
+            type, or one the dataclass refuses.
+    """
     fields = {f.name: f for f in dataclasses.fields(options_cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -510,7 +610,18 @@ def options_from_dict(options_cls: type, values: Mapping[str, Any], method: str 
 
 
 def fitted_from_state(state: dict[str, Tensor], config: dict[str, Any], backbone: Backbone) -> Fitted:
-    """Rebuild any fitted method from its state dict and config (dispatches on ``config["method"]``)."""
+    """Rebuild any fitted method from its state dict and config (dispatches on ``config["method"]``).
+
+    Args:
+        state: the fit's tensors (:meth:`Fitted.state_dict`).
+        config: the fit's settings (:meth:`Fitted.config`); ``config["method"]`` names the method
+            (or alias) whose :meth:`Method.from_state` rebuilds the fit.
+        backbone: the backbone the fit was made on.
+
+    Raises:
+        ValueError: the config names no method, or an unknown one.
+        TypeError: the method's fits cannot be loaded from a file.
+    """
     name = config.get("method")
     if not isinstance(name, str):
         raise ValueError("the fitted method's config names no method")

@@ -111,8 +111,19 @@ def build_world(
     The returned set's ``class_names`` are the suite's class names in id order
     (:func:`suite_classes`), ``labels`` index them, and ``boxes`` are the target boxes.
 
+    Args:
+        suite: the suite's name, ``"world:clutter"`` or ``"clutter"`` (:data:`SUITES`).
+        root: the folder to build in (created if needed); concurrent builds of one folder wait for
+            each other on a lock file in it.
+        image_size: the side of the square images in pixels, at least 16 (default 64).
+        per_class: images per class, at least 1 (default 30).
+        seed: the data seed, at least 0 (default 0). Scene ``i`` of a class is drawn from the
+            seed, the suite, the class and ``i`` alone, so with the same seed and size a smaller
+            ``per_class`` gives the first images of a larger one.
+
     Raises:
         FileExistsError: ``root`` has an ``images`` folder that this function did not make.
+        ValueError: an unknown suite, or a ``per_class``, ``seed`` or ``image_size`` out of range.
     """
     cfg = resolve_suite(suite)
     if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
@@ -246,6 +257,18 @@ def open_world(spec: str, cache_root: str | os.PathLike[str] | None = None) -> L
     ``spec`` is ``world:<suite>`` with optional options ``?size=64&per_class=30&seed=0``. The suite
     lives in ``<cache_root>/<suite>-s<size>-n<per_class>-seed<seed>`` (default cache root:
     :func:`world_cache_root`).
+
+    Args:
+        spec: ``world:<suite>``, optionally followed by ``?size=..&per_class=..&seed=..``
+            (:func:`build_world`'s ``image_size``, ``per_class`` and ``seed``; defaults 64, 30 and
+            0). The ``split`` and ``box`` options belong to
+            :func:`~focusshot.data.sources.open_source`, not here.
+        cache_root: the folder that holds the built suites; ``None`` (the default) means
+            :func:`world_cache_root`.
+
+    Raises:
+        ValueError: an unknown suite or option, or an option value that is not an integer or is
+            out of :func:`build_world`'s range.
     """
     suite, opts = parse_world_spec(spec)
     root = Path(os.fspath(cache_root)).expanduser() if cache_root is not None else world_cache_root()
