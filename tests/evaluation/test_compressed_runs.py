@@ -4,6 +4,7 @@ ones, resumed by a rerun, and kept compressed in the repository."""
 import gzip
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,4 +82,22 @@ def test_benchmark_run_folders_are_stored_compressed() -> None:
     assert not plain, (
         f"{len(plain)} run logs are stored uncompressed (run `python benchmarks/compress_runs.py` "
         f"before committing): {plain[:5]}"
+    )
+
+
+def test_only_published_figures_are_stored_with_the_runs() -> None:
+    """Run folders' figures are regenerated, not committed (issue 32): every PNG tracked under
+    benchmarks/results is one a docs page or the README shows."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: nothing to check")
+    git = ["git", "ls-files", "--", "benchmarks/results/*.png"]
+    tracked = subprocess.run(git, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    shown = set()
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]*benchmarks/results/[^)\s]*\.png)\)", page.read_text()):
+            shown.add((page.parent / target).resolve().relative_to(ROOT).as_posix())
+    unshown = sorted(set(tracked) - shown)
+    assert not unshown, (
+        f"{len(unshown)} figures are committed under benchmarks/results that no page shows (the run "
+        f"scripts draw them; see benchmarks/results/README.md): {unshown[:5]}"
     )
