@@ -59,7 +59,7 @@ def test_cli_writes_a_figure_per_image_and_the_record(saved, tmp_path, capsys) -
     assert [r["path"] for r in rows] == paths
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == sorted(r["png"] for r in rows) and len(pngs) == 3
-    assert Image.open(pngs[0]).size[0] >= 3 * 224
+    assert Image.open(pngs[0]).size[0] >= 5 * 224  # image, relevance, prompts, before, after
     clf = Classifier.load(files["lora+fort"])
     x, probs = _frozen_probs(clf, paths)
     masks = torch.zeros(len(paths), x.shape[2], x.shape[3], dtype=torch.bool)

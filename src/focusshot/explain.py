@@ -1,6 +1,6 @@
 """``focusshot explain``: where a classifier's prediction comes from, for every method.
 
-Per image, one PNG of panels over the preprocessed (resized, centre-cropped) image:
+Per image, one PNG: the preprocessed (resized, centre-cropped) image, then panels over it:
 
 1. **relevance**: the class-specific map of the predicted class
    (:mod:`focusshot.evaluation.relevance`): gradient-weighted attention rollout (Chefer et al.,
@@ -127,8 +127,9 @@ Panel = tuple[str, Tensor, Tensor, tuple[int, int]]
 
 
 def _sheet(clf: Classifier, path: str, title: str, panels: list[Panel]) -> Image.Image:
-    """``(name, values (P,), keep (P,) bool, grid)`` panels side by side over the cropped image:
-    ``values`` as heat on the ``keep`` cells (scaled by their maximum there), the others dimmed."""
+    """The cropped image, then ``(name, values (P,), keep (P,) bool, grid)`` panels beside it over the
+    same image: ``values`` as heat on the ``keep`` cells (scaled by their maximum there), the others
+    dimmed."""
     pre = clf.backbone.preprocess
     crop = int(pre.crop)
     side, top = max(2 * crop, 224), 30
@@ -140,10 +141,12 @@ def _sheet(clf: Classifier, path: str, title: str, panels: list[Panel]) -> Image
 
     rgb = center_crop(resize_shorter(load_rgb(path), pre.resize, pre.interpolation), crop)
     img = np.asarray(rgb, dtype=np.float32)  # (crop, crop, 3)
-    sheet = Image.new("RGB", (len(panels) * (side + 4), top + side), (255, 255, 255))
+    sheet = Image.new("RGB", ((1 + len(panels)) * (side + 4), top + side), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     draw.text((2, 1), title, fill=(0, 0, 0))
-    for c, (name, values, keep, grid) in enumerate(panels):
+    draw.text((2, 15), "image", fill=(0, 0, 0))
+    sheet.paste(rgb.resize((side, side), Image.Resampling.NEAREST), (0, top))
+    for c, (name, values, keep, grid) in enumerate(panels, start=1):
         v = torch.where(keep, values.float(), torch.zeros(()))
         heat = heat_rgb(pixels(v / v.max().clamp_min(1e-12), grid)).astype(np.float32)
         out = np.where(pixels(keep, grid)[..., None] > 0, 0.45 * img + 0.55 * heat, 0.25 * img).astype(
