@@ -92,6 +92,7 @@ def test_cli_fit_predict_evaluate(tmp_path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "| protonet |" in out and "| svm |" in out
+    assert f"(relevance maps): {tmp_path / 'run' / 'explain_maps.png'}" in out  # no boxes, still drawn
     assert (
         main(
             [

@@ -231,6 +231,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  each adapted method's attention on episode 0: {out.directory / a['methods_figure']}")
         for name, m in (a.get("methods") or {}).items():
             print(f"  after adapting, {name}: {m['cls_target_mass']:.3f} of [CLS] patch mass on the target")
+    if out.attention.get("explain_figure"):
+        fig = out.directory / out.attention["explain_figure"]
+        print(f"what each method's predictions on the first episode rest on (relevance maps): {fig}")
     print(
         f"results in {out.directory}"
         + ("" if args.no_report else f"; report: {out.directory / 'report.html'}")

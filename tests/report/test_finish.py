@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 import focusshot
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.protocols import EpisodicConfig, SplitConfig, run_episodic, run_split
@@ -16,6 +18,7 @@ FIGURES = (
     "reliability.csv",
     "attention_maps.png",
     "attention_methods.png",
+    "explain_maps.png",
 )
 
 
@@ -44,6 +47,13 @@ def test_finish_run_writes_figures_tables_checks_and_page(tmp_path, monkeypatch)
     assert json.loads((out.directory / "run.json").read_text())["data_checks"] == checks
     assert out.attention["figure"] == "attention_maps.png"
     assert out.attention["methods_figure"] == "attention_methods.png"
+    assert out.attention["explain_figure"] == "explain_maps.png"
+    kinds = {m: e["kind"] for m, e in out.attention["explain"]["methods"].items()}
+    assert kinds == {"protonet": "gradient_rollout", "lora": "gradient_rollout"}
+    width, _ = Image.open(out.directory / "explain_maps.png").size
+    assert width == (1 + len(methods)) * (224 + 4)  # input, then one column per method
+    page = (out.directory / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "(relevance maps)" in page
     assert "protonet" in (out.directory / "reliability.md").read_text()
 
     bare = run_episodic(

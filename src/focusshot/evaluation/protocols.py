@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from focusshot.backbones.base import Backbone
-from focusshot.data.episodes import EpisodeSampler
+from focusshot.backbones.prefix import Prefix
+from focusshot.data.episodes import Episode, EpisodeSampler
 from focusshot.data.fewshot import few_shot_indices, validation_shots
 from focusshot.data.sources import LabelledImages
 from focusshot.distributed import Context, current
@@ -100,9 +101,31 @@ class RunOutcome:
     summary: list[dict[str, Any]]
     paired: list[dict[str, Any]]
     attention: dict[str, Any] = field(default_factory=dict)
-    #: episodic runs: the first episode's query indices and every training method fitted on it in
-    #: this run (for figures of where each adapted model looks); empty when resumed past it
+    #: episodic runs, for the end-of-run figures: the first episode this run worked on
+    #: (``episode``), its query indices into the pool (``query``) and classes in label order
+    #: (``classes``), every method fitted on it (``methods``: name -> :class:`ExampleFit`) and the
+    #: training methods among them with an adapted model (``fitted``: name -> fit); empty when
+    #: resumed past every episode
     examples: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExampleFit:
+    """A method fitted on an episodic run's first episode, kept for the end-of-run figures
+    (:mod:`focusshot.report.explain_maps`).
+
+    Attributes:
+        fitted: the fit.
+        prefix: the resolved prefix it reads (``method.prefix(backbone).resolve(backbone)``).
+        regions: the episode's query regions ``(M, 4)`` as the protocol hands them to
+            ``fitted.logits`` (``None`` for a method that reads no regions).
+        reads_boxes: the method takes its regions from the data's boxes.
+    """
+
+    fitted: Fitted
+    prefix: Prefix
+    regions: Tensor | None
+    reads_boxes: bool
 
 
 def attention_section(backbone: Backbone, data: LabelledImages, directory: Path) -> dict[str, Any]:
@@ -287,11 +310,8 @@ def run_episodic(
                 m, pool, sup, classes=ep.classes, seed=ep.seed, view_seed=config.seed, device=str(ctx.device)
             )
             fitted = _fit(m, support, ys, fit_ctx)
-            kept = examples.setdefault("fitted", {})
-            if m.trains and m.name not in kept and fitted.attention_model() is not None:
-                kept[m.name] = fitted
-                examples.setdefault("query", list(ep.query))
             q_feats, q_regions = pool.rows(m, qry)
+            _keep_example(examples, backbone, m, fitted, ep, q_regions)
             logits = _logits(m, fitted, q_feats, q_regions)
             row = {
                 "method": m.name,
@@ -330,6 +350,27 @@ def run_episodic(
         att = {**att, "methods": _method_attention(summary)}
         (log.directory / "attention.json").write_text(json.dumps(att, indent=2) + "\n")
     return RunOutcome(log.directory, log.rows, summary, pairs, att, examples)
+
+
+def _keep_example(
+    examples: dict[str, Any],
+    backbone: Backbone,
+    m: Method,
+    fitted: Fitted,
+    ep: Episode,
+    regions: Tensor | None,
+) -> None:
+    """Keep ``fitted`` in ``examples`` (:attr:`RunOutcome.examples`) when ``ep`` is the first
+    episode this run works on."""
+    if examples.setdefault("episode", ep.index) != ep.index:
+        return
+    examples.setdefault("query", list(ep.query))
+    examples.setdefault("classes", list(ep.classes))
+    prefix = m.prefix(backbone).resolve(backbone)
+    reads_boxes = m.needs_regions and m.uses_boxes()
+    examples.setdefault("methods", {})[m.name] = ExampleFit(fitted, prefix, regions, reads_boxes)
+    if m.trains and fitted.attention_model() is not None:
+        examples.setdefault("fitted", {})[m.name] = fitted
 
 
 #: what the summaries average (missing values, e.g. attention of frozen methods, are skipped);

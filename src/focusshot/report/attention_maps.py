@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from focusshot.attention.record import record
-from focusshot.backbones.base import Backbone
+from focusshot.backbones.base import Backbone, Preprocess
 from focusshot.data.images import load_rgb
 from focusshot.data.sources import LabelledImages
 from focusshot.data.transforms import center_crop, make_transform, resize_shorter
@@ -37,6 +37,44 @@ def heat_rgb(values: np.ndarray) -> np.ndarray:
     g = np.clip(3 * v - 1, 0, 1)
     b = np.clip(3 * v - 2, 0, 1)
     return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+def pick_queries(data: LabelledImages, indices: Sequence[int], count: int) -> list[int]:
+    """Positions in ``indices`` of up to ``count`` images to show: the first of each class (in the
+    order they come), then the rest in order."""
+    positions: list[int] = []
+    seen: set[int] = set()
+    for p, i in enumerate(indices):  # one per class first
+        if data.labels[i] not in seen:
+            seen.add(data.labels[i])
+            positions.append(p)
+    positions += [p for p in range(len(indices)) if p not in positions]
+    return positions[:count]
+
+
+def cropped_image(path: str, pre: Preprocess, side: int) -> Image.Image:
+    """The image at ``path`` as the backbone sees it (resized, centre-cropped), drawn ``side`` pixels
+    square (each pixel a block)."""
+    rgb = center_crop(resize_shorter(load_rgb(path), pre.resize, pre.interpolation), pre.crop)
+    return rgb.resize((side, side), Image.Resampling.NEAREST)
+
+
+def mask_outline(mask: np.ndarray, pre: Preprocess, side: int) -> Image.Image:
+    """The outline of a target ``mask`` (original pixels) in the crop, ``side`` pixels square, as a
+    bitmap for :meth:`PIL.ImageDraw.ImageDraw.bitmap`."""
+    m = transform_masks([mask], pre)[0].numpy()
+    edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
+    return Image.fromarray((edge * 255).astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
+
+
+def heat_over(rgb: Image.Image, values: np.ndarray, outline: Image.Image | None = None) -> Image.Image:
+    """``values (rows, cols)`` in [0, 1] as heat stretched over ``rgb`` (blended 0.55), with the
+    target's ``outline`` (:func:`mask_outline`) in cyan when given."""
+    heat = Image.fromarray(heat_rgb(values)).resize(rgb.size, Image.Resampling.BILINEAR)
+    blend = Image.blend(rgb, heat, 0.55)
+    if outline is not None:
+        ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
+    return blend
 
 
 @torch.inference_mode()
@@ -71,17 +109,9 @@ def save_attention_figure(
     side = pre.crop * scale
     sheet = Image.new("RGB", (3 * side + 8, len(picked) * (side + 4)), (255, 255, 255))
     for r, i in enumerate(picked):
-        rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
-        rgb = rgb.resize((side, side), Image.Resampling.NEAREST)
+        rgb = cropped_image(data.paths[i], pre, side)
         heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.Resampling.BILINEAR)
-        blend = Image.blend(rgb, heat, 0.55)
-        if masks is not None:
-            m = transform_masks([masks[i]], pre)[0].numpy()
-            edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
-            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize(
-                (side, side), Image.Resampling.NEAREST
-            )
-            ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
+        blend = heat_over(rgb, cls[r].numpy(), None if masks is None else mask_outline(masks[i], pre, side))
         y = r * (side + 4)
         for c, im in enumerate((rgb, heat, blend)):
             sheet.paste(im, (c * (side + 4), y))
@@ -111,13 +141,7 @@ def save_method_attention_figure(
     """
     require_global_cls(backbone)
     pre = backbone.preprocess
-    labels = [data.labels[i] for i in indices]
-    picked: list[int] = []
-    for i, lab in zip(indices, labels, strict=True):  # one per class first, then the rest
-        if lab not in {data.labels[j] for j in picked}:
-            picked.append(i)
-    picked += [i for i in indices if i not in picked]
-    picked = picked[:count]
+    picked = [indices[p] for p in pick_queries(data, indices, count)]
     tf = make_transform(pre)
     images = torch.stack([tf(load_rgb(data.paths[i])) for i in picked])
     rows, cols = backbone.grid_size((images.shape[2], images.shape[3]))
@@ -139,23 +163,12 @@ def save_method_attention_figure(
     for c, title in enumerate(["input", *[n for n, _ in maps]]):
         draw.text((c * (side + 4) + 2, 1), title[: side // 6], fill=(0, 0, 0))
     for r, i in enumerate(picked):
-        rgb = center_crop(resize_shorter(load_rgb(data.paths[i]), pre.resize, pre.interpolation), pre.crop)
-        rgb = rgb.resize((side, side), Image.Resampling.NEAREST)
+        rgb = cropped_image(data.paths[i], pre, side)
         y = head + r * (side + 4)
         sheet.paste(rgb, (0, y))
-        outline = None
-        if masks is not None:
-            m = transform_masks([masks[i]], pre)[0].numpy()
-            edge = m ^ np.pad(m, 1)[1:-1, :-2] | m ^ np.pad(m, 1)[:-2, 1:-1]
-            outline = Image.fromarray((edge * 255).astype(np.uint8)).resize(
-                (side, side), Image.Resampling.NEAREST
-            )
+        outline = None if masks is None else mask_outline(masks[i], pre, side)
         for c, (_, cls) in enumerate(maps, start=1):
-            heat = Image.fromarray(heat_rgb(cls[r].numpy())).resize((side, side), Image.Resampling.BILINEAR)
-            blend = Image.blend(rgb, heat, 0.55)
-            if outline is not None:
-                ImageDraw.Draw(blend).bitmap((0, 0), outline, fill=(0, 255, 255))
-            sheet.paste(blend, (c * (side + 4), y))
+            sheet.paste(heat_over(rgb, cls[r].numpy(), outline), (c * (side + 4), y))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)

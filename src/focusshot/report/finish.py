@@ -41,6 +41,13 @@ def finish_run(
       backbone; kept when already there) and, when the run kept methods fitted on its first
       episode, ``attention_methods.png`` (where each adapted model looks on those queries); their
       names go into ``outcome.attention`` (``figure``, ``methods_figure``);
+    * with ``figures``, when the run kept the methods fitted on its first episode (an episodic run
+      on ``pool``), whatever the backbone: ``explain_maps.png``, the relevance map of each
+      method's predicted class on a few of those queries
+      (:func:`focusshot.report.explain_maps.save_explain_figure`); its name goes into
+      ``outcome.attention`` (``explain_figure``) and its record (the maps' kinds, the
+      predictions, and why a method was left out) under ``explain``, also into
+      ``attention.json`` when the run wrote one;
     * with ``report``, ``report.html`` (:func:`focusshot.report.html.write_report`).
     """
     if figures:
@@ -49,6 +56,8 @@ def finish_run(
         record_checks(outcome, checks)
     if figures and pool is not None and outcome.attention.get("available"):
         _attention_figures(outcome, backbone, pool)
+    if figures and pool is not None and outcome.examples.get("methods"):
+        _explain_figure(outcome, backbone, pool)
     if report:
         from focusshot.report.html import write_report
 
@@ -111,3 +120,23 @@ def _attention_figures(outcome: RunOutcome, backbone: Backbone, pool: LabelledIm
             backbone, models, pool, outcome.examples["query"], target_masks(pool), fig2
         )
         outcome.attention["methods_figure"] = fig2.name
+
+
+def _explain_figure(outcome: RunOutcome, backbone: Backbone, pool: LabelledImages) -> None:
+    """``explain_maps.png``: each method's relevance maps on the first episode's queries."""
+    from focusshot.report.attention_maps import target_masks
+    from focusshot.report.explain_maps import save_explain_figure
+
+    ex = outcome.examples
+    fig = outcome.directory / "explain_maps.png"
+    masks = target_masks(pool)
+    record = save_explain_figure(
+        backbone, ex["methods"], pool, ex["query"], fig, classes=ex.get("classes"), masks=masks
+    )
+    outcome.attention["explain_figure"] = fig.name
+    outcome.attention["explain"] = record
+    path = outcome.directory / "attention.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        info["explain"] = record
+        path.write_text(json.dumps(info, indent=2) + "\n")

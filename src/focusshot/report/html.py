@@ -4,10 +4,10 @@ Reads only what the run wrote (``run.json``, ``summary.csv``, ``paired.csv``, ``
 or ``results.jsonl.gz``, ``attention.json``, the PNG figures, ``*.auto.json``) and writes
 ``RUN_DIR/report.html``: the config, the backbone's identity and versions, the summary table,
 paired differences as a forest plot, accuracy against shots for split runs, reliability
-diagrams, attention maps and metrics, and ``fit --method auto`` candidates when the folder holds
-them. Every image is inlined (base64), styles are inline, there is no script from anywhere and no
-network access; the page follows the reader's light or dark mode and narrows to a phone. Figures
-are drawn with matplotlib (Agg).
+diagrams, attention maps and metrics, each method's relevance maps (``explain_maps.png``), and
+``fit --method auto`` candidates when the folder holds them. Every image is inlined (base64),
+styles are inline, there is no script from anywhere and no network access; the page follows the
+reader's light or dark mode and narrows to a phone. Figures are drawn with matplotlib (Agg).
 """
 
 from __future__ import annotations
@@ -185,21 +185,34 @@ def write_report(run_dir: str | Path) -> Path:
     att = (
         json.loads((run_dir / "attention.json").read_text()) if (run_dir / "attention.json").is_file() else {}
     )
-    if att.get("available"):
+    figures = [
+        (name, alt)
+        for name, alt in (
+            ("attention_maps.png", "attention maps"),
+            ("attention_methods.png", "attention after adapting"),
+            ("explain_maps.png", "what each method's prediction rests on (relevance maps)"),
+        )
+        if (run_dir / name).is_file()
+    ]
+    if att.get("available") or figures:  # explain_maps.png needs no [CLS] row nor target masks
         parts.append("<h2>Where the model looks</h2>")
+    if att.get("available"):
         mass, area = att["cls_target_mass"], att.get("target_area", float("nan"))
         parts.append(
             f"<p>Frozen backbone: last-layer [CLS] attention puts {mass:.3f} of its patch mass on the"
             f" target (chance {area:.3f}).</p>"
         )
-        for name, alt in (
-            ("attention_maps.png", "attention maps"),
-            ("attention_methods.png", "attention after adapting"),
-        ):
-            if (run_dir / name).is_file():
-                parts.append(_img((run_dir / name).read_bytes(), alt))
-        if att.get("methods"):
-            parts.append(_table([{"method": m, **v} for m, v in att["methods"].items()]))
+    for name, alt in figures:
+        parts.append(_img((run_dir / name).read_bytes(), alt))
+    left_out = (att.get("explain") or {}).get("left_out") or {}
+    if left_out and (run_dir / "explain_maps.png").is_file():
+        parts.append(
+            '<p class="muted">Relevance maps left out: '
+            + "; ".join(f"{html.escape(m)} ({html.escape(str(why))})" for m, why in left_out.items())
+            + ".</p>"
+        )
+    if att.get("available") and att.get("methods"):
+        parts.append(_table([{"method": m, **v} for m, v in att["methods"].items()]))
     for auto in sorted(run_dir.glob("*.auto.json")):
         rep = json.loads(auto.read_text())
         parts.append(f"<h2>fit --method auto ({html.escape(auto.name)})</h2>")
