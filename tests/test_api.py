@@ -183,3 +183,28 @@ def test_fit_lists_every_bad_image_and_can_skip_them(tmp_path, monkeypatch, caps
         main(["fit", str(data), "--backbone", "tiny-vit", "--output", str(out), "--quiet", "--skip-bad"]) == 0
     )
     assert "skipped" in capsys.readouterr().err
+
+
+def test_a_fit_derives_and_resolves_its_prefix_once(tmp_path, monkeypatch) -> None:
+    """The request resolves the prefix; extraction, validation, the augmented views and the
+    classifier read it as a value (issue 31)."""
+    from focusshot.backbones.prefix import Prefix
+    from focusshot.methods.feature_heads import FeatureHeadMethod
+
+    support = _write_dataset(tmp_path / "support", classes=3, per_class=3, splits=("train", "val"))
+    calls = {"resolve": 0, "prefix": 0}
+    resolve, prefix = Prefix.resolve, FeatureHeadMethod.prefix
+
+    def counting_resolve(self, backbone):
+        calls["resolve"] += 1
+        return resolve(self, backbone)
+
+    def counting_prefix(self, backbone):
+        calls["prefix"] += 1
+        return prefix(self, backbone)
+
+    monkeypatch.setattr(Prefix, "resolve", counting_resolve)
+    monkeypatch.setattr(FeatureHeadMethod, "prefix", counting_prefix)
+    clf = fit(support, backbone="tiny-vit", method="protonet", cache_dir=tmp_path / "cache", reject="auto")
+    assert calls == {"resolve": 1, "prefix": 1}
+    assert clf.prefix == clf.request.prefix == Prefix.pooled()

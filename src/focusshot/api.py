@@ -37,6 +37,7 @@ __all__ = [
     "check_duplicates",
     "default_cache_dir",
     "evaluate",
+    "export_adapter",
     "fit",
     "resolve_methods",
 ]
@@ -436,7 +437,7 @@ def fit(
         train, val, skipped = drop_unreadable(model, cache, train, val, Prefix.pooled(), skip_bad, batch_size)
         auto = choose_method(model, train, cache, budget_s=budget_s, seed=seed, progress=progress)
         method = auto["method"]
-    request = resolve(method, options, model)  # the method and its prefix, checked before any image
+    request = resolve(method, options, model)  # the method and its prefix: derived once, checked first
     m = request.method
     if reject is not None or reject_tpr is not None or open_score is not None:
         from focusshot.evaluation.open_set import check_reject, fit_rejection
@@ -444,11 +445,11 @@ def fit(
         check_reject(m, reject, train.labels, tpr=reject_tpr, open_score=open_score)
     train, val, dropped = drop_unreadable(model, cache, train, val, request.prefix, skip_bad, batch_size)
     skipped = sorted({*dropped, *skipped})
-    prepared = prepare_images(model, cache, train, [m], progress=progress, batch_size=batch_size)
+    prepared = prepare_images(model, cache, train, [request], progress=progress, batch_size=batch_size)
     prepared_val = None
     if val is not None:
         prepared_val = prepare_images(
-            model, cache, val, [m], text=False, progress=progress, batch_size=batch_size
+            model, cache, val, [request], text=False, progress=progress, batch_size=batch_size
         )
     feats, labels, ctx = prepare_fit(m, prepared, val=prepared_val, seed=seed, progress=progress)
     fitted = m.fit(feats, labels, ctx)
@@ -497,3 +498,35 @@ def fit(
         val_f, val_l = ctx.val if ctx.val is not None else (None, None)
         kept = SupportSet(feats, labels, val_f, val_l)
     return Classifier(model, fitted, train.class_names, request, spec, info, kept)
+
+
+def export_adapter(classifier: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Write the LoRA adapter of a classifier file as a Hugging Face ``peft`` adapter directory
+    (:func:`~focusshot.adapters.export_peft.export_peft`, with the rank, alpha and dropout of the
+    fit's own layers), for the ``transformers`` model the backbone's source names.
+
+    Args:
+        classifier: a file written by :meth:`Classifier.save` whose method adds LoRA layers
+            (``lora``, ``lora+fort``).
+        output: the adapter directory to write.
+
+    Returns:
+        ``output`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the classifier holds no LoRA layers (naming its method), or they have no
+            ``transformers`` counterpart (:class:`~focusshot.adapters.base.AdapterError`).
+    """
+    from focusshot.adapters.export_peft import export_peft, hf_base_model_name
+    from focusshot.adapters.lora import lora_layers
+
+    clf = Classifier.load(classifier)
+    model = clf.fitted.attention_model()
+    if model is None or not lora_layers(model):
+        raise ValueError(
+            f"{classifier} (method {clf.method!r}) holds no LoRA layers to export; fit with a method "
+            "that adds them (lora, lora+fort)"
+        )
+    return export_peft(
+        model, output, base_model_name_or_path=hf_base_model_name(str(clf.backbone_spec["source"]))
+    )

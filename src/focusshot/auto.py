@@ -33,9 +33,12 @@ accuracy on the support set alone -- never on validation or test images -- and p
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,10 +48,11 @@ from focusshot.data.sources import LabelledImages
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
-from focusshot.methods.base import Method, auto_candidates, auto_fallback, cannot_run, create_method
+from focusshot.methods.base import auto_candidates, auto_fallback, cannot_run, create_method
+from focusshot.methods.request import Resolved, resolve
 from focusshot.training.loop import DeadlineExceeded, deadline, now
 
-__all__ = ["choose_method", "cv_folds"]
+__all__ = ["choose_method", "cv_folds", "write_report"]
 
 
 def cv_folds(labels: Sequence[int], seed: int, loo_max: int = 40) -> list[list[int]]:
@@ -110,7 +114,7 @@ class _Budget:
 
 
 def _cross_validate(
-    method: Method,
+    request: Resolved,
     images: PreparedImages,
     folds: list[list[int]],
     seed: int,
@@ -120,9 +124,10 @@ def _cross_validate(
     """One candidate within ``budget``: its row (``None``: skipped), why it was skipped, and the
     estimated seconds of its final fit on every image (needed only if it gets more than
     ``to_beat`` held-out images right)."""
+    method = request.method
     labels = images.labels
     n, k = len(labels), len(folds)
-    images.add([method])  # its prefix (once per distinct prefix), the text if it needs text
+    images.add([request])  # its prefix (once per distinct prefix), the text if it needs text
     if budget.left() <= 0:
         return None, budget.spent(f"stopped before fold 1 of {k}, computing its features"), 0.0
     t0 = now()
@@ -218,9 +223,10 @@ def choose_method(
             "candidates": [],
             "skipped": skipped,
         }
+    requests = {name: resolve(name, None, backbone) for name in runnable}  # each prefix derived once
     t_shared = now()
     images = PreparedImages(backbone, cache, support, progress=progress)  # each candidate adds itself
-    images.add([m for m in map(create_method, runnable) if not m.trains])  # the shared start
+    images.add([r for r in requests.values() if not r.method.trains])  # the shared start
     budget = _Budget(budget_s, now())
     seconds: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -232,7 +238,7 @@ def choose_method(
             continue
         t0 = now()
         to_beat = -1 if best is None else best["correct"]
-        row, why, final = _cross_validate(create_method(name), images, folds, seed, budget, to_beat)
+        row, why, final = _cross_validate(requests[name], images, folds, seed, budget, to_beat)
         seconds[name] = round(now() - t0, 3)
         if row is None:
             skipped[name] = why
@@ -284,3 +290,13 @@ def choose_method(
         "budget_s": budget_s,
         "budget": report_budget,
     }
+
+
+def write_report(report: dict[str, Any], classifier: str | os.PathLike[str]) -> Path:
+    """Write ``report`` (:func:`choose_method`'s, ``info["auto"]`` of the fit) beside the
+    classifier file it chose for, as ``<classifier stem>.auto.json`` (``focusshot report`` shows
+    every such file of a folder); returns its path."""
+    path = Path(classifier)
+    out = path.with_name(path.stem + ".auto.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out

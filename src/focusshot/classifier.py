@@ -157,6 +157,8 @@ class Classifier:
         self.class_names = list(class_names)
         if isinstance(method, str):
             method = resolve(method, fitted.config().get("options"), backbone)
+        #: the request the fit came from: the method with its options and the prefix it reads
+        self.request = method
         #: the method's name (or alias) and the method itself, with the options it was fitted with
         self.method = method.name
         self.recipe = method.method
@@ -164,6 +166,7 @@ class Classifier:
         self.info = info or {}
         self.support = support
         recipe = self.recipe
+        #: the prefix the method reads, resolved on the backbone (what :meth:`embed` computes)
         self.prefix = method.prefix
         #: the fit reads a region per image (FALIP, drawn prompts, FORT with box prompts)
         self.needs_regions = recipe.needs_regions
@@ -433,7 +436,7 @@ class Classifier:
             "backbone_spec": self.backbone_spec,
             "backbone": self.backbone.identity.to_dict(),
             "preprocess": self.backbone.preprocess.to_dict(),
-            "prefix": self.prefix.key(),
+            "prefix": self.request.declared.key(),
             "fitted": self.fitted.config(),
             "fit_info": self.fitted.info(),
             "versions": versions(),

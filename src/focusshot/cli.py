@@ -241,12 +241,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_auto(report: dict, classifier: Path) -> None:
-    """The candidates' table and the choice; writes ``<classifier stem>.auto.json`` beside it."""
-    import json
-
-    out = classifier.with_name(classifier.stem + ".auto.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+def _print_auto(report: dict, out: Path) -> None:
+    """The candidates' table and the choice; ``out``: where the report was written."""
     if report["candidates"]:
         print("| method | cross-validated accuracy | 95% CI | NLL | seconds |")
         print("|---|---|---|---|---|")
@@ -308,7 +304,9 @@ def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
     )
     path = clf.save(args.output)
     if "auto" in clf.info:
-        _print_auto(clf.info["auto"], path)
+        from focusshot.auto import write_report
+
+        _print_auto(clf.info["auto"], write_report(clf.info["auto"], path))
     print(f"fitted {clf.method} on {len(clf.class_names)} classes; classifier written to {path}")
     skipped = clf.info["fitted_on"]["skipped_images"]
     if skipped:
@@ -434,31 +432,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_adapter(args: argparse.Namespace) -> int:
-    from focusshot.adapters.export_peft import export_peft, hf_base_model_name
-    from focusshot.classifier import Classifier
+    from focusshot.api import export_adapter
 
-    clf = Classifier.load(args.classifier)
-    from focusshot.adapters.lora import lora_layers
-
-    model = clf.fitted.attention_model()
-    layers = lora_layers(model) if model is not None else []
-    if model is None or not layers:
-        print(
-            f"error: {args.classifier} (method {clf.method!r}) holds no LoRA layers to export; fit with a "
-            "method that adds them (lora, lora+fort)",
-            file=sys.stderr,
-        )
-        return 2
-    _, first = layers[0]
-    dropout = getattr(first, "dropout", None)
-    out = export_peft(
-        model,
-        args.output,
-        rank=int(first.rank),
-        alpha=float(first.alpha),
-        dropout=float(getattr(dropout, "p", 0.0)),
-        base_model_name_or_path=hf_base_model_name(str(clf.backbone_spec["source"])),
-    )
+    out = export_adapter(args.classifier, args.output)
     print(f"wrote the {args.format} LoRA adapter of {args.classifier} to {out}")
     return 0
 
@@ -858,19 +834,23 @@ def _cmd_world_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from focusshot.methods.base import list_methods, method_class, method_groups, option_help
+    from focusshot.methods.base import (
+        describe_prefixes,
+        list_methods,
+        method_class,
+        method_groups,
+        option_help,
+    )
 
     names = list_methods()  # registers every recipe, frozen-feature heads first
-    from focusshot.backbones.registry import create_backbone
-
-    probe = create_backbone("world-clip", pretrained=False)  # 6 blocks: prefixes named relative to L
+    prefixes = describe_prefixes(names)
     from focusshot.methods.finetune import FinetuneMethod, FinetuneOptions
 
     shared_defaults = {opt: default for opt, default, _ in option_help(FinetuneOptions)}
 
     for name in names:
         cls = method_class(name)
-        prefix = _describe_prefix(cls, probe)
+        prefix = prefixes[name]
         flags = ["trains" if cls.trains else "training-free"]
         if cls.needs_text:
             flags.append("needs a CLIP backbone")
@@ -890,20 +870,6 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for group, members in method_groups().items():
         print(f"  {group:<8} {members}")
     return 0
-
-
-def _describe_prefix(cls, probe) -> str:
-    """The prefix a method reads with its default options, in words (L = the number of blocks)."""
-    try:
-        p = cls().prefix(probe).resolve(probe)
-    except ValueError as exc:
-        return f"? ({exc})"
-    depth = probe.token_blocks()
-    if p.kind == "tokens":
-        return f"tokens entering block L-{depth - p.layer}" if p.layer < depth else "tokens after block L"
-    if p.kind == "head_out":
-        return "head_out of every layer" if len(p.layer) == depth else f"head_out of {len(p.layer)} layers"
-    return p.kind
 
 
 def main(argv: list[str] | None = None) -> int:

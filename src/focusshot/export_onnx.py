@@ -88,7 +88,7 @@ class ExportGraph(nn.Module):
         self.fitted = clf.fitted if fitted is None else fitted
         #: the fit's modules, registered so that their weights are the graph's parameters
         self.parts = nn.ModuleList(_modules(self.fitted))
-        self.prefix = clf.prefix.resolve(clf.backbone)
+        self.prefix = clf.prefix  # resolved when the classifier's method was
         self.temperature = float(clf.temperature)
         self.reads_regions = bool(clf.needs_regions)
 

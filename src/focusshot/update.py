@@ -129,11 +129,11 @@ def update_classifier(
     relabel[kept] = torch.arange(len(kept))
     keep_rows = relabel[sup.labels] >= 0
     feats, labels = [sup.features[keep_rows]], [relabel[sup.labels[keep_rows]]]
-    prefix = clf.prefix.resolve(clf.backbone)
     cache = FeatureCache(cache_dir or default_cache_dir())
     paths = [p for _, ps in new for p in ps]
-    if paths:  # every unreadable image named at once (ImageErrors)
-        feats.append(cache.get(clf.backbone, paths, prefix, batch_size=batch_size, progress=progress).float())
+    if paths:  # every unreadable image named at once (ImageErrors); the fit's prefix, resolved
+        got = cache.get_resolved(clf.backbone, paths, clf.prefix, batch_size=batch_size, progress=progress)
+        feats.append(got.float())
     for j, (_, ps) in enumerate(new):
         labels.append(torch.full((len(ps),), len(names) + j, dtype=torch.long))
     names += [n for n, _ in new]

@@ -10,7 +10,7 @@ from focusshot.data.episodes import EpisodeSampler
 from focusshot.evaluation import prepare
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.prepare import prepare_fit, prepare_images
-from focusshot.methods.base import create_method
+from focusshot.methods.request import resolve
 
 WORLD = "world:clutter?per_class=4&image_size=32"
 
@@ -34,25 +34,28 @@ def cache(tmp_path_factory):
     return FeatureCache(tmp_path_factory.mktemp("cache"))
 
 
-def _methods():
+def _requests(backbone):
     return {
-        "protonet": create_method("protonet"),
-        "zeroshot": create_method("zeroshot"),
-        "falip": create_method("falip"),
-        "fort_box": create_method("lora+fort", {"prompts": "box"}),
-        "fort_rollout": create_method("lora+fort"),
-        "lora_views": create_method("lora", {"views": 2}),
+        "protonet": resolve("protonet", None, backbone),
+        "zeroshot": resolve("zeroshot", None, backbone),
+        "falip": resolve("falip", None, backbone),
+        "fort_box": resolve("lora+fort", {"prompts": "box"}, backbone),
+        "fort_rollout": resolve("lora+fort", None, backbone),
+        "lora_views": resolve("lora", {"views": 2}, backbone),
     }
 
 
 def test_prepare_fit_hands_each_method_what_it_needs(clip, world, cache) -> None:
-    ms = _methods()
-    pool = prepare_images(clip, cache, world, list(ms.values()))
+    requests = _requests(clip)
+    ms = {key: r.method for key, r in requests.items()}
+    pool = prepare_images(clip, cache, world, list(requests.values()))
     # one prefix computed once: methods reading the same prefix share the tensor
     assert pool.features["protonet"] is pool.features["zeroshot"]
     assert pool.features["lora+fort"] is pool.features["lora"]
     assert pool.text is not None and pool.text.shape[0] == len(world.class_names)
     assert pool.regions is not None and pool.regions.shape == (len(world.paths), 4)
+    # each request's prefix is read as it was resolved, never derived again
+    assert all(pool.prefixes[r.name] == r.prefix for r in requests.values())
 
     ep = next(iter(EpisodeSampler(world.labels, 3, 2, 2, 1, 7, class_names=world.class_names)))
     sup = torch.tensor(ep.support)
@@ -72,7 +75,7 @@ def test_prepare_fit_hands_each_method_what_it_needs(clip, world, cache) -> None
         # augmented views iff the method asks for them: (V, N, *prefix), seeded by view_seed
         if m.augment_views():
             assert ctx.views is not None and ctx.views.shape == (2, *feats.shape)
-            prefix = m.prefix(clip).resolve(clip).with_view(1, 5)
+            prefix = requests[key].prefix.with_view(1, 5)
             assert torch.equal(ctx.views[0], cache.get(clip, [world.paths[i] for i in ep.support], prefix))
         else:
             assert ctx.views is None, key
@@ -81,9 +84,10 @@ def test_prepare_fit_hands_each_method_what_it_needs(clip, world, cache) -> None
 
 
 def test_prepare_fit_with_validation_and_every_class(clip, world, cache) -> None:
-    m = create_method("falip")
-    train = prepare_images(clip, cache, world, [m])
-    val = prepare_images(clip, cache, world, [m], text=False)
+    request = resolve("falip", None, clip)
+    m = request.method
+    train = prepare_images(clip, cache, world, [request])
+    val = prepare_images(clip, cache, world, [request], text=False)
     assert val.text is None and val.regions is not None
     idx, vidx = torch.tensor([0, 5, 9]), torch.tensor([1, 2])
     feats, labels, ctx = prepare_fit(
@@ -108,12 +112,12 @@ def test_preparation_refuses_text_without_a_text_tower_and_images_without_boxes(
     cache = FeatureCache(tmp_path / "cache")
     vit = focusshot.create_backbone("tiny-vit")
     with pytest.raises(ValueError, match="no text tower"):
-        prepare_images(vit, cache, world, [create_method("zeroshot")])
+        prepare_images(vit, cache, world, [resolve("zeroshot", None, vit)])
     clip = focusshot.create_backbone("tiny-clip-vit")
     boxless = dataclasses.replace(world, boxes=[None, *world.boxes[1:]])
     with pytest.raises(ValueError, match="reads each image's box"):
-        prepare_images(clip, cache, boxless, [create_method("falip")])
-    whole = prepare_images(clip, cache, boxless, [create_method("falip", {"missing_box": "whole"})])
+        prepare_images(clip, cache, boxless, [resolve("falip", None, clip)])
+    whole = prepare_images(clip, cache, boxless, [resolve("falip", {"missing_box": "whole"}, clip)])
     assert torch.isnan(whole.regions[0]).all() and not torch.isnan(whole.regions[1]).any()
 
 

@@ -31,3 +31,12 @@ def test_resolve_checks_the_backbone_once_and_names_the_method() -> None:
         resolve("vpt", None, swin)
     with pytest.raises(ValueError, match="chooses a method"):
         resolve(AUTO, None, vit)
+
+
+def test_the_request_carries_its_prefix_resolved_and_as_declared() -> None:
+    clip = focusshot.create_backbone("tiny-clip-vit")
+    req = resolve("apt", None, clip)  # APT reads head_in: on a ViT, the tokens after the last block
+    assert req.declared == Prefix.head_in()
+    assert req.prefix == Prefix.tokens(clip.token_blocks()) == req.declared.resolve(clip)
+    sav = resolve("sav", {"layers": [-1]}, clip)
+    assert sav.prefix == Prefix.head_out([len(clip.attention_modules()) - 1])

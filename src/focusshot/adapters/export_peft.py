@@ -294,9 +294,9 @@ def export_peft(
     model: nn.Module,
     output_dir: str | os.PathLike[str],
     *,
-    rank: int,
-    alpha: float,
-    dropout: float = 0.0,
+    rank: int | None = None,
+    alpha: float | None = None,
+    dropout: float | None = None,
     base_model_name_or_path: str | None = None,
 ) -> Path:
     """Write the LoRA layers of ``model`` as a peft adapter directory.
@@ -307,9 +307,11 @@ def export_peft(
             CLIP image tower, a ViT/DINO or a DINOv2).
         output_dir: the adapter directory (created; ``adapter_config.json`` and
             ``adapter_model.safetensors`` in it are overwritten).
-        rank: ``r`` of every layer (checked against the layers).
-        alpha: ``lora_alpha`` of every layer (checked; peft scales by ``alpha / r`` as we do).
-        dropout: ``lora_dropout`` written to the config (training only; inference ignores it).
+        rank: ``r`` of every layer (default: the first layer's; every layer is checked against it).
+        alpha: ``lora_alpha`` of every layer (default: the first layer's; checked likewise: peft
+            scales by ``alpha / r`` as we do).
+        dropout: ``lora_dropout`` written to the config (default: the first layer's dropout
+            probability; training only, inference ignores it).
         base_model_name_or_path: the Hugging Face model the adapter applies to (a hub id or a
             directory), recorded for ``AutoPeftModel``.
 
@@ -326,6 +328,11 @@ def export_peft(
     layout = hf_layout(model) if lora_layers(model) else None
     named = peft_module_names(model, layout)
     assert layout is not None  # peft_module_names raised otherwise
+    first = named[0][2]
+    rank = int(first.rank) if rank is None else rank
+    alpha = float(first.alpha) if alpha is None else alpha
+    if dropout is None:
+        dropout = float(getattr(first.dropout, "p", 0.0))  # nn.Dropout, or nn.Identity for none
     for name, _, layer in named:
         _check_layer(name, layer, rank, alpha)
     state: dict[str, Tensor] = {}

@@ -344,6 +344,10 @@ class FeatureCache:
     ) -> Tensor:
         """``prefix`` of every image in ``paths``: float32 ``(N, *expected_shape(backbone, prefix))``.
 
+        ``prefix`` is resolved here first (:meth:`~focusshot.backbones.prefix.Prefix.resolve`:
+        ``Prefix.tokens(-2)`` is the tokens entering block ``L - 2``); :meth:`get_resolved` takes one
+        that already is.
+
         ``request_images``: the size of the whole request this call is a share of (a rank's shard
         of a multi-process job); ``compile="auto"`` decides on it (default ``len(paths)``), so
         every share and every resume computes the same way as one process would.
@@ -360,9 +364,25 @@ class FeatureCache:
                 so nothing is lost and a rerun computes only what was missing.
             ValueError: the backbone cannot produce ``prefix``.
         """
+        return self.get_resolved(
+            backbone, paths, prefix.resolve(backbone), batch_size, progress, request_images
+        )
+
+    def get_resolved(
+        self,
+        backbone: Backbone,
+        paths: Sequence[str | os.PathLike[str]],
+        prefix: Prefix,
+        batch_size: int = 32,
+        progress: bool = True,
+        request_images: int | None = None,
+    ) -> Tensor:
+        """:meth:`get` of a ``prefix`` already resolved on ``backbone``
+        (:meth:`~focusshot.backbones.prefix.Prefix.resolve`), such as a method request's
+        (:class:`~focusshot.methods.request.Resolved`): derived once where the request was
+        resolved, not again here. The same entries, keys and errors as :meth:`get`."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        prefix = prefix.resolve(backbone)
         shape = expected_shape(backbone, prefix)
         weights, transform_cfg, prefix_key, arch = self._key_base(backbone, prefix)
         str_paths: list[str] = []

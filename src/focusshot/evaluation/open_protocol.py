@@ -52,9 +52,9 @@ from focusshot.evaluation.protocols import (
     _base_info,
     _fit,
     _logits,
-    _methods,
     _query_record,
     _record_precision,
+    _requests,
     _write_timing,
     split_indices,
 )
@@ -174,7 +174,8 @@ def run_open_episodic(
         ValueError: too few classes for N + U ways (the counts), or an unknown score (the list).
     """
     names = check_scores(config.scores)
-    ms = _methods(methods, method_options)
+    requests = _requests(methods, method_options, backbone)
+    ms = [r.method for r in requests]
     sampler = OpenEpisodeSampler(
         data.labels,
         config.ways,
@@ -194,7 +195,7 @@ def run_open_episodic(
     if ctx.active:
         raise ValueError("the open-set protocol runs in one process (no --workers / torchrun)")
     log = ResultLog(output, info, ("method", "episode"))
-    pool = prepare_images(backbone, cache, data, ms, progress=progress)
+    pool = prepare_images(backbone, cache, data, requests, progress=progress)
     bar = _bar(progress, len(sampler), "episodes")
     for ep in sampler:
         todo = [m for m in ms if not log.has(method=m.name, episode=ep.index)]
@@ -296,7 +297,8 @@ def run_open_split(
         if need not in splits:
             raise ValueError(f"the split protocol needs a {need!r} split; found {sorted(splits)}")
     known_splits, unknown = split_open_classes(splits, open_classes)
-    ms = _methods(methods, method_options)
+    requests = _requests(methods, method_options, backbone)
+    ms = [r.method for r in requests]
     train, test, val = known_splits["train"], known_splits["test"], known_splits.get("val")
     cfg = {
         **asdict(config),
@@ -309,15 +311,17 @@ def run_open_split(
     info["data_classes"] = train.class_names
     _record_precision(info, cache)
     log = ResultLog(output, info, ("method", "shots", "split_seed"))
-    p_train = prepare_images(backbone, cache, train, ms, progress=progress)
+    p_train = prepare_images(backbone, cache, train, requests, progress=progress)
     boxes = None
     if test.boxes is not None or unknown.boxes is not None:
         boxes = (test.boxes or [None] * len(test.paths)) + (unknown.boxes or [None] * len(unknown.paths))
     both = LabelledImages(
         test.paths + unknown.paths, test.labels + [0] * len(unknown.paths), test.class_names, boxes
     )
-    p_test = prepare_images(backbone, cache, both, ms, text=False, progress=progress)
-    p_val = None if val is None else prepare_images(backbone, cache, val, ms, text=False, progress=progress)
+    p_test = prepare_images(backbone, cache, both, requests, text=False, progress=progress)
+    p_val = (
+        None if val is None else prepare_images(backbone, cache, val, requests, text=False, progress=progress)
+    )
     classes = len(train.class_names)
     n_known = len(test.paths)
     y_known = torch.tensor(test.labels)

@@ -3,16 +3,18 @@
 The episodic and split protocols (:mod:`focusshot.evaluation.protocols`), :func:`focusshot.fit`
 and ``fit --method auto`` (:mod:`focusshot.auto`) all prepare a fit here, in two steps:
 
-1. :func:`prepare_images` makes an image set ready for some methods (:class:`PreparedImages`):
-   each method's declared prefix of every image, through the shared cache and once per distinct
-   prefix; the class text embeddings when a method needs text; the images' regions when a method
-   reads the data's boxes (an image without one stops here, naming it, unless the method's
-   ``missing_box`` is ``"whole"``). A protocol pays for each image once, then cuts every fit out.
+1. :func:`prepare_images` makes an image set ready for some method requests
+   (:class:`~focusshot.methods.request.Resolved`, :class:`PreparedImages`): each request's prefix
+   of every image (resolved once, when the request was, and read here as it is), through the
+   shared cache and once per distinct prefix; the class text embeddings when a method needs
+   text; the images' regions when a method reads the data's boxes (an image without one stops
+   here, naming it, unless the method's ``missing_box`` is ``"whole"``). A protocol pays for each
+   image once, then cuts every fit out.
 2. :func:`prepare_fit` cuts one fit out of it: the support prefix, its labels, and the
    :class:`~focusshot.methods.base.FitContext` -- the classes' names and text (text only for a
    method that needs it), the validation prefix and labels, the augmented views when the method
-   asks for them (:meth:`~focusshot.methods.base.Method.augment_views`), and the support and
-   validation regions for a method that reads regions.
+   asks for them (:meth:`~focusshot.methods.base.Method.augment_views`; of the prefix the set
+   was prepared with), and the support and validation regions for a method that reads regions.
 
 What a method needs is read from the method *instance* (``needs_text``, ``needs_regions``,
 ``uses_boxes()``, ``augment_views()``): FORT's ``needs_regions`` depends on its ``prompts`` option.
@@ -36,6 +38,7 @@ from focusshot.data.transforms import box_to_crop
 from focusshot.distributed import Context, current
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.methods.base import FitContext, Method
+from focusshot.methods.request import Resolved
 
 __all__ = [
     "PreparedImages",
@@ -57,7 +60,8 @@ def sharded_get(
     ctx: Context | None = None,
     batch_size: int = 32,
 ) -> Tensor:
-    """``cache.get`` of every path, the computing split across the job's ranks.
+    """``cache.get`` of every path for a resolved ``prefix``, the computing split across the job's
+    ranks.
 
     In a multi-process job rank ``r`` first fills the cache entries of images ``r, r + W, ...``
     (its progress bar only on rank 0), all ranks meet at a barrier, and then every rank reads the
@@ -68,7 +72,7 @@ def sharded_get(
     if ctx.active:
         try:
             mine = list(paths)[ctx.rank :: ctx.world]
-            cache.get(
+            cache.get_resolved(
                 backbone,
                 mine,
                 prefix,
@@ -79,7 +83,7 @@ def sharded_get(
         except ImageErrors:
             pass
         ctx.barrier()
-    return cache.get(backbone, paths, prefix, batch_size=batch_size, progress=progress and ctx.main)
+    return cache.get_resolved(backbone, paths, prefix, batch_size=batch_size, progress=progress and ctx.main)
 
 
 def class_text(backbone: Backbone, methods: Sequence[Method], class_names: list[str]) -> Tensor | None:
@@ -155,6 +159,8 @@ class PreparedImages:
         labels: ``torch.tensor(data.labels)``, ``(N,)``.
         features: method name -> its prefix of every image ``(N, *prefix)`` (methods with the same
             prefix share one tensor).
+        prefixes: method name -> the prefix (resolved) ``features`` holds, which its augmented
+            views are of.
         text: class text embeddings ``(C, T, D)`` of ``data.class_names`` when a method added
             with ``text=True`` needs text, else ``None``.
         regions: the images' regions ``(N, 4)`` (:func:`region_tensor`) when a method added reads
@@ -168,6 +174,7 @@ class PreparedImages:
     batch_size: int = 32
     labels: Tensor = field(init=False)
     features: dict[str, Tensor] = field(default_factory=dict)
+    prefixes: dict[str, Prefix] = field(default_factory=dict)
     text: Tensor | None = None
     regions: Tensor | None = None
     _by_key: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -175,24 +182,26 @@ class PreparedImages:
     def __post_init__(self) -> None:
         self.labels = torch.tensor(self.data.labels)
 
-    def add(self, methods: Sequence[Method], *, text: bool = True) -> PreparedImages:
-        """Make the set ready for ``methods`` too (what is already here is reused); returns it.
+    def add(self, requests: Sequence[Resolved], *, text: bool = True) -> PreparedImages:
+        """Make the set ready for ``requests`` too (what is already here is reused); returns it.
 
-        Computes the prefixes not yet computed (:func:`sharded_get`: in a multi-process job every
-        rank must add the same methods in the same order), then, with ``text``, the class text
-        embeddings if a method needs them and they are not here yet, then the regions if a method
-        reads the data's boxes (checked per method: an image without a box raises, naming it,
-        unless the method's ``missing_box`` is ``"whole"``).
+        Computes the prefixes not yet computed (each request's own, resolved when the request
+        was: :func:`sharded_get`; in a multi-process job every rank must add the same methods in
+        the same order), then, with ``text``, the class text embeddings if a method needs them and
+        they are not here yet, then the regions if a method reads the data's boxes (checked per
+        method: an image without a box raises, naming it, unless the method's ``missing_box`` is
+        ``"whole"``).
         """
-        for m in methods:
-            prefix = m.prefix(self.backbone).resolve(self.backbone)
-            key = prefix.key()
+        for r in requests:
+            key = r.prefix.key()
             if key not in self._by_key:
                 paths = self.data.paths
                 self._by_key[key] = sharded_get(
-                    self.cache, self.backbone, paths, prefix, self.progress, batch_size=self.batch_size
+                    self.cache, self.backbone, paths, r.prefix, self.progress, batch_size=self.batch_size
                 )
-            self.features[m.name] = self._by_key[key]
+            self.features[r.name] = self._by_key[key]
+            self.prefixes[r.name] = r.prefix
+        methods = [r.method for r in requests]
         if text and self.text is None:
             self.text = class_text(self.backbone, methods, self.data.class_names)
         users = [m for m in methods if m.needs_regions and m.uses_boxes()]
@@ -216,16 +225,16 @@ def prepare_images(
     backbone: Backbone,
     cache: FeatureCache,
     data: LabelledImages,
-    methods: Sequence[Method],
+    requests: Sequence[Resolved],
     *,
     text: bool = True,
     progress: bool = False,
     batch_size: int = 32,
 ) -> PreparedImages:
-    """``data`` made ready for ``methods`` (:meth:`PreparedImages.add`); ``text=False`` for sets
-    that are only scored or validated on (their classes' text is never read)."""
+    """``data`` made ready for the method ``requests`` (:meth:`PreparedImages.add`); ``text=False``
+    for sets that are only scored or validated on (their classes' text is never read)."""
     return PreparedImages(backbone, cache, data, progress=progress, batch_size=batch_size).add(
-        methods, text=text
+        requests, text=text
     )
 
 
@@ -291,14 +300,15 @@ def prepare_fit(
 def _views(
     images: PreparedImages, m: Method, paths: Sequence[str], seed: int, progress: bool
 ) -> Tensor | None:
-    """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and view)."""
+    """The ``(V, N, *prefix)`` augmented views of ``paths`` a method asks for (cached per image and
+    view), of the prefix ``images`` holds for it."""
     v = m.augment_views()
     if not v:
         return None
-    prefix = m.prefix(images.backbone).resolve(images.backbone)
+    prefix = images.prefixes[m.name]
     return torch.stack(
         [
-            images.cache.get(
+            images.cache.get_resolved(
                 images.backbone,
                 paths,
                 prefix.with_view(i, seed),
@@ -319,13 +329,13 @@ def drop_unreadable(
     skip_bad: bool,
     batch_size: int,
 ) -> tuple[LabelledImages, LabelledImages | None, list[str]]:
-    """Compute (and cache) ``prefix`` of every readable image of a user's support (and validation)
-    set; the unreadable ones fail the fit, all listed, or with ``skip_bad`` are left out and
-    returned (their paths, sorted)."""
+    """Compute (and cache) ``prefix`` (resolved) of every readable image of a user's support (and
+    validation) set; the unreadable ones fail the fit, all listed, or with ``skip_bad`` are left
+    out and returned (their paths, sorted)."""
     bad: list[ImageError] = []
     for part in [train] + ([val] if val is not None else []):
         try:
-            cache.get(backbone, part.paths, prefix, batch_size=batch_size, progress=False)
+            cache.get_resolved(backbone, part.paths, prefix, batch_size=batch_size, progress=False)
         except ImageErrors as exc:
             bad += exc.errors
     if bad and not skip_bad:

@@ -45,8 +45,8 @@ from focusshot.evaluation.metrics import (
 )
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit, prepare_images
 from focusshot.evaluation.results import ResultLog, paired, paired_split, summarise, write_tables
-from focusshot.methods.base import FitContext, Fitted, Method, create_method
-from focusshot.methods.request import settings_for
+from focusshot.methods.base import FitContext, Fitted, Method
+from focusshot.methods.request import Resolved, resolve, settings_for
 from focusshot.versions import versions
 
 
@@ -116,7 +116,7 @@ class ExampleFit:
 
     Attributes:
         fitted: the fit.
-        prefix: the resolved prefix it reads (``method.prefix(backbone).resolve(backbone)``).
+        prefix: the resolved prefix it reads (its request's, :class:`~focusshot.methods.request.Resolved`).
         regions: the episode's query regions ``(M, 4)`` as the protocol hands them to
             ``fitted.logits`` (``None`` for a method that reads no regions).
         reads_boxes: the method takes its regions from the data's boxes.
@@ -175,10 +175,12 @@ def head_threads(threads: int = 1) -> Iterator[None]:
 MethodOptions = dict[str, Any] | None
 
 
-def _methods(names: Sequence[str], options: MethodOptions = None) -> list[Method]:
+def _requests(names: Sequence[str], options: MethodOptions, backbone: Backbone) -> list[Resolved]:
+    """Each method of a run resolved once on ``backbone`` (:func:`~focusshot.methods.request.resolve`:
+    options checked, the backbone checked, the prefix derived), before any image is read."""
     if not names:
         raise ValueError("give at least one method")
-    return [create_method(n, opts) for n, opts in settings_for(names, options).items()]
+    return [resolve(n, opts, backbone) for n, opts in settings_for(names, options).items()]
 
 
 def _missing(m: Method, *parts: Tensor | None) -> dict[str, int]:
@@ -275,7 +277,8 @@ def run_episodic(
     use their defaults, and methods that train run their fixed number of steps (the last step is
     kept); every line says so in ``selected_on``.
     """
-    ms = _methods(methods, method_options)
+    requests = _requests(methods, method_options, backbone)
+    ms = [r.method for r in requests]
     sampler = EpisodeSampler(
         data.labels,
         config.ways,
@@ -290,7 +293,7 @@ def run_episodic(
     _record_precision(info, cache)
     ctx = current()
     log = ResultLog(output, info, ("method", "episode"), shard=ctx.rank if ctx.active else None)
-    pool = prepare_images(backbone, cache, data, ms, progress=progress)
+    pool = prepare_images(backbone, cache, data, requests, progress=progress)
     watched = any(_watched(m) for m in ms)
     looker = QueryAttention.create(backbone, data) if attention and watched else None
     bar = _bar(progress and ctx.main, len(sampler), "episodes")
@@ -311,7 +314,7 @@ def run_episodic(
             )
             fitted = _fit(m, support, ys, fit_ctx)
             q_feats, q_regions = pool.rows(m, qry)
-            _keep_example(examples, backbone, m, fitted, ep, q_regions)
+            _keep_example(examples, pool.prefixes[m.name], m, fitted, ep, q_regions)
             logits = _logits(m, fitted, q_feats, q_regions)
             row = {
                 "method": m.name,
@@ -354,19 +357,18 @@ def run_episodic(
 
 def _keep_example(
     examples: dict[str, Any],
-    backbone: Backbone,
+    prefix: Prefix,
     m: Method,
     fitted: Fitted,
     ep: Episode,
     regions: Tensor | None,
 ) -> None:
-    """Keep ``fitted`` in ``examples`` (:attr:`RunOutcome.examples`) when ``ep`` is the first
-    episode this run works on."""
+    """Keep ``fitted`` (of the resolved ``prefix``) in ``examples`` (:attr:`RunOutcome.examples`)
+    when ``ep`` is the first episode this run works on."""
     if examples.setdefault("episode", ep.index) != ep.index:
         return
     examples.setdefault("query", list(ep.query))
     examples.setdefault("classes", list(ep.classes))
-    prefix = m.prefix(backbone).resolve(backbone)
     reads_boxes = m.needs_regions and m.uses_boxes()
     examples.setdefault("methods", {})[m.name] = ExampleFit(fitted, prefix, regions, reads_boxes)
     if m.trains and fitted.attention_model() is not None:
@@ -490,7 +492,8 @@ def run_split(
     for need in ("train", "test"):
         if need not in splits:
             raise ValueError(f"the split protocol needs a {need!r} split; found {sorted(splits)}")
-    ms = _methods(methods, method_options)
+    requests = _requests(methods, method_options, backbone)
+    ms = [r.method for r in requests]
     train, test, val = splits["train"], splits["test"], splits.get("val")
     info = _base_info(
         backbone,
@@ -506,13 +509,15 @@ def run_split(
     ctx = current()
     keys = ("method", "shots", "split_seed", "test")
     log = ResultLog(output, info, keys, {"test": "test"}, shard=ctx.rank if ctx.active else None)
-    p_train = prepare_images(backbone, cache, train, ms, progress=progress)
-    p_test = prepare_images(backbone, cache, test, ms, text=False, progress=progress)
-    p_val = None if val is None else prepare_images(backbone, cache, val, ms, text=False, progress=progress)
+    p_train = prepare_images(backbone, cache, train, requests, progress=progress)
+    p_test = prepare_images(backbone, cache, test, requests, text=False, progress=progress)
+    p_val = (
+        None if val is None else prepare_images(backbone, cache, val, requests, text=False, progress=progress)
+    )
     tests: dict[str, tuple[PreparedImages, Tensor]] = {"test": (p_test, p_test.labels)}
     for name, data in shifts.items():
         tests[name] = (
-            prepare_images(backbone, cache, data, ms, text=False, progress=progress),
+            prepare_images(backbone, cache, data, requests, text=False, progress=progress),
             shift_labels(data, train.class_names, name),
         )
     pair = -1  # (K, seed) pairs; run (pair, method i) goes to rank (pair + i) mod W, so every

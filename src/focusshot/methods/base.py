@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, get_args
 
@@ -41,6 +41,7 @@ __all__ = [
     "auto_candidates",
     "auto_fallback",
     "create_method",
+    "describe_prefixes",
     "fitted_from_state",
     "list_methods",
     "method_class",
@@ -291,14 +292,16 @@ class Method(ABC, Generic[OptionsT]):
             the fitted method, whose :meth:`Fitted.logits` scores ``ctx.num_classes`` classes.
         """
 
-    def check_backbone(self, backbone: Backbone) -> None:
-        """Raise ``ValueError`` saying why this method (with its options) cannot run on ``backbone``:
-        its prefix must exist there; recipes that adapt the backbone check what they adapt too.
+    def check_backbone(self, backbone: Backbone, prefix: Prefix) -> None:
+        """Raise ``ValueError`` saying why this method (with its options) cannot run on ``backbone``
+        beyond its prefix: recipes that adapt the backbone check what they adapt; the base checks
+        nothing more. Resolving the prefix is the first check
+        (:func:`~focusshot.methods.request.resolve` derives it once and hands it here).
 
         Args:
-            backbone: the backbone to check; nothing is raised when the method can run on it.
+            backbone: the backbone the method would run on.
+            prefix: the prefix the method reads there (:meth:`prefix`), resolved on it.
         """
-        self.prefix(backbone).resolve(backbone)
 
     def uses_boxes(self) -> bool:
         """Whether, with its options, this method takes its regions from the data's boxes (then an
@@ -433,6 +436,38 @@ def method_groups() -> dict[str, str]:
     return out
 
 
+#: the backbone :func:`describe_prefixes` names prefixes on: a CLIP with 6 blocks (random weights)
+PREFIX_PROBE = "world-clip"
+
+
+def describe_prefixes(names: Sequence[str]) -> dict[str, str]:
+    """The prefix each method reads with its default options, in words: ``pooled``, ``images``,
+    ``head_in``, ``tokens entering block L-1``, ``tokens after block L``, ``head_out of every
+    layer`` (``L``: the number of blocks), or ``? (why)`` where it cannot run. Named on
+    :data:`PREFIX_PROBE` with random weights, built once for all of them (``focusshot methods``).
+
+    Args:
+        names: registered method names.
+    """
+    from focusshot.backbones.registry import create_backbone
+
+    probe = create_backbone(PREFIX_PROBE, pretrained=False)  # 6 blocks: prefixes named relative to L
+    return {name: _prefix_in_words(method_class(name)(), probe) for name in names}
+
+
+def _prefix_in_words(method: Method[Any], probe: Backbone) -> str:
+    try:
+        p = method.prefix(probe).resolve(probe)
+    except ValueError as exc:
+        return f"? ({exc})"
+    depth = probe.token_blocks()
+    if p.kind == "tokens":
+        return f"tokens entering block L-{depth - p.block}" if p.block < depth else "tokens after block L"
+    if p.kind == "head_out":
+        return "head_out of every layer" if len(p.layers) == depth else f"head_out of {len(p.layers)} layers"
+    return p.kind
+
+
 def runs_on(name: str, backbone: Backbone) -> bool:
     """Whether method ``name`` (default options) runs on ``backbone`` with no more input: text
     methods need a text tower, region methods need boxes (asked for by name), and the prefix must
@@ -449,7 +484,7 @@ def cannot_run(name: str, backbone: Backbone) -> str:
     if method.needs_regions:
         return "needs regions (boxes)"
     try:
-        method.check_backbone(backbone)
+        method.check_backbone(backbone, method.prefix(backbone).resolve(backbone))
     except ValueError as exc:
         return str(exc).split(";")[0]
     return ""

@@ -329,8 +329,13 @@ class FinetuneMethod(Method[FO]):
 
     def start(self, backbone: Backbone) -> int | None:
         """First tuned block (``None``: the whole tower, from images)."""
-        p = self.prefix(backbone).resolve(backbone)
-        return None if p.kind == "images" else p.block
+        return self.tail_start(self.prefix(backbone).resolve(backbone))
+
+    @staticmethod
+    def tail_start(prefix: Prefix) -> int | None:
+        """First tuned block of a tail that reads ``prefix`` (resolved; ``None``: the images, the
+        whole tower)."""
+        return None if prefix.kind == "images" else prefix.block
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         """Add or unfreeze what this recipe trains in ``model`` (a :func:`frozen_copy`); return it."""

@@ -47,6 +47,7 @@ from focusshot.attention.grad_rollout import (
 )
 from focusshot.attention.record import record
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
 from focusshot.heads.trainable import LinearHead
 from focusshot.methods.base import FitContext, register_method
 from focusshot.methods.finetune import FinetuneOptions, Objective, Tail
@@ -126,9 +127,9 @@ class FORTMixin(Generic[F]):
                 "the paper's variant for pyramidal backbones (Swin) is not implemented"
             )
 
-    def check_backbone(self, backbone: Backbone) -> None:
+    def check_backbone(self, backbone: Backbone, prefix: Prefix) -> None:
         """The recipe's own checks, and (with the loss on) a global [CLS] attention row."""
-        cast(Any, super()).check_backbone(backbone)  # the recipe FORT is mixed into
+        cast(Any, super()).check_backbone(backbone, prefix)  # the recipe FORT is mixed into
         if self.options.fort_alpha != 0:
             self._require_global_cls(backbone)
 

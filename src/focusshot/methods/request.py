@@ -5,7 +5,8 @@ with ``--set lora.rank=8``, or ``fit(..., method="lora+fort", options={"rank": 8
 method instance with its options and the frozen prefix it reads on the backbone. That object
 flows through extraction, the fit and the :class:`~focusshot.classifier.Classifier`, so the
 registry is asked once, the options are checked once (one unknown-option rule, one message),
-and the backbone is checked once, before any image is read.
+the backbone is checked once, before any image is read, and the prefix is derived and resolved
+once.
 
 ``auto`` is not a method but a request to choose one (:mod:`focusshot.auto`); :data:`AUTO` and
 :func:`fit_options` are the one place that knows it takes no options.
@@ -31,13 +32,21 @@ AUTO = "auto"
 class Resolved:
     """A method with its options, checked against a backbone, and the prefix it reads there.
 
+    The prefix is derived here once per request and handed on as a value: extraction, the cache,
+    the fit and the :class:`~focusshot.classifier.Classifier` read it, none derives it again.
+
     Attributes:
         method: the method instance (its ``name`` is the name or alias asked for).
-        prefix: the frozen prefix of the backbone it reads (:meth:`Method.prefix`).
+        prefix: the frozen prefix of the backbone it reads, resolved there
+            (:meth:`Prefix.resolve <focusshot.backbones.prefix.Prefix.resolve>`: absolute layers,
+            ``head_in`` of a ViT as ``tokens`` at ``L``): what is computed, cached and fitted on.
+        declared: the same prefix as the method declares it (:meth:`Method.prefix`), which a
+            classifier file records.
     """
 
     method: Method[Any]
     prefix: Prefix
+    declared: Prefix
 
     @property
     def name(self) -> str:
@@ -88,7 +97,9 @@ def resolve(name: str, options: Any, backbone: Backbone) -> Resolved:
         raise ValueError(f"{AUTO!r} chooses a method; resolve the method it chose")
     method = create_method(name, options)
     try:  # before any image is read: a method that cannot run here says why
-        method.check_backbone(backbone)
+        declared = method.prefix(backbone)
+        prefix = declared.resolve(backbone)
+        method.check_backbone(backbone, prefix)
     except ValueError as exc:
         raise ValueError(f"method {method.name!r} cannot run on {backbone.identity.name}: {exc}") from None
-    return Resolved(method, method.prefix(backbone))
+    return Resolved(method, prefix, declared)

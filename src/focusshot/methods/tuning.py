@@ -33,6 +33,7 @@ from focusshot.adapters.lora import LoRAConfig, inject_lora
 from focusshot.adapters.ssf import SSF_DEFAULT_TARGETS, SSFConfig, inject_ssf
 from focusshot.adapters.vpt import VPTConfig, check_vpt_model, inject_vpt
 from focusshot.backbones.base import Backbone
+from focusshot.backbones.prefix import Prefix
 from focusshot.methods.base import register_method
 from focusshot.methods.finetune import FO, FinetuneMethod, FinetuneOptions, image_tower, own_storage
 from focusshot.options import Checked, check_component, option
@@ -153,10 +154,10 @@ LO = TypeVar("LO", bound=LoRAOptions)
 class LoRATuning(FinetuneMethod[LO]):
     """Tunes LoRA updates of the tail's linear layers matching ``targets`` (``lora``, ``lora+fort``)."""
 
-    def check_backbone(self, backbone: Backbone) -> None:
-        """The prefix, and linear layers matching ``targets`` in the tail."""
-        super().check_backbone(backbone)
-        _tail_targets(backbone, self.options.targets, self.start(backbone), nn.Linear)
+    def check_backbone(self, backbone: Backbone, prefix: Prefix) -> None:
+        """Linear layers matching ``targets`` in the tail that starts where ``prefix`` enters."""
+        super().check_backbone(backbone, prefix)
+        _tail_targets(backbone, self.options.targets, self.tail_start(prefix), nn.Linear)
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         names = _tail_targets(model, self.options.targets, start, nn.Linear)
@@ -198,10 +199,10 @@ SO = TypeVar("SO", bound=SSFOptions)
 class SSFTuning(FinetuneMethod[SO]):
     """Tunes SSF scales and shifts after the tail's linear and norm layers (``ssf``, ``ssf+fort``)."""
 
-    def check_backbone(self, backbone: Backbone) -> None:
-        """The prefix, and linear or norm layers matching ``targets`` in the tail."""
-        super().check_backbone(backbone)
-        _tail_targets(backbone, self.options.targets, self.start(backbone), (nn.Linear, nn.LayerNorm))
+    def check_backbone(self, backbone: Backbone, prefix: Prefix) -> None:
+        """Linear or norm layers matching ``targets`` in the tail that starts where ``prefix`` enters."""
+        super().check_backbone(backbone, prefix)
+        _tail_targets(backbone, self.options.targets, self.tail_start(prefix), (nn.Linear, nn.LayerNorm))
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
         names = _tail_targets(model, self.options.targets, start, (nn.Linear, nn.LayerNorm))
@@ -244,9 +245,9 @@ VO = TypeVar("VO", bound=VPTOptions)
 class VPTTuning(FinetuneMethod[VO]):
     """Tunes prompt tokens entering the tail's blocks (``vpt``, ``vpt+fort``)."""
 
-    def check_backbone(self, backbone: Backbone) -> None:
-        """The prefix, and a ViT's list of blocks to prompt."""
-        super().check_backbone(backbone)
+    def check_backbone(self, backbone: Backbone, prefix: Prefix) -> None:
+        """A ViT's list of blocks to prompt."""
+        super().check_backbone(backbone, prefix)
         check_vpt_model(image_tower(backbone))
 
     def adapt(self, model: Backbone, start: int | None, generator: torch.Generator) -> list[nn.Parameter]:
