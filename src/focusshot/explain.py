@@ -253,7 +253,7 @@ def explain(
     probs = clf.probabilities(query.features, regions)  # (B, C), what `predict` gives
     pred = probs.argmax(dim=-1)
     try:
-        relevance = relevance_maps(b, clf.fitted, clf.prefix.resolve(b), x, regions, target=pred)
+        relevance = relevance_maps(b, clf.fitted, clf.prefix, x, regions, target=pred)
     except ValueError as err:
         raise ValueError(f"{name}: method {clf.method!r} cannot be explained: {err}") from None
     extra = _adapted_panels(clf, x, query.features, pred, coverage) if _adapts(clf) else None

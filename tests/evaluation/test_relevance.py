@@ -34,7 +34,7 @@ def test_protonet_on_a_vit_is_chefers_rule_on_its_own_logits(support: Path) -> N
     clf = _fit(support, "tiny-vit", "protonet")
     x, b = _images(clf, support), clf.backbone
     target = torch.tensor([2, 1, 0, 2, 1, 0])
-    out = relevance_maps(b, clf.fitted, clf.prefix.resolve(b), x, target=target, chunk=4)
+    out = relevance_maps(b, clf.fitted, clf.prefix, x, target=target, chunk=4)
     assert out.kind == map_kind(b, clf.fitted) == "gradient_rollout" and out.grid == (4, 4)
     # by hand: every layer's attention of one pass, the gradient of the chosen logits' sum
     xg = x.clone().requires_grad_(True)
@@ -46,16 +46,16 @@ def test_protonet_on_a_vit_is_chefers_rule_on_its_own_logits(support: Path) -> N
     torch.testing.assert_close(out.logits, logits.detach())
     assert out.target.tolist() == target.tolist()
     assert set(out.references) == {"rollout", "cls_attention"}
-    other = relevance_maps(b, clf.fitted, clf.prefix.resolve(b), x, target=(target + 1) % 3)
+    other = relevance_maps(b, clf.fitted, clf.prefix, x, target=(target + 1) % 3)
     assert not torch.allclose(other.maps, out.maps)  # the map is the class's, not the image's
-    predicted = relevance_maps(b, clf.fitted, clf.prefix.resolve(b), x)
+    predicted = relevance_maps(b, clf.fitted, clf.prefix, x)
     assert predicted.target.tolist() == logits.argmax(-1).tolist()
 
 
 def test_a_tuned_tail_rolls_out_through_the_adapted_model_and_is_left_untouched(support: Path) -> None:
     clf = _fit(support, "tiny-vit", "last_block", {"epochs": 1})
     b, fitted = clf.backbone, clf.fitted
-    prefix = clf.prefix.resolve(b)
+    prefix = clf.prefix
     assert prefix.kind == "tokens"  # blocks before the tuned one are read frozen
     before = {k: v.clone() for k, v in fitted.state_dict().items()}
     x = _images(clf, support)[:3]
@@ -78,7 +78,7 @@ def test_a_cnn_gets_grad_cam_of_its_last_feature_map(support: Path) -> None:
     clf = _fit(support, "tiny-efficientnet", "logistic")
     b = clf.backbone
     x = _images(clf, support)
-    out = relevance_maps(b, clf.fitted, clf.prefix.resolve(b), x)
+    out = relevance_maps(b, clf.fitted, clf.prefix, x)
     assert out.kind == "grad_cam"
     xg = x.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -95,7 +95,7 @@ def test_sav_shows_the_heads_that_voted_for_the_class(support: Path) -> None:
     clf = _fit(support, "tiny-vit", "sav")
     b, fitted = clf.backbone, clf.fitted
     x = _images(clf, support)
-    out = relevance_maps(b, fitted, clf.prefix.resolve(b), x)
+    out = relevance_maps(b, fitted, clf.prefix, x)
     assert out.kind == "sav_heads"
     heads, votes = fitted.voting_heads(clf.embed(sorted(str(p) for p in support.rglob("*.png"))).features)
     with torch.inference_mode(), record(b, "probs") as rec:

@@ -257,7 +257,7 @@ def relevance_maps(
     Args:
         backbone: the frozen backbone the fit was made on.
         fitted: the fitted method (not modified; a copy runs).
-        prefix: the resolved prefix the fit reads (``Classifier.prefix.resolve(backbone)``).
+        prefix: the resolved prefix the fit reads (``Classifier.prefix``).
         images: ``(B, 3, crop, crop)`` preprocessed images.
         regions: ``(B, 4)`` boxes in ``[0, 1]`` crop coordinates, for a fit that reads them.
         target: ``(B,)`` the class to explain per image; the predicted class when ``None``.
