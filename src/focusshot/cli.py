@@ -623,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="auto|THRESHOLD",
         help="store a threshold of the open-set score below which predict writes unknown: auto "
-        "chooses it by leave-one-class-out on the support set (methods that do not train; a class "
-        "with 2+ images), a number sets it",
+        "chooses it by leave-one-class-out on the support set (methods that do not train, 3+ classes; "
+        "at one image per class augmented views of the support play the known images), a number "
+        "sets it",
     )
     p.add_argument(
         "--reject-tpr",

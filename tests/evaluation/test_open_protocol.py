@@ -90,13 +90,31 @@ def test_open_episodic_run(data: Path, tmp_path: Path) -> None:
     assert "Known against unknown" in (out.directory / "report.html").read_text()
 
 
-def test_one_shot_episodes_say_why_there_is_no_auto_threshold(data: Path, tmp_path: Path) -> None:
+def test_one_shot_episodes_measure_the_auto_threshold_fit_would_pick(data: Path, tmp_path: Path) -> None:
+    from focusshot.data.open_episodes import OpenEpisodeSampler
+    from focusshot.data.sources import open_source
+
+    run = dict(ways=3, shots=1, queries=2, episodes=2, open_ways=3, cache_dir=tmp_path / "cache", seed=4)
     out = focusshot.evaluate(
-        "tiny-clip-vit", data / "pool", ["protonet"], output=tmp_path / "r1", ways=3, shots=1, queries=2,
-        episodes=2, open_ways=3, cache_dir=tmp_path / "cache", pretrained=False, figures=False, report=False,
+        "tiny-clip-vit", data / "pool", ["protonet"], output=tmp_path / "r1", pretrained=False,
+        figures=False, report=False, **run,
     )  # fmt: skip
-    assert all("every class has 1" in r["auto_refused"] for r in out.rows)
-    assert all("open_accuracy_auto" not in rec for r in out.rows for rec in r["open"].values())
+    proto = out.rows
+    assert all("auto_refused" not in r and "open_accuracy_auto" in r["open"]["distance"] for r in proto)
+    # the episode's threshold is the one fit --reject auto picks from the episode's support (its
+    # views seeded by the run's seed, as a training method's views)
+    pool = open_source(data / "pool")
+    ep = OpenEpisodeSampler(pool.labels, 3, 1, 2, 2, 4, 3, class_names=pool.class_names)[0]
+    names = [pool.class_names[c] for c in ep.known.classes]
+    sup = tmp_path / "sup"
+    for c, i in zip(names, ep.known.support, strict=True):
+        (sup / c).mkdir(parents=True)
+        (sup / c / Path(pool.paths[i]).name).write_bytes(Path(pool.paths[i]).read_bytes())
+    clf = focusshot.fit(
+        sup, backbone="tiny-clip-vit", method="protonet", pretrained=False, seed=4,
+        cache_dir=tmp_path / "cache", reject="auto",
+    )  # fmt: skip
+    assert proto[0]["open"]["distance"]["threshold_auto"] == clf.info["reject"]["threshold"]
 
 
 def test_open_split_run(data: Path, tmp_path: Path) -> None:

@@ -14,10 +14,12 @@ import focusshot
 from focusshot.classifier import UNKNOWN, Classifier
 from focusshot.cli import main
 from focusshot.evaluation.open_set import (
+    LOCO_VIEWS,
     auroc,
     balanced_threshold,
     fpr_at_tpr,
     loco_refusal,
+    loco_scores,
     open_accuracy,
     oracle_threshold,
     roc_curve,
@@ -105,9 +107,11 @@ def test_head_distances() -> None:
 def test_loco_refusals() -> None:
     head = create_method("protonet")
     assert loco_refusal(head, [0, 0, 1, 1, 2, 2]) == ""
+    assert loco_refusal(head, [0, 1, 2]) == ""  # one image per class: augmented views play the known
     assert "at least 3 classes" in loco_refusal(head, [0, 0, 1, 1])
-    assert "every class has 1" in loco_refusal(head, [0, 1, 2])
     assert "trains per fit" in loco_refusal(create_method("lora"), [0, 0, 1, 1, 2, 2])
+    assert "reads a region per image" in loco_refusal(create_method("red_circle"), [0, 1, 2])
+    assert loco_refusal(create_method("red_circle"), [0, 0, 1, 2]) == ""  # a second image: no views
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,51 @@ def test_fit_reject_auto_save_load_predict(folders: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     assert tpr.info["reject"]["rule"] == "tpr" and tpr.info["reject"]["target_tpr"] == 0.9
     assert tpr.info["reject"]["score"] == "msp" and tpr.info["reject"]["tpr"] >= 0.9
+
+
+def test_fit_reject_auto_at_one_shot(folders: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    for c in range(3):  # the first image of each support class
+        (one / f"class_{c}").mkdir(parents=True)
+        image = folders / "support" / f"class_{c}" / "0.png"
+        (one / f"class_{c}" / "0.png").write_bytes(image.read_bytes())
+    fit = dict(backbone="tiny-clip-vit", method="protonet", cache_dir=tmp_path / "cache", reject="auto")
+    clf = focusshot.fit(one, **fit)
+    r = clf.info["reject"]
+    assert r["chosen_by"] == "leave-one-class-out on the support set, augmented views as the known images"
+    assert r["views"] == LOCO_VIEWS and r["view_seed"] == 0 and r["folds"] == 3 and r["rule"] == "balanced"
+    # each fold: the 2 other classes' image, LOCO_VIEWS views each, known; the held-out image unknown
+    assert r["known_scores"] == 3 * 2 * LOCO_VIEWS and r["unknown_scores"] == 3
+    assert math.isfinite(r["threshold"]) and 0 <= r["tpr"] <= 1 and 0 <= r["fpr"] <= 1
+    assert Classifier.load(clf.save(tmp_path / "one.safetensors")).info["reject"] == r
+    assert focusshot.fit(one, **fit).info["reject"] == r  # same seed, same views, same threshold
+    other = focusshot.fit(one, **fit, seed=1).info["reject"]
+    assert other["view_seed"] == 1 and other["known_scores"] == r["known_scores"]
+    tpr = focusshot.fit(one, **fit, reject_tpr=0.9).info["reject"]
+    assert tpr["rule"] == "tpr" and tpr["views"] == LOCO_VIEWS and tpr["tpr"] >= 0.9
+    with pytest.raises(ValueError, match="reads a region per image"):
+        focusshot.fit(one, backbone="tiny-clip-vit", method="red_circle", reject="auto", cache_dir=tmp_path)
+
+
+def test_one_shot_known_scores_are_views_never_the_fitted_images(folders: Path, tmp_path: Path) -> None:
+    from focusshot.backbones.registry import create_backbone
+    from focusshot.data.sources import open_source
+    from focusshot.evaluation.cache import FeatureCache
+    from focusshot.evaluation.prepare import prepare_images
+
+    m = create_method("protonet")
+    data = open_source(folders / "support")
+    prepared = prepare_images(create_backbone("tiny-clip-vit"), FeatureCache(tmp_path), data, [m])
+    index = torch.tensor([0, 3, 6])  # one image of each class
+    known, unknown = loco_scores(m, prepared, ["distance"], index=index, seed=0)
+    assert known["distance"].shape == (3 * 2 * LOCO_VIEWS,) and unknown["distance"].shape == (3,)
+    # a fitted image scored as it is sits on its own prototype (distance 0); none of the views does
+    assert (known["distance"] < 0).all()
+    again, _ = loco_scores(m, prepared, ["distance"], index=index, seed=0, view_seed=5)
+    assert not torch.equal(again["distance"], known["distance"])  # other views
+    # two images of a class: the held-out-image rule, no views
+    k2, u2 = loco_scores(m, prepared, ["distance"], index=torch.tensor([0, 1, 3, 6]), seed=0)
+    assert k2["distance"].shape == (2,) and u2["distance"].shape == (4,)
 
 
 def test_files_without_rejection_load_and_predict_unchanged(folders: Path, tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ Per method, fit and open-set score (:mod:`focusshot.methods.open_set`), a result
 the closed-set accuracy on the known queries; AUROC and FPR at 95% TPR of known against unknown;
 open-set accuracy at the oracle threshold (the best on those very queries) and at the threshold
 ``fit --reject auto`` would choose from the support alone
-(:func:`~focusshot.evaluation.open_set.loco_scores`, balanced rule), where it can run. Summaries
-are per (method, score) with 95% intervals; paired differences are against the first method,
-score by score, as every other metric.
+(:func:`~focusshot.evaluation.open_set.loco_scores`, balanced rule; at one shot its known images
+are augmented views of the support, seeded as a training method's views are), where it can run.
+Summaries are per (method, score) with 95% intervals; paired differences are against the first
+method, score by score, as every other metric.
 """
 
 from __future__ import annotations
@@ -139,13 +140,20 @@ def score_record(
 
 
 def _auto(
-    m: Method[Any], pool: PreparedImages, index: Tensor, classes: Sequence[int], names: list[str], seed: int
+    m: Method[Any],
+    pool: PreparedImages,
+    index: Tensor,
+    classes: Sequence[int],
+    names: list[str],
+    seed: int,
+    view_seed: int | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]] | str:
-    """:func:`loco_scores` of a fit's support, or why ``--reject auto`` cannot run there."""
+    """:func:`loco_scores` of a fit's support, or why ``--reject auto`` cannot run there
+    (``view_seed``: the augmented views' seed at one image per class, as the fit's views)."""
     why = loco_refusal(m, pool.labels[index].tolist())
     if why:
         return why
-    return loco_scores(m, pool, names, index=index, classes=classes, seed=seed)
+    return loco_scores(m, pool, names, index=index, classes=classes, seed=seed, view_seed=view_seed)
 
 
 def _given(fitted: Fitted, names: Sequence[str]) -> list[str]:
@@ -218,7 +226,7 @@ def run_open_episodic(
             feats, regions = pool.rows(m, qry)
             logits = _logits(m, fitted, feats, regions)
             n_known = len(known_ep.query)
-            auto = _auto(m, pool, sup, known_ep.classes, _given(fitted, names), ep.seed)
+            auto = _auto(m, pool, sup, known_ep.classes, _given(fitted, names), ep.seed, config.seed)
             row = {
                 "method": m.name,
                 "episode": ep.index,

@@ -17,7 +17,8 @@ threshold, *rejected* (``unknown``) below it.
 * :func:`choose_threshold`: leave-one-class-out on a support set: each class in turn plays the
   unknown and the method is fitted on the others (one support image of each other class with two
   or more held out to play a known query), and the threshold is read off the pooled known and
-  unknown scores.
+  unknown scores. With one image per class no image is left to hold out: the known queries are
+  then seeded augmented views of the other classes' images (:func:`loco_scores`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ from focusshot.methods.base import Method
 from focusshot.methods.open_set import open_scores
 
 __all__ = [
+    "LOCO_VIEWS",
     "RULES",
     "auroc",
     "balanced_threshold",
     "choose_threshold",
     "fpr_at_tpr",
+    "loco_refusal",
+    "loco_scores",
+    "one_image_per_class",
     "open_accuracy",
     "oracle_threshold",
     "roc_curve",
@@ -49,6 +54,10 @@ __all__ = [
 
 #: how ``--reject auto`` reads a threshold off the known and unknown scores
 RULES = ("balanced", "tpr")
+
+#: augmented views of each support image that play the known images of leave-one-class-out when
+#: every class has one support image (:func:`loco_scores`)
+LOCO_VIEWS = 4
 
 
 def _array(x: Any, name: str) -> np.ndarray:
@@ -183,13 +192,20 @@ def loco_refusal(method: Method[Any], labels: Sequence[int]) -> str:
             f"leave-one-class-out needs at least 3 classes (one plays the unknown, two stay known); "
             f"the support set has {counts.size}"
         )
-    if counts.max() < 2:
+    if counts.max() < 2 and method.needs_regions:
         return (
-            "leave-one-class-out needs a class with at least 2 support images (one is held out to play "
-            "a known image while another class plays the unknown); every class has 1: set the "
-            "threshold by hand (--reject VALUE)"
+            f"with one support image per class the known images of leave-one-class-out are augmented "
+            f"views (random crops), and method {method.name!r} reads a region per image that no view "
+            "carries: give a class a second image, or set the threshold by hand (--reject VALUE)"
         )
     return ""
+
+
+def one_image_per_class(labels: Sequence[int]) -> bool:
+    """Whether every class of a support set with ``labels`` has a single image (then
+    :func:`loco_scores` takes its known images from augmented views)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return bool(counts.max() < 2)
 
 
 def loco_scores(
@@ -201,6 +217,8 @@ def loco_scores(
     classes: Sequence[int] | None = None,
     temperature: float = 1.0,
     seed: int = 0,
+    view_seed: int | None = None,
+    views: int = LOCO_VIEWS,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Leave-one-class-out scores ``names`` of a support set: ``(known, unknown)``, each score
     name -> the pooled scores ``(n,)``.
@@ -210,6 +228,19 @@ def loco_scores(
     image of each class that has two or more (the ``h``-th of that class, cyclically), which plays
     a known query; ``h``'s images play the unknown ones.
 
+    **One image per class.** When no class has a second image (:func:`one_image_per_class`), no
+    image is left to hold out. Then each fold is fitted on the other classes' images, all of them
+    as they are (the evaluation view, as ``fit`` sees them), and the known queries are ``views``
+    seeded augmented views (:class:`~focusshot.data.transforms.AugmentTransform`: a random crop of
+    half the image's area or more, flipped half the time; :meth:`Prefix.with_view
+    <focusshot.backbones.prefix.Prefix.with_view>` ``(1..views, view_seed)``) of each of those
+    images: views the fold's classifier was not fitted on in that form, of its own classes. ``h``'s
+    image, as it is, plays the unknown one, as with more shots. The known scores are optimistic
+    (a view of a fitted image resembles it more than a new image of its class would), which puts
+    the balanced threshold high: it rejects more known images than it would with a second image
+    of each class. A support set where some class has two images or more keeps the held-out-image
+    rule (its classes with one image give no known queries).
+
     Args:
         method: a method that does not train (:func:`loco_refusal`).
         support: the prepared images the support set comes from.
@@ -218,6 +249,9 @@ def loco_scores(
         classes: the support's classes as ``support.data`` numbers them (``None``: every class).
         temperature: the classifier's temperature (``msp`` reads it).
         seed: the fits' seed.
+        view_seed: one image per class: the augmented views' seed (default ``seed``; the views
+            are cached per image, view and seed).
+        views: one image per class: the augmented views of each image (:data:`LOCO_VIEWS`).
 
     Raises:
         ValueError: :func:`loco_refusal`'s reason, or a score the method cannot give.
@@ -228,6 +262,18 @@ def loco_scores(
     why = loco_refusal(method, labels.tolist())
     if why:
         raise ValueError(why)
+    if one_image_per_class(labels.tolist()):
+        return _view_scores(
+            method,
+            support,
+            names,
+            idx,
+            order,
+            temperature=temperature,
+            seed=seed,
+            view_seed=seed if view_seed is None else view_seed,
+            views=views,
+        )
     known: dict[str, list[Tensor]] = {n: [] for n in names}
     unknown: dict[str, list[Tensor]] = {n: [] for n in names}
     for fold, h in enumerate(order):
@@ -254,6 +300,56 @@ def loco_scores(
     return {n: torch.cat(v) for n, v in known.items()}, {n: torch.cat(v) for n, v in unknown.items()}
 
 
+def _view_scores(
+    method: Method[Any],
+    support: PreparedImages,
+    names: Sequence[str],
+    idx: Tensor,
+    order: list[int],
+    *,
+    temperature: float,
+    seed: int,
+    view_seed: int,
+    views: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`loco_scores` with one image per class: the known queries are augmented views."""
+    if views < 1:
+        raise ValueError(f"leave-one-class-out with one image per class needs views >= 1, got {views}")
+    backbone = support.backbone
+    prefix = method.prefix(backbone).resolve(backbone)
+    rows = idx.tolist()
+    paths = [support.data.paths[i] for i in rows]
+    seen = torch.stack(  # (V, N, *prefix): view v of support image rows[j]
+        [
+            support.cache.get(
+                backbone,
+                paths,
+                prefix.with_view(v, view_seed),
+                batch_size=support.batch_size,
+                progress=False,
+            )
+            for v in range(1, views + 1)
+        ]
+    )
+    labels = support.labels[idx]
+    known: dict[str, list[Tensor]] = {n: [] for n in names}
+    unknown: dict[str, list[Tensor]] = {n: [] for n in names}
+    for h in order:
+        rest = [c for c in order if c != h]
+        fit_pos = [j for c in rest for j in (labels == c).nonzero().flatten().tolist()]
+        fit_rows = torch.tensor([rows[j] for j in fit_pos])
+        feats, ys, ctx = prepare_fit(method, support, fit_rows, classes=rest, seed=seed)
+        fitted = _fit_method(method, feats, ys, ctx)
+        held_in = seen[:, fit_pos].flatten(0, 1)  # every view of every image the fold was fitted on
+        out, _ = support.rows(method, idx[labels == h])
+        for q, into in ((held_in, known), (out, unknown)):
+            with torch.inference_mode():
+                got = open_scores(fitted, q, names, None, temperature=temperature)
+            for n in names:
+                into[n].append(got[n])
+    return {n: torch.cat(v) for n, v in known.items()}, {n: torch.cat(v) for n, v in unknown.items()}
+
+
 def choose_threshold(
     method: Method[Any],
     support: PreparedImages,
@@ -265,6 +361,8 @@ def choose_threshold(
     tpr: float = 0.95,
     temperature: float = 1.0,
     seed: int = 0,
+    view_seed: int | None = None,
+    views: int = LOCO_VIEWS,
 ) -> dict[str, Any]:
     """A rejection threshold for ``method``'s ``score``, from its support set alone: the
     :func:`threshold_by_rule` (``rule`` ``balanced`` or ``tpr``, with ``tpr``) of the pooled
@@ -273,22 +371,38 @@ def choose_threshold(
     Returns:
         ``{"score", "threshold", "chosen_by", "rule", ...}`` with the pooled counts, the
         leave-one-class-out AUROC and the true- and false-positive rates at the threshold, as a
-        classifier file stores it.
+        classifier file stores it. With one image per class ``chosen_by`` says that augmented
+        views played the known images, and ``views`` and ``view_seed`` say which.
 
     Raises:
         ValueError: :func:`loco_refusal`'s reason, or a score the method cannot give.
     """
     threshold_by_rule([0.0], [0.0], rule, tpr)  # checks the rule and the rate before any fit
     known, unknown = loco_scores(
-        method, support, [score], index=index, classes=classes, temperature=temperature, seed=seed
+        method,
+        support,
+        [score],
+        index=index,
+        classes=classes,
+        temperature=temperature,
+        seed=seed,
+        view_seed=view_seed,
+        views=views,
     )
     k, u = known[score], unknown[score]
     t = threshold_by_rule(k, u, rule, tpr)
     labels = support.labels if index is None else support.labels[index]
+    how: dict[str, Any] = {"chosen_by": "leave-one-class-out on the support set"}
+    if one_image_per_class(labels.tolist()):
+        how = {
+            "chosen_by": "leave-one-class-out on the support set, augmented views as the known images",
+            "views": views,
+            "view_seed": seed if view_seed is None else view_seed,
+        }
     return {
         "score": score,
         "threshold": t,
-        "chosen_by": "leave-one-class-out on the support set",
+        **how,
         "rule": rule,
         **({"target_tpr": tpr} if rule == "tpr" else {}),
         "folds": len(classes) if classes is not None else int(torch.unique(labels).numel()),
