@@ -6,7 +6,9 @@ Per shot count: every method and score with closed-set accuracy, AUROC, FPR@95%T
 accuracy at the oracle threshold and at the ``--reject auto`` threshold (mean ± 95% CI over
 episodes); each method's best score against its default, and each method's default score
 against ProtoNet's (paired over episodes); and how far the automatic threshold falls short of
-the oracle one.
+the oracle one. At 1 shot the automatic threshold comes from a second run on the same episodes
+(``world_clip_5way1shot_auto``, made after ``--reject auto`` learnt to run at one image per class),
+checked here to be the same episodes; LoRA at 1 and 5 shots from their own runs.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from focusshot.evaluation.metrics import mean_ci95, paired_difference
+from focusshot.evaluation.open_set import LOCO_VIEWS
 from focusshot.evaluation.results import read_results
 from focusshot.methods.base import method_class
 from focusshot.methods.open_set import SCORES
 
 HERE = Path(__file__).parent
 RUNS = {1: HERE / "world_clip_5way1shot", 5: HERE / "world_clip_5way5shot"}
+#: the 1-shot episodes again, with the ``--reject auto`` threshold (augmented views as known images)
+AUTO_1SHOT = HERE / "world_clip_5way1shot_auto"
+#: LoRA beside ProtoNet on the first episodes of each shot count
+LORA = {5: HERE / "world_clip_5way5shot_lora", 1: HERE / "world_clip_5way1shot_lora"}
 
 
 def cell(values: list[float], digits: int = 3) -> str:
@@ -57,7 +64,8 @@ def main() -> None:
         "accuracy over all 150 queries, a known query right when accepted and classified right, "
         "an unknown one when rejected, at the oracle threshold (best on the episode's own "
         "queries) and at the threshold `fit --reject auto` picks from the support alone "
-        "(leave-one-class-out, balanced rule; needs 2 or more shots).\n"
+        "(leave-one-class-out, balanced rule; at 1 shot, augmented views of the support play the "
+        "known images, measured in a second run on the same episodes).\n"
     )
     for k, run in RUNS.items():
         if not (run / "run.json").is_file():
@@ -100,20 +108,97 @@ def main() -> None:
         auto = [(m, s) for m in methods for s in SCORES if per_episode(rows, m, s, "open_accuracy_auto")]
         if auto:
             print(f"\n### `--reject auto` against the oracle threshold, {k}-shot (default scores)\n")
-            print("| method | score | open acc. (auto) | open acc. (oracle) | auto - oracle |")
-            print("|---|---|---|---|---|")
+            print("TPR / FPR: the share of known / unknown test queries the `auto` threshold accepts.\n")
+            print(
+                "| method | score | open acc. (auto) | open acc. (oracle) | auto - oracle | "
+                "TPR at auto | FPR at auto |"
+            )
+            print("|---|---|---|---|---|---|---|")
             for m in methods:
                 s = method_class(m).open_score
                 a = per_episode(rows, m, s, "open_accuracy_auto")
                 o = per_episode(rows, m, s, "open_accuracy_oracle")
                 if a:
+                    tpr, fpr = zip(*(rates(r, s) for r in rows if r["method"] == m), strict=True)
                     print(
-                        f"| {m} | {s} | {cell(list(a.values()))} | {cell(list(o.values()))} | {diff(a, o)} |"
+                        f"| {m} | {s} | {cell(list(a.values()))} | {cell(list(o.values()))} | {diff(a, o)} | "
+                        f"{cell(list(tpr))} | {cell(list(fpr))} |"
                     )
-        else:
-            refused = next((r["auto_refused"] for r in rows if "auto_refused" in r), "")
-            print(f"\n`--reject auto` cannot run at {k} shot: {refused}\n")
+        elif k == 1:
+            one_shot_auto(rows)
         print()
+
+
+def rates(r: dict, score: str) -> tuple[float, float]:
+    """The share of a result line's known queries accepted at its ``--reject auto`` threshold (TPR),
+    and of its unknown queries (FPR)."""
+    rec, n = r["open"][score], r["known_queries"]
+    s, t = rec["scores"], rec["threshold_auto"]
+    known, unknown = s[:n], s[n:]
+    return sum(x >= t for x in known) / len(known), sum(x >= t for x in unknown) / len(unknown)
+
+
+def one_shot_auto(base: list[dict]) -> None:
+    """``--reject auto`` at 1 shot (:data:`AUTO_1SHOT`): open-set accuracy at its threshold
+    against the oracle's, per method and score, paired over the episodes, with the rates it
+    accepts known and unknown queries at."""
+    if not (AUTO_1SHOT / "run.json").is_file():
+        return
+    rows = read_results(AUTO_1SHOT)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    episodes = len({r["episode"] for r in rows})
+    old = {(r["method"], r["episode"]): r for r in base}
+    same = all(
+        (r["method"], r["episode"]) in old
+        and old[r["method"], r["episode"]]["seed"] == r["seed"]
+        and old[r["method"], r["episode"]]["accuracy"] == r["accuracy"]
+        and all(
+            old[r["method"], r["episode"]]["open"][sc][key] == rec[key]
+            for sc, rec in r["open"].items()
+            for key in ("auroc", "open_accuracy_oracle")
+        )
+        for r in rows
+    )
+    which = "the same" if episodes == len({r["episode"] for r in base}) else "the first"
+    print(f"\n### `--reject auto` against the oracle threshold, 1-shot ({episodes} episodes)\n")
+    print(
+        f"From `world_clip_5way1shot_auto` (`run.sh`): {which} {episodes} episodes as above, rerun "
+        f"with {', '.join(methods)} once `--reject auto` "
+        "could choose a threshold at one image per class (each leave-one-class-out fold fitted on "
+        f"the other classes' images, {LOCO_VIEWS} seeded augmented views of each "
+        "playing the known images, the held-out image the unknown one). "
+        + (
+            "Closed-set accuracy, AUROC and the oracle's open-set accuracy equal the run above's, "
+            "episode by episode."
+            if same
+            else "**The episodes differ from the run above's.**"
+        )
+        + " TPR / FPR: the share of known / unknown test queries the `auto` threshold accepts. "
+        "Accepting every query scores half the closed-set accuracy; rejecting every one, 0.5.\n"
+    )
+    print(
+        "| method | score | open acc. (auto) | open acc. (oracle) | auto - oracle | TPR at auto | "
+        "FPR at auto | accept all |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        default = method_class(m).open_score
+        for s in SCORES:
+            a = per_episode(rows, m, s, "open_accuracy_auto")
+            if not a:
+                continue
+            o = per_episode(rows, m, s, "open_accuracy_oracle")
+            tpr, fpr = zip(*(rates(r, s) for r in mine), strict=True)
+            accept = [
+                r["accuracy"] * r["known_queries"] / (r["known_queries"] + r["unknown_queries"]) for r in mine
+            ]
+            name = f"**{s}**" if s == default else s
+            print(
+                f"| {m} | {name} | {cell(list(a.values()))} | {cell(list(o.values()))} | {diff(a, o)} | "
+                f"{cell(list(tpr))} | {cell(list(fpr))} | {cell(accept)} |"
+            )
+    print("\n(**bold**: the method's default score.)\n")
 
 
 def clothing() -> None:
@@ -155,18 +240,22 @@ def std(values: list[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
-def lora() -> None:
-    """LoRA (trains per episode) on the first 50 of the 5-shot episodes, beside ProtoNet."""
-    run = HERE / "world_clip_5way5shot_lora"
+def lora(k: int) -> None:
+    """LoRA (trains per episode) on the first of the ``k``-shot episodes, beside ProtoNet."""
+    run = LORA[k]
     if not (run / "run.json").is_file():
         return
     rows = read_results(run)
     episodes = len({r["episode"] for r in rows})
-    print(f"## LoRA, 5-way 5-shot (the first {episodes} of the 200 episodes above)\n")
+    secs = [r["seconds"] for r in rows if r["method"] == "lora"]
+    if not secs:
+        return
+    print(f"## LoRA, 5-way {k}-shot (the first {episodes} of the 200 episodes above)\n")
     print(
-        "LoRA fine-tunes world-clip per episode (about 30 s an episode on this machine), so it ran on "
-        f"{episodes} episodes only, beside ProtoNet on the same episodes; `--reject auto` refuses it "
-        "(it would train once per class).\n"
+        f"LoRA fine-tunes world-clip per episode (about {sum(secs) / len(secs):.0f} s of fitting and "
+        f"scoring an episode on this machine, as its result lines record), so it ran on {episodes} "
+        "episodes only, beside ProtoNet on the same episodes; "
+        "`--reject auto` refuses it (it would train once per class).\n"
     )
     print("| method | score | closed acc. | AUROC | FPR95 | open acc. (oracle) | - protonet distance |")
     print("|---|---|---|---|---|---|---|")
@@ -190,5 +279,6 @@ def lora() -> None:
 
 if __name__ == "__main__":
     main()
-    lora()
+    lora(1)
+    lora(5)
     clothing()
