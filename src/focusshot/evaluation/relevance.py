@@ -236,8 +236,10 @@ def _sav_heads(
     s = int(backbone.num_prefix_tokens)
     grid = backbone.grid_size(backbone.preprocess.crop)
     p = grid[0] * grid[1]
-    rows = torch.stack([rec.get("probs", layer % total)[:, h, 0, s : s + p].float() for layer, h in heads], 1)
-    agree = (votes == chosen.unsqueeze(1)).float()  # (b, K)
+    rows = torch.stack(
+        [rec.get("probs", layer % total)[:, h, 0, s : s + p].float().cpu() for layer, h in heads], 1
+    )
+    agree = (votes.cpu() == chosen.cpu().unsqueeze(1)).float()  # (b, K)
     agree = torch.where(agree.sum(1, keepdim=True) > 0, agree, torch.ones_like(agree))
     maps = (rows * agree.unsqueeze(-1)).sum(1) / agree.sum(1, keepdim=True)
     return Relevance(maps.cpu(), "sav_heads", grid, logits.cpu(), chosen.cpu())
@@ -271,10 +273,11 @@ def relevance_maps(
     work = fitted if kind == "sav_heads" else _autograd_copy(fitted, backbone)
     was = backbone.training
     backbone.eval()
+    device = next((q.device for q in backbone.parameters()), torch.device("cpu"))
     parts = []
     try:
         for i in range(0, len(images), chunk):
-            x = images[i : i + chunk].detach().clone().float()
+            x = images[i : i + chunk].detach().to(device, torch.float32, copy=True)
             if kind != "sav_heads":
                 x.requires_grad_(True)  # every layer's attention then joins the graph
             r = None if regions is None else regions[i : i + chunk]
