@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from focusshot import auto
+from focusshot import auto, deadlines
 from focusshot.api import Classifier, fit
 from focusshot.auto import choose_method, cv_folds
 from focusshot.backbones.registry import create_backbone
@@ -14,7 +14,6 @@ from focusshot.cli import main
 from focusshot.data.sources import from_folder
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.methods.base import auto_candidates, method_class
-from focusshot.training import loop
 from tests.evaluation.test_protocols import _write_dataset
 
 
@@ -68,7 +67,7 @@ def test_one_image_per_class_refuses_to_estimate(tmp_path, monkeypatch) -> None:
 
 
 class _Clock:
-    """A fake :func:`focusshot.training.loop.now`: stands still, or moves ``tick`` seconds a call."""
+    """A fake :func:`focusshot.deadlines.now`: stands still, or moves ``tick`` seconds a call."""
 
     def __init__(self) -> None:
         self.t, self.tick = 1000.0, 0.0
@@ -85,7 +84,7 @@ def _choose_on_a_fake_clock(
     ``costs`` say: ``name=(seconds a fold, seconds a training step)``."""
     monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
     clock = _Clock()
-    monkeypatch.setattr(loop, "now", clock)
+    monkeypatch.setattr(deadlines, "now", clock)
     monkeypatch.setattr(auto, "now", clock)
     for name, (per_fold, per_step) in costs.items():
         cls = method_class(name)
@@ -133,7 +132,7 @@ def test_every_candidate_spends_from_the_budget_and_is_stopped_when_it_will_not_
     assert [r["method"] for r in rep["candidates"]] == ["protonet"]
     skipped = rep["skipped"]
     assert skipped["ridge"].startswith("stopped after fold 1 of 6: at ~4.0 s a fold, its other 5 folds")
-    assert skipped["apt"] == "stopped in fold 1 of 6: the budget of 10 s was spent"
+    assert skipped["apt"] == "stopped in fold 1 of 6 (training at step 6 of 50): the budget of 10 s was spent"
     assert skipped["zeroshot"] == "not started: the budget of 10 s was spent"
     budget = rep["budget"]
     assert budget["seconds"] == {"protonet": 0.0, "ridge": 4.0, "apt": 6.0}
@@ -146,10 +145,38 @@ def test_training_whose_pace_will_not_fit_is_stopped_early_in_its_first_fold(tmp
     names = ["protonet", "apt"]
     rep = _choose_on_a_fake_clock(tmp_path, monkeypatch, "tiny-clip-vit", 100.0, names, apt=(0.0, 1.0))
     assert rep["skipped"]["apt"] == (
-        "stopped in fold 1 of 6: at the pace of its training, its 6 folds would not end within the "
-        "budget of 100 s"
+        "stopped in fold 1 of 6 (training at step 7 of 50): at the pace of its training, its 6 folds "
+        "would not end within the budget of 100 s"
     )
     assert rep["budget"]["seconds"] == {"protonet": 0.0, "apt": 7.0} and rep["budget"]["left_s"] == 93.0
+
+
+def test_a_solver_head_is_stopped_in_mid_fold_like_training(tmp_path, monkeypatch) -> None:
+    """Each clock read inside a head's fit takes 1 s. MetaOptNet's dual solver finds the deadline
+    (0.5 s) passed at its first check, the probe's Newton steps (no validation in a fold: C fixed)
+    at the third; LP++'s pace says at its seventh epoch that its 300 epochs in 6 folds cannot end
+    within 100 s, long before the budget is spent. Each is listed as stopped in its first fold, with
+    the step it was at and the reason."""
+    rep = _choose_on_a_fake_clock(
+        tmp_path, monkeypatch, "tiny-clip-vit", 0.5, ["protonet", "metaoptnet"], metaoptnet=(0.0, 1.0)
+    )
+    assert [r["method"] for r in rep["candidates"]] == ["protonet"]
+    assert rep["skipped"]["metaoptnet"] == (
+        "stopped in fold 1 of 6 (the dual solver at iteration 0): the budget of 0.5 s was spent"
+    )
+    assert rep["budget"]["seconds"] == {"protonet": 0.0, "metaoptnet": 1.0}
+    rep = _choose_on_a_fake_clock(
+        tmp_path, monkeypatch, "tiny-clip-vit", 3.0, ["protonet", "logistic"], logistic=(0.0, 1.0)
+    )
+    assert rep["skipped"]["logistic"] == (
+        "stopped in fold 1 of 6 (the logistic probe's Newton step 3): the budget of 3 s was spent"
+    )
+    rep = _choose_on_a_fake_clock(tmp_path, monkeypatch, "tiny-clip-vit", 100.0, ["lp_pp"], lp_pp=(0.0, 1.0))
+    assert rep["skipped"]["lp_pp"] == (
+        "stopped in fold 1 of 6 (lp_pp at epoch 7 of 300): at the pace of its solver, its 6 folds would "
+        "not end within the budget of 100 s"
+    )
+    assert rep["budget"]["seconds"] == {"lp_pp": 7.0} and rep["budget"]["left_s"] == 93.0
 
 
 def test_a_budget_that_holds_every_fold_keeps_room_for_the_final_fit(tmp_path, monkeypatch) -> None:

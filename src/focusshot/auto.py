@@ -18,13 +18,17 @@ accuracy on the support set alone -- never on validation or test images -- and p
   from the budget (estimated from the winner's folds). Only the shared start -- the frozen
   candidates' features (pooled, through the cache) and the class text -- is outside it. A
   candidate starts while time is left; after each fold its mean fold time says whether its other
-  folds and a final fit still end within the budget, and it is stopped if not. Training
-  (:func:`~focusshot.training.loop.train`) runs under the budget's deadline: it is stopped in
-  mid-fold when the deadline passes, or as soon as the pace of its steps says that this fold and
-  those to come will not end by it. A frozen head's fold and a candidate's own feature extraction
-  are never interrupted, so one of them can overrun the budget. A stopped candidate is listed
-  under ``skipped`` with the fold it stopped at and why; the report's ``budget`` says where the
-  time went.
+  folds and a final fit still end within the budget, and it is stopped if not. Every fit runs
+  under the budget's deadline (:mod:`focusshot.deadlines`), and every loop that can run long
+  checks it: training (:func:`~focusshot.training.loop.train`) at every step, and the frozen
+  heads' solvers (the logistic probe's C grid and Newton steps, the SVM and MetaOptNet dual
+  solvers, LP++'s and Tip-Adapter-F's epochs). A fit is stopped in mid-fold when the deadline
+  passes, or as soon as the pace of its steps says that this fold and those to come will not end
+  by it. What is left uninterrupted is short (one solver step or training step, a closed-form
+  head such as ridge) except a candidate's own feature extraction (the prefix of a method that
+  trains), which runs to its end and can overrun the budget. A stopped candidate is listed under
+  ``skipped`` with the fold it stopped at, the step it was at and why; the report's ``budget``
+  says where the time went.
 * **The winner** has the most held-out images right; a tie goes to the cheaper method (the
   candidates are listed cheapest first, so the choice does not depend on timing noise). Every
   candidate's accuracy (with a 95% interval over held-out images), NLL and time are returned,
@@ -45,12 +49,12 @@ import torch
 
 from focusshot.backbones.base import Backbone
 from focusshot.data.sources import LabelledImages
+from focusshot.deadlines import DeadlineExceeded, deadline, now
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
 from focusshot.methods.base import auto_candidates, auto_fallback, cannot_run, create_method
 from focusshot.methods.request import Resolved, resolve
-from focusshot.training.loop import DeadlineExceeded, deadline, now
 
 __all__ = ["choose_method", "cv_folds", "write_report"]
 
@@ -137,18 +141,20 @@ def _cross_validate(
         keep = torch.tensor([i for i in range(n) if i not in out])
         try:
             feats, fold_labels, ctx = prepare_fit(method, images, keep, seed=seed)
-            # training stops at the deadline (the reserve kept back), or once the pace of its steps
-            # says that this fold and the k - f to come will not end by it
+            # training and the heads' solvers stop at the deadline (the reserve kept back), or once
+            # the pace of their steps says that this fold and the k - f to come will not end by it
             with deadline(budget.end - budget.reserve, repeats=k - f):
                 fitted = method.fit(feats, fold_labels, ctx)
             with torch.inference_mode():
                 logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
         except DeadlineExceeded as exc:
+            at = f"stopped in fold {f} of {k}" + (f" ({exc.where})" if exc.where else "")
             if not exc.projected:
-                return None, budget.spent(f"stopped in fold {f} of {k}"), 0.0
+                return None, budget.spent(at), 0.0
+            pace = "its training" if method.trains else "its solver"
             why = (
-                f"stopped in fold {f} of {k}: at the pace of its training, its {k - f + 1} folds "
-                f"would not end within the budget of {budget.budget_s:g} s"
+                f"{at}: at the pace of {pace}, its {k - f + 1} folds would not end within the "
+                f"budget of {budget.budget_s:g} s"
             )
             return None, why, 0.0
         except (ValueError, RuntimeError) as exc:  # e.g. an adapter with nothing to wrap here

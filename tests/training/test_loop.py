@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusshot import deadlines
 from focusshot.training import loop
 from focusshot.training.loop import (
     DeadlineExceeded,
@@ -383,6 +384,13 @@ def test_grad_clip_bounds_the_global_update() -> None:
 # -------------------------------------------------------------------------------------------- deadline
 
 
+def test_the_deadline_names_live_in_focusshot_deadlines_and_are_re_exported() -> None:
+    names = ("PACE_STEPS", "DeadlineExceeded", "check_deadline", "deadline", "now")
+    assert all(getattr(loop, n) is getattr(deadlines, n) for n in names)
+    assert set(names) <= set(loop.__all__)
+    assert deadlines.check_deadline() is None  # no enclosing deadline: nothing read
+
+
 def test_a_deadline_in_the_past_stops_training_before_its_first_step() -> None:
     x, y = _blobs()
     model = _model(dropout=0.5)
@@ -404,7 +412,7 @@ def test_a_deadline_in_the_past_stops_training_before_its_first_step() -> None:
 
 def test_a_deadline_passed_mid_training_stops_at_that_step(monkeypatch) -> None:
     ticks = itertools.count()
-    monkeypatch.setattr(loop, "now", lambda: float(next(ticks)))  # each step's check: one second
+    monkeypatch.setattr(deadlines, "now", lambda: float(next(ticks)))  # each step's check: one second
     x, y = _blobs()
     model = _model()
     steps: list[int] = []
@@ -420,7 +428,7 @@ def test_a_deadline_passed_mid_training_stops_at_that_step(monkeypatch) -> None:
 
 def test_the_pace_of_its_steps_stops_a_run_that_would_end_past_its_deadline(monkeypatch) -> None:
     ticks = itertools.count()
-    monkeypatch.setattr(loop, "now", lambda: float(next(ticks)))  # each step's check: one second
+    monkeypatch.setattr(deadlines, "now", lambda: float(next(ticks)))  # each step's check: one second
     x, y = _blobs()
     model = _model()
     cfg = TrainConfig(steps=20)

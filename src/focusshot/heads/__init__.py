@@ -1,7 +1,10 @@
 """Classifier heads over features (DESIGN principle 7: heads are pure).
 
 ``create_head(name, **kwargs).fit(features, labels) -> FittedHead``; ``fitted.logits(query)``.
-Heads see features only and never import :mod:`focusshot.backbones`.
+Heads see features only and never import :mod:`focusshot.backbones`. The iterative ones (the
+logistic probe, SVM, MetaOptNet, LP++, Tip-Adapter-F) check an enclosing deadline
+(:mod:`focusshot.deadlines`) in their loops: under one a fit either returns what it returns
+without one or raises :class:`~focusshot.deadlines.DeadlineExceeded`.
 """
 
 from focusshot.heads.base import (

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from focusshot.deadlines import check_deadline
 from focusshot.heads.base import (
     Head,
     check_support,
@@ -167,7 +168,8 @@ def _newton_cg(
     :data:`_NEGLIGIBLE` of that, so the result typically lies within ``tol / 100`` of the
     optimum and a converged start is returned unchanged. It also stops after ``max_iter``
     steps, or when no step lowers the objective any more (rounding).
-    ``logits`` (N, K) must equal ``feats theta^T``.
+    ``logits`` (N, K) must equal ``feats theta^T``. Each Newton step first checks the enclosing
+    deadline (:func:`~focusshot.deadlines.check_deadline`; nothing is read without one).
 
     Returns ``(theta, logits, steps)``.
     """
@@ -185,6 +187,7 @@ def _newton_cg(
         small = float(grad.abs().max()) <= tol * n
         if steps >= max_iter or (small and previous - loss <= tol * abs(loss)):
             break
+        check_deadline(f"the logistic probe's Newton step {steps + 1}")
         # Newton direction by preconditioned CG on H d = -grad, H v = X^T (P v - P (P.v)) + lam v
         if diag is None:
             diag = torch.addmm(lam_pen.expand_as(theta), (prob - prob * prob).T, problem.squares)
@@ -293,6 +296,11 @@ def fit_logistic_path(
     :func:`fit_logistic` cold (the warm start changes the cost, not the stopping rule), except
     that a C within a relative :data:`_SAME_C` of the previous one reuses its solution.
 
+    Under an enclosing deadline (:func:`~focusshot.deadlines.deadline`) each C first checks it,
+    with the pace of the Cs solved so far: :class:`~focusshot.deadlines.DeadlineExceeded` is
+    raised once it has passed or that pace says the grid would not end by it (Newton steps check
+    it too). Without one nothing is read and the path is the same.
+
     Args:
         x: (N, D) features; y: (N,) int64 labels; classes: C.
         Cs: the inverse regularisation strengths (any order; solved sorted).
@@ -305,7 +313,13 @@ def fit_logistic_path(
     theta = problem.feats.new_zeros(classes, problem.feats.shape[1])
     logits = problem.feats.new_zeros(problem.feats.shape[0], classes)
     history: list[tuple[float, Tensor, Tensor]] = []  # (log C, theta, logits), the last three
-    for c in sorted(float(v) for v in Cs):
+    grid = sorted(float(v) for v in Cs)
+    started: float | None = None  # the clock at the first C (None: no deadline)
+    for i, c in enumerate(grid):
+        t = check_deadline(
+            f"the logistic probe at C {i + 1} of {len(grid)}", done=i, total=len(grid), since=started
+        )
+        started = t if i == 0 else started
         lam, u = 1.0 / c, math.log(c)
         if history and u - history[-1][0] <= _SAME_C:
             weight, bias = problem.expand(theta)

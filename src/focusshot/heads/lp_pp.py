@@ -20,6 +20,10 @@ Where we differ from that code, on purpose:
   "accumulate"`` reproduces that);
 * with a validation split the epoch with the best validation accuracy is kept (later epochs win
   ties, as in the code); without one, the last epoch.
+
+Under an enclosing deadline (:func:`focusshot.deadlines.deadline`) every epoch first checks it,
+with the pace of the epochs so far (:func:`~focusshot.deadlines.check_deadline`); without one
+nothing is read and the fit is the same.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from focusshot.deadlines import check_deadline
 from focusshot.heads.base import (
     Head,
     HeadInputError,
@@ -129,7 +134,15 @@ class LPPlusPlus(LPPlusPlusSettings, TextHead, Head):
             opt = torch.optim.SGD([w, b], lr=lr_w, momentum=self.momentum)
             vf = None if val is None else l2_normalize(val[0].detach().double())
             best: tuple[float, Tensor, Tensor, int] | None = None
+            paced: float | None = None  # the clock at epoch 2 (the first pays for warm-up)
             for epoch in range(self.epochs):
+                t = check_deadline(
+                    f"lp_pp at epoch {epoch + 1} of {self.epochs}",
+                    done=epoch - 1,
+                    total=self.epochs,
+                    since=paced,
+                )
+                paced = t if epoch == 1 else paced
                 logits = f @ w.T + b + alpha * text_logits
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad()

@@ -15,6 +15,12 @@ objective is within that relative gap of the optimum.
 
 All tensors here are (..., N, N) Gram matrices and (..., N, K) dual variables; the leading ``...``
 is any batch of independent problems (episodes).
+
+Under an enclosing deadline (:func:`focusshot.deadlines.deadline`) the solvers check it at every
+duality-gap check of the projected gradient and every active-set round, and raise
+:class:`~focusshot.deadlines.DeadlineExceeded` once it has passed; without one nothing is read
+and every result is the same. (No pace is projected: how many iterations a problem needs is not
+known in advance.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from focusshot.deadlines import check_deadline
 
 __all__ = [
     "QPResult",
@@ -130,6 +138,7 @@ def _fista(
         converged = gap <= tol * scale
         if it >= max_iter or bool(converged.all()):
             return x, primal, dual, it, converged
+        check_deadline(f"the dual solver at iteration {it}")
         if polish is not None and not polished:
             better = polish(x, gap / scale, converged, it)
             if better is not None:
@@ -238,7 +247,8 @@ def _active_set_crammer_singer(
     y = labels_one_hot.reshape(-1, n, k)
     linear = y - C * (g @ y)
     support = C * y - alpha.reshape(-1, n, k) > 0
-    while True:
+    for round_ in itertools.count(1):
+        check_deadline(f"the dual solver's active-set round {round_}")
         beta, ok = _restricted_crammer_singer(g, linear, C, support)
         yield (C * y - beta).reshape(shape), ok.reshape(shape[:-2])
         multiplier = torch.baddbmm(linear, g, beta)

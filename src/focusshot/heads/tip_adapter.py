@@ -10,6 +10,9 @@ A key-value cache built from the support set is blended with zero-shot CLIP::
 with keys the normalised support features (N, D), values their one-hot labels (N, C) and W_text
 the normalised class text embeddings (C, D). Tip-Adapter-F fine-tunes the keys with AdamW on the
 support set (paper sec. 3.3); both search alpha and beta on a validation split when given one.
+Under an enclosing deadline (:func:`focusshot.deadlines.deadline`) every training step of
+Tip-Adapter-F first checks it, with the pace of the steps so far; without one nothing is read and
+the fit is the same.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from focusshot.deadlines import check_deadline
 from focusshot.heads.base import (
     FittedHead,
     Head,
@@ -300,10 +304,17 @@ class TipAdapterF(TipAdapterFSettings, TipAdapter):
             opt = torch.optim.AdamW([keys], lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
             gen = torch.Generator().manual_seed(self.seed)
+            step = 0
+            paced: float | None = None  # the clock at step 2 (the first pays for warm-up)
             for _ in range(self.epochs):
                 order = torch.randperm(n, generator=gen).to(x.device)
                 total = 0.0
                 for start in range(0, n, self.batch_size):
+                    step += 1
+                    t = check_deadline(
+                        f"tip_adapter_f at step {step} of {steps}", done=step - 2, total=steps, since=paced
+                    )
+                    paced = t if step == 2 else paced
                     idx = order[start : start + self.batch_size]
                     f = x[idx]
                     logits = self.scale * f @ text_t.T + self.alpha * cache_logits(

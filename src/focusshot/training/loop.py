@@ -27,19 +27,19 @@ Conventions:
   taken before the step is restored when the update itself produced non-finite values), and the
   result says ``diverged=True, diverged_at=step``. With validation, the best validated weights are
   restored at the end as always, and ``best_step`` says which step they come from.
-* Deadline: inside ``with deadline(t):`` (``t`` on the :func:`now` clock, seconds of
-  ``time.monotonic``), every step first checks the clock and raises :class:`DeadlineExceeded` once
-  ``t`` has passed (a deadline already past stops training before its first step), or once the
-  pace of the steps so far says the run would not end by ``t`` (:func:`deadline`). The caller, not
-  the loop, decides what a stopped fit means (``fit --method auto`` lists the method as skipped);
-  modules get their modes back as on any other exception. No option or result field is involved, so
-  every method that trains through :func:`train` keeps a deadline its caller sets.
+* Deadline: inside ``with deadline(t):`` (:mod:`focusshot.deadlines`, whose names this module
+  re-exports; ``t`` on the :func:`now` clock, seconds of ``time.monotonic``), every step first
+  checks the clock and raises :class:`DeadlineExceeded` once ``t`` has passed (a deadline already
+  past stops training before its first step), or once the pace of the steps so far says the run
+  would not end by ``t`` (:func:`deadline`). The caller, not the loop, decides what a stopped fit
+  means (``fit --method auto`` lists the method as skipped); modules get their modes back as on
+  any other exception. No option or result field is involved, so every method that trains
+  through :func:`train` keeps a deadline its caller sets.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focusshot.deadlines import PACE_STEPS, DeadlineExceeded, check_deadline, deadline, now
 from focusshot.options import option
 
 __all__ = [
@@ -66,89 +67,6 @@ __all__ = [
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-
-
-class DeadlineExceeded(RuntimeError):
-    """Training was stopped by the deadline of an enclosing :func:`deadline`.
-
-    Attributes:
-        projected: ``False``: the deadline had passed; ``True``: it had not yet, but at the pace of
-            the steps so far the run (and the ``repeats`` that must follow it) would end after it.
-    """
-
-    def __init__(self, message: str, *, projected: bool = False) -> None:
-        super().__init__(message)
-        self.projected = projected
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    at: float
-    repeats: int
-
-
-#: the deadline of the enclosing ``with deadline(...)`` block, or None
-_DEADLINE: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
-    "focusshot_deadline", default=None
-)
-#: steps timed (after the first, which pays for warm-up) before a run's pace is trusted
-PACE_STEPS = 5
-
-
-def now() -> float:
-    """The clock deadlines are read on: ``time.monotonic()`` seconds."""
-    return time.monotonic()
-
-
-@contextlib.contextmanager
-def deadline(at: float | None, *, repeats: int = 0) -> Iterator[None]:
-    """Within the block, :func:`train` (and any loop calling :func:`check_deadline`) raises
-    :class:`DeadlineExceeded` once :func:`now` reaches ``at``, or earlier (``projected``) once its
-    pace says it would not end by then: the seconds per step of the steps after the first
-    (:data:`PACE_STEPS` of them at least) times the steps left, plus ``repeats`` more runs of all
-    its steps (a caller's folds still to come, which must end by ``at`` too).
-
-    ``None`` adds no deadline; a nested deadline can only come earlier (the enclosing one still
-    holds), and its ``repeats`` replace the enclosing one's. Per thread and per asyncio task (a
-    context variable).
-    """
-    if repeats < 0:
-        raise ValueError(f"repeats must be >= 0, got {repeats!r}")
-    outer = _DEADLINE.get()
-    inner: _Deadline | None = outer
-    if at is not None:
-        inner = _Deadline(at if outer is None else min(at, outer.at), repeats)
-    token = _DEADLINE.set(inner)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-def check_deadline(
-    what: str = "training", *, done: int = 0, total: int = 0, since: float | None = None
-) -> float | None:
-    """Raise :class:`DeadlineExceeded` when the enclosing :func:`deadline` has passed, or when a run
-    that has taken ``done`` steps of ``total`` since the time ``since`` would not end by it at that
-    pace (with the deadline's ``repeats``). Returns the time read, or ``None`` (no deadline, no
-    clock read)."""
-    d = _DEADLINE.get()
-    if d is None:
-        return None
-    t = now()
-    if t >= d.at:
-        raise DeadlineExceeded(f"{what} stopped: its deadline passed {t - d.at:.2f} s ago")
-    if since is not None and PACE_STEPS <= done < total:
-        pace = (t - since) / done
-        end = t + pace * (total - done) + d.repeats * pace * total
-        if end > d.at:
-            more = f" and {d.repeats} more run(s) of it" if d.repeats else ""
-            raise DeadlineExceeded(
-                f"{what} stopped: at {pace:.3g} s a step, its steps{more} would end "
-                f"{end - d.at:.1f} s past its deadline",
-                projected=True,
-            )
-    return t
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -490,14 +408,13 @@ def train(
             batches = _batches(n, batch, gen)
             y_all = labels.detach().to(dev)
             _set_mode(modules, True)
-            timed = _DEADLINE.get() is not None
             paced: float | None = None  # the clock at step 2: the pace is timed from there
             for step in range(1, total + 1):
-                if timed:
-                    t = check_deadline(
-                        f"training at step {step} of {total}", done=step - 2, total=total, since=paced
-                    )
-                    paced = t if step == 2 else paced
+                # None (and no clock read) without an enclosing deadline
+                t = check_deadline(
+                    f"training at step {step} of {total}", done=step - 2, total=total, since=paced
+                )
+                paced = t if step == 2 else paced
                 lr = learning_rate(step, total, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
