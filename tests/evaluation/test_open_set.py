@@ -175,10 +175,13 @@ def test_one_shot_known_scores_are_views_never_the_fitted_images(folders: Path, 
     from focusshot.data.sources import open_source
     from focusshot.evaluation.cache import FeatureCache
     from focusshot.evaluation.prepare import prepare_images
+    from focusshot.methods.request import resolve
 
-    m = create_method("protonet")
+    backbone = create_backbone("tiny-clip-vit")
+    request = resolve("protonet", None, backbone)
+    m = request.method
     data = open_source(folders / "support")
-    prepared = prepare_images(create_backbone("tiny-clip-vit"), FeatureCache(tmp_path), data, [m])
+    prepared = prepare_images(backbone, FeatureCache(tmp_path), data, [request])
     index = torch.tensor([0, 3, 6])  # one image of each class
     known, unknown = loco_scores(m, prepared, ["distance"], index=index, seed=0)
     assert known["distance"].shape == (3 * 2 * LOCO_VIEWS,) and unknown["distance"].shape == (3,)

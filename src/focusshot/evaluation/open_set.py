@@ -316,12 +316,12 @@ def _view_scores(
     if views < 1:
         raise ValueError(f"leave-one-class-out with one image per class needs views >= 1, got {views}")
     backbone = support.backbone
-    prefix = method.prefix(backbone).resolve(backbone)
+    prefix = support.prefixes[method.name]  # resolved once, where the request was
     rows = idx.tolist()
     paths = [support.data.paths[i] for i in rows]
     seen = torch.stack(  # (V, N, *prefix): view v of support image rows[j]
         [
-            support.cache.get(
+            support.cache.get_resolved(
                 backbone,
                 paths,
                 prefix.with_view(v, view_seed),
