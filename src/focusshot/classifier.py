@@ -21,7 +21,7 @@ import torch
 from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.backbones.registry import create_backbone
-from focusshot.data.images import list_images
+from focusshot.data.images import ImageError, list_images
 from focusshot.data.labelled import Box, LabelledImages
 from focusshot.embedding import Embeddings, embed_images
 from focusshot.methods.base import Fitted, fitted_from_state
@@ -331,7 +331,7 @@ class Classifier:
         batch_size: int = 32,
         progress: bool = False,
         boxes: Sequence[Box | None] | Mapping[str, Box | None] | None = None,
-    ) -> tuple[torch.Tensor, list[str], list]:
+    ) -> tuple[torch.Tensor, list[str], list[ImageError]]:
         """Class probabilities ``(N, C)`` of the images that decode, their paths, and the bad files.
 
         Args:
