@@ -36,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backbones",),
     ("attention",),
     ("data",),
-    ("numerics", "options", "option_types", "distributed", "versions", "locking"),  # leaf utilities
+    # leaf utilities
+    ("numerics", "options", "option_types", "distributed", "versions", "locking", "graph_mode", "deadlines"),
 )
 #: Special rules beyond the order of layers: (importer, never reached). DESIGN's three, and the
 #: issue's "world-clip's pretraining data reaches it as an argument, not an import of data".

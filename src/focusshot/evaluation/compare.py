@@ -97,9 +97,15 @@ def table_differences(
     return differences(rows[0], rows[1], Path(a).name, rel=rel)
 
 
+#: ``attention.json`` keys that record the figures of the first episode's fits (which a run resumed
+#: past that episode cannot draw), left out of :func:`run_differences`
+FIGURE_KEYS = ("explain", "explain_figure", "methods_figure")
+
+
 def run_differences(a: str | os.PathLike[str], b: str | os.PathLike[str], rel: float = REL_TOL) -> list[str]:
     """Every departure of run folder ``b`` from ``a`` beyond float tolerance: the result lines (less
-    their timings, in order), ``summary.csv`` and ``paired.csv``, and ``attention.json``."""
+    their timings, in order), ``summary.csv`` and ``paired.csv``, and ``attention.json`` (less the
+    records of figures, :data:`FIGURE_KEYS`)."""
     a, b = Path(a), Path(b)
     rows = [[json.loads(line) for line in comparable_rows(d)] for d in (a, b)]
     out = differences(rows[0], rows[1], "results.jsonl", rel=rel)
@@ -114,5 +120,9 @@ def run_differences(a: str | os.PathLike[str], b: str | os.PathLike[str], rel: f
             json.loads((d / "attention.json").read_text()) if (d / "attention.json").is_file() else None
             for d in (a, b)
         ]
+        for record in att:  # figure records, not results: a resumed run draws no first-episode figure
+            for key in FIGURE_KEYS:
+                if isinstance(record, dict):
+                    record.pop(key, None)
         out += differences(att[0], att[1], "attention.json", rel=rel)
     return out
