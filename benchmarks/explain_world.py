@@ -3,7 +3,8 @@
 Run by hand (a few minutes per method on two CPU cores)::
 
     python benchmarks/explain_world.py --output benchmarks/results/explain/world-clip.json
-    python benchmarks/explain_world.py --methods lora,lora+fort --output benchmarks/results/explain/world-clip-lora.json
+    python benchmarks/explain_world.py --methods lora,lora+fort \\
+        --output benchmarks/results/explain/world-clip-lora.json
     python benchmarks/explain_world.py --backbone world-dino --methods protonet,logistic,sav \\
         --output benchmarks/results/explain/world-dino.json
     python benchmarks/results/explain/table.py > benchmarks/results/explain/summary.md
