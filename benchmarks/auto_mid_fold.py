@@ -7,9 +7,9 @@ that checks the budget's deadline in its loop stops within one of its steps; one
 runs its first fold to the end. One JSON line per run: the budget, the seconds the candidate
 spent (the report's ``spent_s``), the wall time of the call and why it stopped.
 
-    PYTHONPATH=src python benchmarks/auto_mid_fold.py /tmp/auto_budget_data --budget 0.2 --repeats 3
+    PYTHONPATH=src python benchmarks/auto_mid_fold.py $DATA --budget 0.2 --repeats 3
 
-(``benchmarks/results/auto_budget/summary.md`` says how that folder is made.)
+(``$DATA``: the 6 x 14 folder ``benchmarks/results/auto_budget/summary.md`` says how to make.)
 """
 
 from __future__ import annotations

@@ -65,6 +65,13 @@ from focusshot.heads.logistic import DEFAULT_C_GRID, fit_logistic_path, logistic
 from focusshot.versions import versions  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "probe"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the record shows it: relative to the checkout when inside it (no machine paths)."""
+    full = path.resolve()
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else str(path)
 
 
 def features(
@@ -466,7 +473,7 @@ def main() -> None:
         ),
         "command": " ".join(["python", *sys.argv]),
         "seed": args.seed,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "versions": {
             **versions(),
             "scikit-learn": sklearn.__version__,
