@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
-from focusshot.methods.base import Method
+from focusshot.methods.base import Fitted, Method
 from focusshot.methods.open_set import open_scores
 
 __all__ = [
@@ -293,11 +293,28 @@ def loco_scores(
         for rows, into in ((held, known), (idx[labels == h].tolist(), unknown)):
             if rows:
                 q, regions = support.rows(method, torch.tensor(rows))
-                with torch.inference_mode():
-                    got = open_scores(fitted, q, names, regions, temperature=temperature)
-                for n in names:
-                    into[n].append(got[n])
-    return {n: torch.cat(v) for n, v in known.items()}, {n: torch.cat(v) for n, v in unknown.items()}
+                _score_into(into, fitted, q, names, regions, temperature)
+    return _joined(known), _joined(unknown)
+
+
+def _score_into(
+    into: dict[str, list[Tensor]],
+    fitted: Fitted,
+    query: Tensor,
+    names: Sequence[str],
+    regions: Tensor | None,
+    temperature: float,
+) -> None:
+    """Append ``fitted``'s open-set scores ``names`` of ``query`` (its prefix, ``(M, ...)``) to ``into``."""
+    with torch.inference_mode():
+        got = open_scores(fitted, query, names, regions, temperature=temperature)
+    for n in names:
+        into[n].append(got[n])
+
+
+def _joined(scores: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+    """Each score's folds concatenated: name -> ``(M,)``."""
+    return {n: torch.cat(v) for n, v in scores.items()}
 
 
 def _view_scores(
@@ -343,11 +360,8 @@ def _view_scores(
         held_in = seen[:, fit_pos].flatten(0, 1)  # every view of every image the fold was fitted on
         out, _ = support.rows(method, idx[labels == h])
         for q, into in ((held_in, known), (out, unknown)):
-            with torch.inference_mode():
-                got = open_scores(fitted, q, names, None, temperature=temperature)
-            for n in names:
-                into[n].append(got[n])
-    return {n: torch.cat(v) for n, v in known.items()}, {n: torch.cat(v) for n, v in unknown.items()}
+            _score_into(into, fitted, q, names, None, temperature)
+    return _joined(known), _joined(unknown)
 
 
 def choose_threshold(
