@@ -44,6 +44,8 @@ __all__ = ["MAP_KINDS", "Relevance", "map_kind", "relevance_maps"]
 #: the map each kind of fit and backbone gets (module docstring)
 MAP_KINDS = ("gradient_rollout", "grad_cam", "sav_heads")
 
+NO_GRADIENT = "the classifier's logits do not depend differentiably on the image"
+
 
 @dataclass
 class Relevance:
@@ -148,10 +150,13 @@ def _layer_probs(recordings: list[Recording], total: int, batch: int) -> list[Te
 def _scored(
     fitted: Fitted, feats: Tensor, regions: Tensor | None, target: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The fit's logits ``(b, C)``, the explained classes ``(b,)`` and the sum of their logits."""
+    """The fit's logits ``(b, C)``, the explained classes ``(b,)`` and the sum of their logits (a
+    ``ValueError`` when that sum has no gradient: the logits do not depend on the image in a graph)."""
     logits = fitted.export_logits(feats, regions).float()  # (b, C)
     chosen = logits.detach().argmax(-1) if target is None else target.to(logits.device).long()
     score = logits.gather(1, chosen.unsqueeze(1)).sum()
+    if not score.requires_grad:
+        raise ValueError(NO_GRADIENT)
     return logits, chosen, score
 
 
@@ -182,8 +187,6 @@ def _gradient_rollout(
         recs = [stack.enter_context(record(m, "probs", grad=True, strict=False)) for m in models]
         logits, chosen, score = _scored(fitted, compute_prefix(backbone, prefix, x), regions, target)
         probs = _layer_probs(recs, total, len(x))
-        if not score.requires_grad:
-            raise ValueError("the classifier's logits do not depend differentiably on the image")
         grads = torch.autograd.grad(score, probs, allow_unused=True)
     grads_ = [torch.zeros_like(a) if g is None else g for a, g in zip(probs, grads, strict=True)]
     maps = rel.gradient_rollout(probs, grads_, s, p)
@@ -204,8 +207,8 @@ def _grad_cam(
         if not seen:
             raise ValueError("no last-stage features were computed while the classifier scored")
         stage, skip = seen[-1]
-        if not score.requires_grad or not stage.requires_grad:
-            raise ValueError("the classifier's logits do not depend differentiably on the image")
+        if not stage.requires_grad:
+            raise ValueError(NO_GRADIENT)
         (grad,) = torch.autograd.grad(score, stage, allow_unused=True)
     grad = torch.zeros_like(stage) if grad is None else grad
     if stage.ndim == 4:  # (B, C, h, w) -> (B, h * w, C), row-major
