@@ -112,6 +112,37 @@ def test_workers_flag_runs_the_split_protocol_across_two_processes(tmp_path, mon
     _assert_same_results(out, one)
 
 
+def test_workers_flag_shares_out_open_set_episodes_and_split_runs(tmp_path, monkeypatch) -> None:
+    """``--open-ways`` / ``--open-classes`` runs share their episodes (split runs) over the workers
+    and merge to the one-process results, ``fit --reject auto``'s thresholds included."""
+    runs = {
+        "episodic": [
+            *EPISODIC[:5], "world:clutter?per_class=4", "--method", "protonet,logistic,lora",
+            "--set", "lora.steps=2", "--episodes", "4", "--ways", "2", "--shots", "2", "--queries", "2",
+            "--open-ways", "2", "--no-report", "--quiet",
+        ],
+        "split": [
+            "evaluate", "--backbone", "tiny-clip-vit", "--random-weights",
+            "--data", "world:single?per_class=6&split=1", "--protocol", "split", "--shots", "1,2",
+            "--seeds", "1", "--method", "protonet,zeroshot", "--open-classes", "red plain circle",
+            "--no-report", "--quiet",
+        ],
+    }  # fmt: skip
+    for name, args in runs.items():
+        out = tmp_path / f"two-{name}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "focusshot", *args, "--output", str(out), "--workers", "2"],
+            env=_env(tmp_path),
+            timeout=240,
+        )
+        assert proc.returncode == 0, name
+        assert not (out / "shards").exists()
+        one = _one_process(tmp_path, args, f"one-{name}", monkeypatch)
+        _assert_same_results(out, one)
+        rows = comparable_rows(out)
+        assert rows and all("open" in r for r in rows), name
+
+
 def test_torchrun_embed_equals_one_process(tmp_path, monkeypatch) -> None:
     from focusshot.data.world import build_world
     from focusshot.embedding import load_embeddings

@@ -217,9 +217,7 @@ def load_file(path: str | Path, num_heads: int | None = None) -> Backbone:
         size = arch.get("image")
         # a recorded input size is what the model saw in training: resize to it, no crop margin
         preprocess = dataclasses.replace(IMAGENET_PREPROCESS, resize=size, crop=size) if size else None
-        return timm_vit.convert_timm_vit(
-            sd, num_heads=num_heads or arch.get("heads"), preprocess=preprocess
-        )
+        return timm_vit.convert_timm_vit(sd, num_heads=num_heads or arch.get("heads"), preprocess=preprocess)
     if any(".blocks.0.attn.relative_position_bias_table" in k for k in sd):
         from focusshot.backbones.convert.hf_swin import convert_original_swin_inferred
 

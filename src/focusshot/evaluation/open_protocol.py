@@ -52,10 +52,12 @@ from focusshot.evaluation.protocols import (
     _bar,
     _base_info,
     _fit,
+    _gather,
     _logits,
     _query_record,
     _record_precision,
     _requests,
+    _tick,
     _write_timing,
     split_indices,
 )
@@ -200,12 +202,12 @@ def run_open_episodic(
     info["data_classes"] = data.class_names
     _record_precision(info, cache)
     ctx = current()
-    if ctx.active:
-        raise ValueError("the open-set protocol runs in one process (no --workers / torchrun)")
-    log = ResultLog(output, info, ("method", "episode"))
+    log = ResultLog(output, info, ("method", "episode"), shard=ctx.rank if ctx.active else None)
     pool = prepare_images(backbone, cache, data, requests, progress=progress)
-    bar = _bar(progress, len(sampler), "episodes")
+    bar = _bar(progress and ctx.main, len(sampler), "episodes")
     for ep in sampler:
+        if not ctx.owns(ep.index):
+            continue
         todo = [m for m in ms if not log.has(method=m.name, episode=ep.index)]
         known_ep = ep.known
         sup = torch.tensor(known_ep.support)
@@ -242,10 +244,9 @@ def run_open_episodic(
                 "seconds": round(time.perf_counter() - t0, 4),
             }
             log.append(row)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        _tick(bar, log, ctx, len(ms))
+    if not _gather(log, ctx, [(m.name, i) for i in range(len(sampler)) for m in ms], bar, len(ms)):
+        return RunOutcome(log.directory, [], [], [])
     return _finish(log, ms, "episode")
 
 
@@ -318,7 +319,8 @@ def run_open_split(
     info = _base_info(backbone, "open-split", cfg, ms)
     info["data_classes"] = train.class_names
     _record_precision(info, cache)
-    log = ResultLog(output, info, ("method", "shots", "split_seed"))
+    ctx = current()
+    log = ResultLog(output, info, ("method", "shots", "split_seed"), shard=ctx.rank if ctx.active else None)
     p_train = prepare_images(backbone, cache, train, requests, progress=progress)
     boxes = None
     if test.boxes is not None or unknown.boxes is not None:
@@ -333,14 +335,18 @@ def run_open_split(
     classes = len(train.class_names)
     n_known = len(test.paths)
     y_known = torch.tensor(test.labels)
+    pair = -1  # (K, seed) pairs, shared out over ranks as in run_split
     for k in config.shots:
         for s in config.seeds:
+            pair += 1
             idx, vidx = split_indices(train, val, k, s)
-            for m in ms:
-                if log.has(method=m.name, shots=k, split_seed=s):
+            for i, m in enumerate(ms):
+                if not ctx.owns(pair + i) or log.has(method=m.name, shots=k, split_seed=s):
                     continue
                 t0 = time.perf_counter()
-                support, labels, fit_ctx = prepare_fit(m, p_train, idx, val=p_val, val_index=vidx, seed=s)
+                support, labels, fit_ctx = prepare_fit(
+                    m, p_train, idx, val=p_val, val_index=vidx, seed=s, device=str(ctx.device)
+                )
                 fitted = _fit(m, support, labels, fit_ctx)
                 feats, regions = p_test.rows(m)
                 logits = _logits(m, fitted, feats, regions)
@@ -356,6 +362,9 @@ def run_open_split(
                     "seconds": round(time.perf_counter() - t0, 4),
                 }
                 log.append(row)
+    order = [(m.name, k, s) for k in config.shots for s in config.seeds for m in ms]
+    if not _gather(log, ctx, order):
+        return RunOutcome(log.directory, [], [], [])
     return _finish(log, ms, "split_seed", group=("shots",))
 
 
