@@ -210,3 +210,33 @@ def test_cli_prints_the_candidates_and_how_the_budget_was_spent(tmp_path, monkey
     assert "skipped: coop (not started: the budget of 0 s was spent)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no options"):
         fit(root, backbone="tiny-vit", method="auto", options={"C": 1})
+
+
+def test_heads_fit_on_one_thread_and_training_on_all(tmp_path, monkeypatch) -> None:
+    """Candidates' folds run as evaluate runs them: a head's fit and scoring on one CPU thread
+    (:func:`~focusshot.evaluation.protocols.head_threads`), a trained method's on torch's setting;
+    the setting is restored afterwards."""
+    import torch
+
+    monkeypatch.setenv("FOCUSSHOT_CACHE", str(tmp_path / "cache"))
+    root = _write_dataset(tmp_path / "data", classes=2, per_class=3)
+    seen: dict[str, set[int]] = {}
+    for name in ("protonet", "lora"):
+        cls = method_class(name)
+        original = cls.fit
+
+        def counted(self, *args, _name=name, _fit=original, **kw):
+            seen.setdefault(_name, set()).add(torch.get_num_threads())
+            return _fit(self, *args, **kw)
+
+        monkeypatch.setattr(cls, "fit", counted)
+    monkeypatch.setattr(auto, "auto_candidates", lambda: ["protonet", "lora"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(root, backbone="tiny-vit", method="auto", budget_s=float("inf"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert 1 in seen["protonet"]  # its folds (a final fit, if it wins, runs as fit runs it)
+    assert 2 in seen["lora"]

@@ -37,6 +37,7 @@ accuracy on the support set alone -- never on validation or test images -- and p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from focusshot.deadlines import DeadlineExceeded, deadline, now
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
+from focusshot.evaluation.protocols import head_threads
 from focusshot.methods.base import auto_candidates, auto_fallback, cannot_run, create_method
 from focusshot.methods.request import Resolved, resolve
 
@@ -117,6 +119,12 @@ class _Budget:
         return f"{why}: the budget of {self.budget_s:g} s was spent"
 
 
+def _threads(method: Any) -> contextlib.AbstractContextManager[None]:
+    """The CPU threads a candidate fits with: one for a head (:func:`head_threads`), torch's
+    setting for a method that trains."""
+    return contextlib.nullcontext() if method.trains else head_threads()
+
+
 def _cross_validate(
     request: Resolved,
     images: PreparedImages,
@@ -143,9 +151,11 @@ def _cross_validate(
             feats, fold_labels, ctx = prepare_fit(method, images, keep, seed=seed)
             # training and the heads' solvers stop at the deadline (the reserve kept back), or once
             # the pace of their steps says that this fold and the k - f to come will not end by it
-            with deadline(budget.end - budget.reserve, repeats=k - f):
+            # heads on one thread, as evaluate fits them (tiny problems: a second thread only adds
+            # synchronisation, and on a busy CPU makes a head's time vary tenfold); training on all
+            with _threads(method), deadline(budget.end - budget.reserve, repeats=k - f):
                 fitted = method.fit(feats, fold_labels, ctx)
-            with torch.inference_mode():
+            with _threads(method), torch.inference_mode():
                 logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
         except DeadlineExceeded as exc:
             at = f"stopped in fold {f} of {k}" + (f" ({exc.where})" if exc.where else "")
