@@ -13,6 +13,7 @@ backbone's ``Preprocess``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -24,10 +25,13 @@ from focusshot.data.images import to_rgb
 
 __all__ = [
     "INTERPOLATIONS",
+    "VIEW_MIN_VISIBLE",
     "AugmentTransform",
     "ImageTransform",
     "PreprocessLike",
+    "ViewGeometry",
     "box_to_crop",
+    "box_to_view",
     "center_crop",
     "make_transform",
     "make_view_transform",
@@ -37,6 +41,10 @@ __all__ = [
 ]
 
 CropRounding = Literal["round", "floor"]
+
+#: the least fraction of a box's area (inside its image) an augmented view must show for
+#: :func:`box_to_view` to map the box into it
+VIEW_MIN_VISIBLE = 0.25
 
 #: Names accepted for ``interpolation`` and the PIL filter each selects.
 INTERPOLATIONS: dict[str, Image.Resampling] = {
@@ -179,6 +187,70 @@ def box_to_crop(
     return out
 
 
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where an augmented view (:class:`AugmentTransform`) comes from in its image.
+
+    Attributes:
+        box: the crop ``(left, top, right, bottom)`` in the image's pixels (``right`` and
+            ``bottom`` exclusive, as ``PIL.Image.crop`` takes them).
+        flipped: whether the crop, once resized, is mirrored left to right.
+        image_size: the image's ``(width, height)``, as the view saw it (after EXIF orientation
+            when it was loaded with :func:`~focusshot.data.images.load_rgb`).
+    """
+
+    box: tuple[int, int, int, int]
+    flipped: bool
+    image_size: tuple[int, int]
+
+
+def box_to_view(
+    box: Sequence[float], geometry: ViewGeometry, min_visible: float = VIEW_MIN_VISIBLE
+) -> tuple[float, float, float, float] | None:
+    """A box in an image's pixels -> the same box in ``[0, 1]`` coordinates of one augmented view.
+
+    The counterpart of :func:`box_to_crop` for a view of :class:`AugmentTransform`
+    (:meth:`AugmentTransform.geometry` gives ``geometry``): the box is clipped to the image and
+    then to the view's crop box, scaled to the crop (which the view resizes to a square), and
+    mirrored in ``x`` when the view is flipped.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in the image's pixel coordinates (``x`` to the right).
+        geometry: the view's crop box, flip and image size.
+        min_visible: the least fraction of the box's area (its part inside the image) the crop
+            must show, in ``[0, 1]``.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``, or ``None``
+        when the crop shows less than ``min_visible`` of the box, or none of it (the view does
+        not show the object: the caller decides what that view gets).
+
+    Raises:
+        ValueError: the box is empty or reversed, lies outside the image, or ``min_visible`` is
+            outside ``[0, 1]``.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {tuple(box)} is empty or reversed (it needs x0 < x1 and y0 < y1)")
+    if not 0.0 <= min_visible <= 1.0:
+        raise ValueError(f"min_visible must be in [0, 1], got {min_visible}")
+    w, h = geometry.image_size
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {tuple(box)} lies outside the {w}x{h} image")
+    left, top, right, bottom = (float(v) for v in geometry.box)
+    cx0, cy0, cx1, cy1 = max(x0, left), max(y0, top), min(x1, right), min(y1, bottom)
+    if not (cx1 > cx0 and cy1 > cy0):
+        return None
+    if (cx1 - cx0) * (cy1 - cy0) < min_visible * (x1 - x0) * (y1 - y0):
+        return None
+    cw, ch = right - left, bottom - top
+    vx0, vx1 = (cx0 - left) / cw, (cx1 - left) / cw
+    if geometry.flipped:
+        vx0, vx1 = 1.0 - vx1, 1.0 - vx0
+    return (vx0, (cy0 - top) / ch, vx1, (cy1 - top) / ch)
+
+
 def to_tensor(img: Image.Image) -> Tensor:
     """8-bit RGB PIL image -> float32 tensor ``(3, H, W)`` in [0, 1]."""
     arr = np.asarray(to_rgb(img), dtype=np.uint8)
@@ -300,14 +372,29 @@ class AugmentTransform:
         left, top = (width - side) // 2, (height - side) // 2
         return left, top, left + side, top + side
 
+    def _geometry(self, rgb: Image.Image) -> ViewGeometry:
+        """The draws, in their one order: the crop box (:meth:`box`), then the flip."""
+        g = self._generator(rgb)
+        box = self.box(rgb.width, rgb.height, g)
+        flipped = float(torch.rand(1, generator=g)) < 0.5
+        return ViewGeometry(box, flipped, (rgb.width, rgb.height))
+
+    def geometry(self, img: Image.Image) -> ViewGeometry:
+        """This view's crop box and flip for ``img`` (any mode): what :meth:`__call__` cuts out of
+        it, without computing the pixels. :func:`box_to_view` maps a box into the view with it."""
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
+        return self._geometry(to_rgb(img))
+
     def __call__(self, img: Image.Image) -> Tensor:
+        """The view of ``img`` (any mode): a normalised float32 tensor ``(3, crop, crop)``."""
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
         img = to_rgb(img)
-        g = self._generator(img)
-        crop = img.crop(self.box(img.width, img.height, g))
+        geo = self._geometry(img)
+        crop = img.crop(geo.box)
         crop = crop.resize((self.base.crop, self.base.crop), _resample(self.base.interpolation))
-        if float(torch.rand(1, generator=g)) < 0.5:
+        if geo.flipped:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return normalize(to_tensor(crop), self.base.mean, self.base.std)
 
