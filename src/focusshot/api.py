@@ -404,7 +404,8 @@ def fit(
             ``"auto"`` chooses it by leave-one-class-out on the support set
             (:func:`~focusshot.evaluation.open_set.choose_threshold`; methods that do not train,
             3 classes or more; with one image per class, seeded augmented views of the support
-            images play the known ones), a number sets it.
+            images play the known ones, each with its image's box mapped into it for the methods
+            that read boxes), a number sets it.
         reject_tpr: with ``reject="auto"``: the threshold that keeps this fraction of known
             images (e.g. 0.95) instead of the one that balances the two error rates.
         open_score: the open-set score to reject by (:data:`focusshot.methods.open_set.SCORES`;

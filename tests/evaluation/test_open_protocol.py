@@ -117,6 +117,41 @@ def test_one_shot_episodes_measure_the_auto_threshold_fit_would_pick(data: Path,
     assert proto[0]["open"]["distance"]["threshold_auto"] == clf.info["reject"]["threshold"]
 
 
+def test_one_shot_episodes_of_a_region_method_map_the_boxes_into_the_views(
+    data: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from focusshot.data.open_episodes import OpenEpisodeSampler
+    from focusshot.data.sources import open_source
+
+    plain = open_source(data / "pool")
+    boxes = [(2.0 + i % 3, 3.0, 30.0, 33.0 - i % 4) for i in range(len(plain.paths))]
+    pool = dataclasses.replace(plain, boxes=boxes)
+    run = dict(ways=3, shots=1, queries=2, episodes=2, open_ways=3, cache_dir=tmp_path / "cache", seed=4)
+    out = focusshot.evaluate(
+        "tiny-clip-vit", pool, ["red_circle"], output=tmp_path / "r1", pretrained=False,
+        figures=False, report=False, **run,
+    )  # fmt: skip
+    rows = out.rows
+    assert all("auto_refused" not in r and "open_accuracy_auto" in r["open"]["max_logit"] for r in rows)
+    # the threshold is the one fit --reject auto picks from the episode's support and its boxes
+    ep = OpenEpisodeSampler(pool.labels, 3, 1, 2, 2, 4, 3, class_names=pool.class_names)[0]
+    sup = dataclasses.replace(
+        pool,
+        paths=[pool.paths[i] for i in ep.known.support],
+        labels=list(range(3)),
+        class_names=[pool.class_names[c] for c in ep.known.classes],
+        boxes=[boxes[i] for i in ep.known.support],
+    )
+    assert [pool.labels[i] for i in ep.known.support] == list(ep.known.classes)
+    clf = focusshot.fit(
+        sup, backbone="tiny-clip-vit", method="red_circle", pretrained=False, seed=4,
+        cache_dir=tmp_path / "cache", reject="auto",
+    )  # fmt: skip
+    assert rows[0]["open"]["max_logit"]["threshold_auto"] == pytest.approx(clf.info["reject"]["threshold"])
+
+
 def test_open_split_run(data: Path, tmp_path: Path) -> None:
     out = focusshot.evaluate(
         "tiny-clip-vit", data / "splits", ["protonet", "ridge"], "split", tmp_path / "s", shots=[2],

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import focusshot
+from focusshot.backbones.registry import create_backbone
 from focusshot.classifier import UNKNOWN, Classifier
 from focusshot.cli import main
+from focusshot.data.images import load_rgb
+from focusshot.data.labelled import LabelledImages
+from focusshot.data.transforms import AugmentTransform, box_to_view
+from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.open_set import (
     LOCO_VIEWS,
+    NoKnownViews,
     auroc,
     balanced_threshold,
     fpr_at_tpr,
@@ -25,8 +34,9 @@ from focusshot.evaluation.open_set import (
     roc_curve,
     tpr_threshold,
 )
+from focusshot.evaluation.prepare import PreparedImages, prepare_fit, prepare_images, view_regions
 from focusshot.heads import NearestNeighbour, ProtoNet, ZeroShot
-from focusshot.methods.base import create_method
+from focusshot.methods.base import create_method, list_methods, method_class
 from focusshot.methods.open_set import SCORES, check_score, logit_score, mcm
 from tests.methods.helpers import class_folders
 
@@ -110,8 +120,9 @@ def test_loco_refusals() -> None:
     assert loco_refusal(head, [0, 1, 2]) == ""  # one image per class: augmented views play the known
     assert "at least 3 classes" in loco_refusal(head, [0, 0, 1, 1])
     assert "trains per fit" in loco_refusal(create_method("lora"), [0, 0, 1, 1, 2, 2])
-    assert "reads a region per image" in loco_refusal(create_method("red_circle"), [0, 1, 2])
-    assert loco_refusal(create_method("red_circle"), [0, 0, 1, 2]) == ""  # a second image: no views
+    # region methods too: at one image per class each view gets its image's box (loco_scores)
+    assert loco_refusal(create_method("red_circle"), [0, 1, 2]) == ""
+    assert loco_refusal(create_method("falip"), [0, 0, 1, 2]) == ""
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +177,7 @@ def test_fit_reject_auto_at_one_shot(folders: Path, tmp_path: Path) -> None:
     assert other["view_seed"] == 1 and other["known_scores"] == r["known_scores"]
     tpr = focusshot.fit(one, **fit, reject_tpr=0.9).info["reject"]
     assert tpr["rule"] == "tpr" and tpr["views"] == LOCO_VIEWS and tpr["tpr"] >= 0.9
-    with pytest.raises(ValueError, match="reads a region per image"):
+    with pytest.raises(ValueError, match="reads each image's box, but .* has none"):  # as at any shot
         focusshot.fit(one, backbone="tiny-clip-vit", method="red_circle", reject="auto", cache_dir=tmp_path)
 
 
@@ -192,6 +203,141 @@ def test_one_shot_known_scores_are_views_never_the_fitted_images(folders: Path, 
     # two images of a class: the held-out-image rule, no views
     k2, u2 = loco_scores(m, prepared, ["distance"], index=torch.tensor([0, 1, 3, 6]), seed=0)
     assert k2["distance"].shape == (2,) and u2["distance"].shape == (4,)
+
+
+#: the registered methods that read a box per image and train nothing (FALIP, FALIP-Tip, the
+#: drawn prompts): leave-one-class-out runs for them
+REGION_METHODS = [n for n in list_methods() if not method_class(n).trains and create_method(n).needs_regions]
+#: a box over most of a 36x36 support image: every view of half its area or more shows most of it
+WIDE_BOX = (2.0, 2.0, 34.0, 34.0)
+#: a box in a corner that some views crop away
+CORNER_BOX = (0.0, 0.0, 12.0, 12.0)
+
+
+def _one_shot(folders: Path, boxes: list[tuple[float, ...] | None]) -> LabelledImages:
+    """The first support image of each class, with ``boxes`` (one per class)."""
+    paths = [str(folders / "support" / f"class_{c}" / "0.png") for c in range(3)]
+    return LabelledImages(paths, [0, 1, 2], ["class_0", "class_1", "class_2"], list(boxes))
+
+
+def _manifest(path: Path, data: LabelledImages) -> Path:
+    """``data`` as a JSONL manifest (with its boxes where it has them)."""
+    with path.open("w") as out:
+        for p, y, box in zip(data.paths, data.labels, data.boxes or [None] * 3, strict=True):
+            row = {"path": p, "label": data.class_names[y], **({"box": list(box)} if box else {})}
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_region_methods_are_registered() -> None:
+    assert {"falip", "falip_tip", "red_circle", "blur_box"} <= set(REGION_METHODS)
+
+
+@pytest.mark.parametrize("name", REGION_METHODS)
+def test_fit_reject_auto_at_one_shot_with_boxes(name: str, folders: Path, tmp_path: Path) -> None:
+    boxed = _manifest(tmp_path / "boxes.jsonl", _one_shot(folders, [WIDE_BOX] * 3))
+    fit = dict(backbone="tiny-clip-vit", method=name, cache_dir=tmp_path / "cache", reject="auto")
+    clf = focusshot.fit(boxed, **fit)
+    r = clf.info["reject"]
+    assert r["chosen_by"] == "leave-one-class-out on the support set, augmented views as the known images"
+    assert r["views"] == LOCO_VIEWS and r["view_seed"] == 0 and r["folds"] == 3
+    assert r["known_scores"] == 3 * 2 * LOCO_VIEWS and r["unknown_scores"] == 3  # every view shows its box
+    assert r["score"] == method_class(name).open_score and math.isfinite(r["threshold"])
+    assert Classifier.load(clf.save(tmp_path / "c.safetensors")).info["reject"] == r
+    assert focusshot.fit(boxed, **fit).info["reject"] == r
+    # the same images scored without their regions (views and held-out images alike) choose otherwise
+    bare = _manifest(tmp_path / "bare.jsonl", _one_shot(folders, [None] * 3))
+    whole = focusshot.fit(bare, **fit, options={"missing_box": "whole"}).info["reject"]
+    assert whole["known_scores"] == r["known_scores"] and whole["threshold"] != r["threshold"]
+
+
+def _prepared(name: str, data: LabelledImages, cache: Path, **options: object) -> PreparedImages:
+    from focusshot.methods.request import resolve
+
+    backbone = create_backbone("tiny-clip-vit")
+    return prepare_images(backbone, FeatureCache(cache), data, [resolve(name, options or None, backbone)])
+
+
+@pytest.mark.parametrize("name", ["falip", "red_circle"])
+def test_one_shot_known_views_are_scored_with_their_own_boxes(
+    name: str, folders: Path, tmp_path: Path
+) -> None:
+    data = _one_shot(folders, [WIDE_BOX, (4.0, 6.0, 20.0, 30.0), (14.0, 3.0, 35.0, 25.0)])
+    prepared = _prepared(name, data, tmp_path)
+    m, backbone = create_method(name), prepared.backbone
+    known, unknown = loco_scores(m, prepared, ["max_logit"], seed=0)
+    assert known["max_logit"].shape == (3 * 2 * LOCO_VIEWS,) and unknown["max_logit"].shape == (3,)
+    # fold 0 by hand: class 0 plays the unknown, views v of images 1 and 2 (in that order) the known
+    feats, ys, ctx = prepare_fit(m, prepared, torch.tensor([1, 2]), classes=[1, 2], seed=0)
+    fitted = m.fit(feats, ys, ctx)
+    queries, regions = [], []
+    for v in range(1, LOCO_VIEWS + 1):
+        t = AugmentTransform(backbone.preprocess, v, seed=0)
+        prefix = prepared.prefixes[name].with_view(v, 0)
+        views = prepared.cache.get_resolved(backbone, data.paths[1:], prefix, progress=False)
+        for j in (1, 2):
+            queries.append(views[j - 1])
+            box = data.boxes[j]
+            assert box is not None
+            mapped = box_to_view(box, t.geometry(load_rgb(data.paths[j])))
+            assert mapped is not None
+            regions.append(mapped)
+    q = torch.stack(queries)
+    with torch.inference_mode():
+        expected = fitted.logits(q, regions=torch.tensor(regions)).max(-1).values
+        unboxed = fitted.logits(q, regions=torch.full((len(q), 4), float("nan"))).max(-1).values
+        held_out = fitted.logits(*prepared.rows(m, torch.tensor([0]))).max(-1).values
+    torch.testing.assert_close(known["max_logit"][: 2 * LOCO_VIEWS].float(), expected, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(unboxed, expected)  # the boxes change the scores they are read for
+    torch.testing.assert_close(unknown["max_logit"][:1].float(), held_out, rtol=1e-5, atol=1e-4)
+
+
+def test_views_that_crop_the_box_away_follow_missing_box(folders: Path, tmp_path: Path) -> None:
+    data = _one_shot(folders, [CORNER_BOX] * 3)
+    skip = _prepared("red_circle", data, tmp_path)
+    whole = _prepared("red_circle", data, tmp_path, missing_box="whole")
+    regions, shown = view_regions(skip.backbone, data, [0, 1, 2], LOCO_VIEWS, 0)
+    assert 0 < int(shown.sum()) < shown.numel()  # some views show the corner, some do not
+    assert torch.isnan(regions[~shown]).all() and not torch.isnan(regions[shown]).any()
+    k_skip, u_skip = loco_scores(create_method("red_circle"), skip, ["max_logit"])
+    m_whole = create_method("red_circle", {"missing_box": "whole"})
+    k_whole, u_whole = loco_scores(m_whole, whole, ["max_logit"])
+    # error (the default): a view that hides its box is no known query; whole: scored unprompted
+    keep = torch.cat([shown[:, [j for j in range(3) if j != h]].flatten() for h in range(3)])
+    assert k_skip["max_logit"].shape == (int(keep.sum()),) and k_whole["max_logit"].shape == keep.shape
+    # (scored in batches of another size: equal within float tolerance)
+    torch.testing.assert_close(k_whole["max_logit"][keep], k_skip["max_logit"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(u_whole["max_logit"], u_skip["max_logit"], rtol=1e-5, atol=1e-4)
+    # an image without a box: its views have none either, and nothing is missing from them
+    no_box = dataclasses.replace(data, boxes=[None, CORNER_BOX, CORNER_BOX])
+    r0, s0 = view_regions(skip.backbone, no_box, [0, 1], LOCO_VIEWS, 0)
+    assert torch.isnan(r0[:, 0]).all() and s0[:, 0].all()
+    torch.testing.assert_close(r0[:, 1], regions[:, 1], equal_nan=True)
+
+
+def test_no_view_shows_its_box(tmp_path: Path) -> None:
+    from focusshot.evaluation.open_protocol import _auto
+
+    paths = []
+    for c in range(3):  # 200x200 images, a 3x3 box in the corner: every view of half the area misses it
+        arr = np.full((200, 200, 3), 60 * c + 20, dtype=np.uint8)
+        paths.append(str(tmp_path / f"{c}.png"))
+        Image.fromarray(arr).save(paths[-1])
+    data = LabelledImages(paths, [0, 1, 2], ["a", "b", "c"], [(0.0, 0.0, 3.0, 3.0)] * 3)
+    prepared = _prepared("red_circle", data, tmp_path / "cache")
+    _, shown = view_regions(prepared.backbone, data, [0, 1, 2], LOCO_VIEWS, 0)
+    assert not shown.any()
+    m = create_method("red_circle")
+    with pytest.raises(NoKnownViews, match="none of the 4 augmented views of the 3 support images"):
+        loco_scores(m, prepared, ["max_logit"])
+    why = _auto(m, prepared, torch.arange(3), [0, 1, 2], ["max_logit"], 0)
+    assert isinstance(why, str) and "missing_box='whole'" in why  # the protocol records it, runs on
+    manifest = _manifest(tmp_path / "m.jsonl", data)
+    fit = dict(backbone="tiny-clip-vit", method="red_circle", reject="auto", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="leave-one-class-out has no known images"):
+        focusshot.fit(manifest, **fit)
+    got = focusshot.fit(manifest, **fit, options={"missing_box": "whole"})
+    assert got.info["reject"]["known_scores"] == 3 * 2 * LOCO_VIEWS
 
 
 def test_files_without_rejection_load_and_predict_unchanged(folders: Path, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ the closed-set accuracy on the known queries; AUROC and FPR at 95% TPR of known 
 open-set accuracy at the oracle threshold (the best on those very queries) and at the threshold
 ``fit --reject auto`` would choose from the support alone
 (:func:`~focusshot.evaluation.open_set.loco_scores`, balanced rule; at one shot its known images
-are augmented views of the support, seeded as a training method's views are), where it can run.
+are augmented views of the support, seeded as a training method's views are, with each image's box
+mapped into its views for the methods that read boxes), where it can run.
 Summaries are per (method, score) with 95% intervals; paired differences are against the first
 method, score by score, as every other metric.
 """
@@ -35,6 +36,7 @@ from focusshot.distributed import current
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import accuracy, paired_difference
 from focusshot.evaluation.open_set import (
+    NoKnownViews,
     auroc,
     balanced_threshold,
     fpr_at_tpr,
@@ -155,7 +157,10 @@ def _auto(
     why = loco_refusal(m, pool.labels[index].tolist())
     if why:
         return why
-    return loco_scores(m, pool, names, index=index, classes=classes, seed=seed, view_seed=view_seed)
+    try:
+        return loco_scores(m, pool, names, index=index, classes=classes, seed=seed, view_seed=view_seed)
+    except NoKnownViews as exc:  # no view of this support shows its box: this fit has no auto
+        return str(exc)
 
 
 def _given(fitted: Fitted, names: Sequence[str]) -> list[str]:

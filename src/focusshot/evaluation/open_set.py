@@ -18,7 +18,8 @@ threshold, *rejected* (``unknown``) below it.
   unknown and the method is fitted on the others (one support image of each other class with two
   or more held out to play a known query), and the threshold is read off the pooled known and
   unknown scores. With one image per class no image is left to hold out: the known queries are
-  then seeded augmented views of the other classes' images (:func:`loco_scores`).
+  then seeded augmented views of the other classes' images (:func:`loco_scores`), each with its
+  image's box mapped into it for the methods that read one.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from focusshot.evaluation.prepare import PreparedImages, prepare_fit
+from focusshot.data.transforms import VIEW_MIN_VISIBLE
+from focusshot.evaluation.prepare import PreparedImages, prepare_fit, view_regions
 from focusshot.methods.base import Fitted, Method
 from focusshot.methods.open_set import open_scores
 
 __all__ = [
     "LOCO_VIEWS",
     "RULES",
+    "NoKnownViews",
     "auroc",
     "balanced_threshold",
     "choose_threshold",
@@ -58,6 +61,11 @@ RULES = ("balanced", "tpr")
 #: augmented views of each support image that play the known images of leave-one-class-out when
 #: every class has one support image (:func:`loco_scores`)
 LOCO_VIEWS = 4
+
+
+class NoKnownViews(ValueError):
+    """Leave-one-class-out with one image per class found no augmented view that shows its
+    image's box, for a method that reads boxes and has no fallback for them (:func:`loco_scores`)."""
 
 
 def _array(x: Any, name: str) -> np.ndarray:
@@ -192,12 +200,6 @@ def loco_refusal(method: Method[Any], labels: Sequence[int]) -> str:
             f"leave-one-class-out needs at least 3 classes (one plays the unknown, two stay known); "
             f"the support set has {counts.size}"
         )
-    if counts.max() < 2 and method.needs_regions:
-        return (
-            f"with one support image per class the known images of leave-one-class-out are augmented "
-            f"views (random crops), and method {method.name!r} reads a region per image that no view "
-            "carries: give a class a second image, or set the threshold by hand (--reject VALUE)"
-        )
     return ""
 
 
@@ -241,6 +243,17 @@ def loco_scores(
     of each class. A support set where some class has two images or more keeps the held-out-image
     rule (its classes with one image give no known queries).
 
+    **Regions of the views.** A method that reads each image's box (``method.needs_regions`` and
+    ``method.uses_boxes()``) gets, with every view, its image's box in that view
+    (:func:`~focusshot.evaluation.prepare.view_regions`: clipped to the view's crop, scaled to
+    it, mirrored when the view is flipped); the unknown images get their own regions, as with
+    more shots. A view that shows less than
+    :data:`~focusshot.data.transforms.VIEW_MIN_VISIBLE` of its image's box follows the method's
+    ``missing_box``: ``"whole"`` scores it with no region (the whole view, as an image without a
+    box is scored); otherwise it is left out of the known queries, since a new image of a known
+    class would come with its object in the box. An image without a box (``missing_box="whole"``
+    only) gives views without a region.
+
     Args:
         method: a method that does not train (:func:`loco_refusal`).
         support: the prepared images the support set comes from.
@@ -255,6 +268,8 @@ def loco_scores(
 
     Raises:
         ValueError: :func:`loco_refusal`'s reason, or a score the method cannot give.
+        NoKnownViews: one image per class, and no view shows its image's box (a method without
+            a fallback for a missing box).
     """
     idx = torch.arange(len(support.data.paths)) if index is None else index.long()
     labels = support.labels[idx]
@@ -349,8 +364,15 @@ def _view_scores(
         ]
     )
     labels = support.labels[idx]
+    regions: Tensor | None = None  # (V, N, 4): each view's box, in that view
+    shown: Tensor | None = None  # (V, N): the views that show their image's box
+    if method.needs_regions and method.uses_boxes() and support.regions is not None:
+        regions, shown = view_regions(backbone, support.data, rows, views, view_seed)
+        if method.missing_box() == "whole":
+            shown = None  # a view without its box is scored whole (its row is NaN)
     known: dict[str, list[Tensor]] = {n: [] for n in names}
     unknown: dict[str, list[Tensor]] = {n: [] for n in names}
+    held = 0
     for h in order:
         rest = [c for c in order if c != h]
         fit_pos = [j for c in rest for j in (labels == c).nonzero().flatten().tolist()]
@@ -358,9 +380,23 @@ def _view_scores(
         feats, ys, ctx = prepare_fit(method, support, fit_rows, classes=rest, seed=seed)
         fitted = _fit_method(method, feats, ys, ctx)
         held_in = seen[:, fit_pos].flatten(0, 1)  # every view of every image the fold was fitted on
-        out, _ = support.rows(method, idx[labels == h])
-        for q, into in ((held_in, known), (out, unknown)):
-            _score_into(into, fitted, q, names, None, temperature)
+        held_regions = None if regions is None else regions[:, fit_pos].flatten(0, 1)
+        if shown is not None and held_regions is not None:
+            keep = shown[:, fit_pos].flatten()
+            held_in, held_regions = held_in[keep], held_regions[keep]
+        if held_in.shape[0]:
+            _score_into(known, fitted, held_in, names, held_regions, temperature)
+            held += int(held_in.shape[0])
+        out, out_regions = support.rows(method, idx[labels == h])
+        _score_into(unknown, fitted, out, names, out_regions, temperature)
+    if not held:
+        raise NoKnownViews(
+            f"method {method.name!r} reads each image's box, and none of the {views} augmented views "
+            f"of the {len(rows)} support images (one per class) shows at least "
+            f"{VIEW_MIN_VISIBLE:.0%} of its image's box, so leave-one-class-out has no known images: "
+            "give a class a second image, set the threshold by hand (--reject VALUE), or set the "
+            "method's option missing_box='whole' to score such views whole"
+        )
     return _joined(known), _joined(unknown)
 
 

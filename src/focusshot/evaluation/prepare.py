@@ -34,7 +34,7 @@ from focusshot.backbones.base import Backbone
 from focusshot.backbones.prefix import Prefix
 from focusshot.data.images import ImageError, ImageErrors
 from focusshot.data.sources import LabelledImages
-from focusshot.data.transforms import box_to_crop
+from focusshot.data.transforms import AugmentTransform, box_to_crop, box_to_view
 from focusshot.distributed import Context, current
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.methods.base import FitContext, Method
@@ -48,6 +48,7 @@ __all__ = [
     "prepare_images",
     "region_tensor",
     "sharded_get",
+    "view_regions",
 ]
 
 
@@ -131,6 +132,48 @@ def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     return out
+
+
+def view_regions(
+    backbone: Backbone, data: LabelledImages, index: Sequence[int], views: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """The boxes of images ``index`` in their seeded augmented views ``1..views`` (the views
+    :meth:`Prefix.with_view(v, seed) <focusshot.backbones.prefix.Prefix.with_view>` caches), in
+    ``[0, 1]`` coordinates of each view: ``(regions (V, N, 4), shown (V, N))``.
+
+    Each view's crop box and flip come from
+    :meth:`~focusshot.data.transforms.AugmentTransform.geometry` of the image as the cache loads
+    it, and the box goes through :func:`~focusshot.data.transforms.box_to_view`. A NaN row marks
+    an image without a box (``shown`` true: there was nothing to show) or a view that shows less
+    than :data:`~focusshot.data.transforms.VIEW_MIN_VISIBLE` of its image's box (``shown``
+    false); the caller decides what such a view gets.
+
+    Raises:
+        ValueError: a box is empty or lies outside its image (naming the image).
+    """
+    from focusshot.data.images import load_rgb
+
+    rows = [int(i) for i in index]
+    regions = torch.full((views, len(rows), 4), float("nan"))
+    shown = torch.ones(views, len(rows), dtype=torch.bool)
+    if data.boxes is None:
+        return regions, shown
+    transforms = [AugmentTransform(backbone.preprocess, v, seed) for v in range(1, views + 1)]
+    for j, i in enumerate(rows):
+        box = data.boxes[i]
+        if box is None:
+            continue
+        img = load_rgb(data.paths[i])
+        for v, t in enumerate(transforms):
+            try:
+                mapped = box_to_view(box, t.geometry(img))
+            except ValueError as exc:
+                raise ValueError(f"{data.paths[i]}: {exc}") from None
+            if mapped is None:
+                shown[v, j] = False
+            else:
+                regions[v, j] = torch.tensor(mapped)
+    return regions, shown
 
 
 def _check_boxes(data: LabelledImages, regions: Tensor, users: Sequence[Method]) -> None:
