@@ -268,7 +268,9 @@ def lora(k: int) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     base = {m: per_episode(rows, "protonet", "distance", m) for m in ("auroc", "open_accuracy_oracle")}
-    closed = {m: {r["episode"]: r["accuracy"] for r in rows if r["method"] == m} for m in ("protonet", "lora")}
+    closed = {
+        m: {r["episode"]: r["accuracy"] for r in rows if r["method"] == m} for m in ("protonet", "lora")
+    }
     for m in ("protonet", "lora"):
         mine_rows = [r for r in rows if r["method"] == m]
         for sc in SCORES:
