@@ -164,3 +164,37 @@ def test_every_caller_prepares_its_fits_with_prepare_fit(tmp_path, monkeypatch) 
     assert [r["method"] for r in clf.info["auto"]["candidates"]] != []
     assert all(counts[r["method"]] == 12 for r in clf.info["auto"]["candidates"])
     assert calls[-1] == clf.method  # then the chosen method's own fit
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_boxes_are_in_the_upright_pixels_the_model_sees(tmp_path, orientation: int) -> None:
+    """A phone photo stored sideways with an EXIF orientation tag is loaded upright; its box, given
+    in those upright pixels, lands on the object in the evaluation crop."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from focusshot.backbones.base import Preprocess
+    from focusshot.data.images import load_rgb, upright_size
+    from focusshot.data.labelled import LabelledImages
+    from focusshot.data.transforms import ImageTransform
+
+    upright = Image.new("RGB", (96, 64), (128, 128, 128))
+    box = (50, 10, 80, 40)  # x0, y0, x1, y1 in the upright image
+    upright.paste((255, 0, 0), box)
+    # stored so that PIL's exif_transpose turns it back upright
+    turn = {1: None, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    stored = upright if turn is None else upright.transpose(turn)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo{orientation}.png"
+    stored.save(path, exif=exif)
+    assert load_rgb(path).size == upright_size(path) == (96, 64)
+    pre = Preprocess(resize=48, crop=48)
+    region = prepare.region_tensor(
+        SimpleNamespace(preprocess=pre), LabelledImages([str(path)], [0], ["a"], [box])
+    )[0]
+    x = ImageTransform(pre)(load_rgb(path))  # (3, 48, 48), normalised
+    red = (x[0] > x[1] + 1.0).nonzero()  # rows, cols of the red object
+    seen = torch.tensor([red[:, 1].min(), red[:, 0].min(), red[:, 1].max() + 1, red[:, 0].max() + 1]) / 48
+    assert torch.allclose(region, seen.float(), atol=1.5 / 48), (region, seen)

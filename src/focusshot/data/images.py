@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from focusshot.data.extensions import IMAGE_EXTENSIONS
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "load_rgb", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "list_images", "load_rgb", "to_rgb", "upright_size"]
 
 
 #: Modes that carry an alpha channel (or a palette/transparency that becomes one).
@@ -156,6 +156,31 @@ def load_rgb(path: str | os.PathLike[str], exif_transpose: bool = True) -> Image
     except _DECODE_ERRORS as err:
         raise ImageError(p, f"{type(err).__name__}: {err}") from err
     return rgb
+
+
+#: EXIF orientations (tag 0x0112) that turn an image a quarter or three quarters, or transpose it:
+#: upright, its width and height swap
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`load_rgb` returns it, turned upright by its EXIF
+    orientation, read from its header alone (boxes are given in these pixels).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImageError: the file cannot be identified as an image (the message names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such image file: {p}")
+    try:
+        with Image.open(p) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112)
+    except _DECODE_ERRORS as err:
+        raise ImageError(p, f"{type(err).__name__}: {err}") from err
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def _is_image_file(p: Path) -> bool:

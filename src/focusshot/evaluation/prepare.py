@@ -111,7 +111,8 @@ def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
     """Every image's box in ``[0, 1]`` coordinates of the backbone's evaluation crop: ``(N, 4)``.
 
     ``data.boxes`` (original pixels) go through the backbone's resize + centre crop
-    (:func:`~focusshot.data.transforms.box_to_crop`; each image's size is read from its header).
+    (:func:`~focusshot.data.transforms.box_to_crop`; each image's size is read from its header,
+    turned upright by its EXIF orientation as the image is loaded: boxes are in upright pixels).
     A row of NaN marks an image without a box.
 
     Raises:
@@ -120,13 +121,12 @@ def region_tensor(backbone: Backbone, data: LabelledImages) -> Tensor:
     out = torch.full((len(data.paths), 4), float("nan"))
     if data.boxes is None:
         return out
-    from PIL import Image
+    from focusshot.data.images import upright_size
 
     for i, (path, box) in enumerate(zip(data.paths, data.boxes, strict=True)):
         if box is None:
             continue
-        with Image.open(path) as im:
-            size = im.size
+        size = upright_size(path)  # the pixels the model sees: turned upright by EXIF, as loaded
         try:
             out[i] = torch.tensor(box_to_crop(box, size, backbone.preprocess))
         except ValueError as exc:
