@@ -198,3 +198,46 @@ def test_boxes_are_in_the_upright_pixels_the_model_sees(tmp_path, orientation: i
     red = (x[0] > x[1] + 1.0).nonzero()  # rows, cols of the red object
     seen = torch.tensor([red[:, 1].min(), red[:, 0].min(), red[:, 1].max() + 1, red[:, 0].max() + 1]) / 48
     assert torch.allclose(region, seen.float(), atol=1.5 / 48), (region, seen)
+
+
+@pytest.mark.parametrize("name", ["protonet", "zeroshot"])
+def test_a_set_of_stored_features_prepares_fits_as_its_images_do(clip, world, cache, name) -> None:
+    """``PreparedImages.of_features`` (a classifier file's kept support set) cuts the same fits
+    out, and leave-one-class-out's held-out-image rule gives the same scores on it."""
+    from focusshot.evaluation.open_set import loco_scores
+    from focusshot.evaluation.prepare import PreparedImages
+
+    request = resolve(name, None, clip)
+    m = request.method
+    images = prepare_images(clip, cache, world, [request])
+    stored = PreparedImages.of_features(
+        clip, cache, m, request.prefix, images.features[name].clone(), images.labels.clone(),
+        world.class_names, text=images.text,
+    )  # fmt: skip
+    assert stored.data.boxes is None and stored.regions is None
+    idx, classes = torch.tensor([0, 1, 4, 5, 9]), [2, 0, 1]
+    f1, y1, c1 = prepare_fit(m, images, idx, classes=classes, seed=4)
+    f2, y2, c2 = prepare_fit(m, stored, idx, classes=classes, seed=4)
+    assert torch.equal(f1, f2) and torch.equal(y1, y2) and c1.class_names == c2.class_names
+    assert (c2.text is not None) == m.needs_text and c2.seed == 4 and c2.views is None
+    if m.needs_text:
+        assert torch.equal(c1.text, c2.text)
+    score = m.open_score
+    known, unknown = loco_scores(m, images, [score], seed=1)
+    k2, u2 = loco_scores(m, stored, [score], seed=1)
+    assert torch.equal(known[score], k2[score]) and torch.equal(unknown[score], u2[score])
+
+
+def test_a_set_of_stored_features_checks_its_rows(clip, cache) -> None:
+    from focusshot.evaluation.prepare import PreparedImages
+
+    request = resolve("protonet", None, clip)
+    feats = torch.zeros(3, clip.num_features)
+    with pytest.raises(ValueError, match="features has 3 rows but labels 2"):
+        PreparedImages.of_features(
+            clip, cache, request.method, request.prefix, feats, torch.tensor([0, 1]), ["a", "b"]
+        )
+    with pytest.raises(ValueError, match="labels must lie in 0..1"):
+        PreparedImages.of_features(
+            clip, cache, request.method, request.prefix, feats, torch.tensor([0, 1, 2]), ["a", "b"]
+        )

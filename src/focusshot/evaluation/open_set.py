@@ -515,10 +515,12 @@ def fit_rejection(
     open_score: str | None = None,
     temperature: float = 1.0,
     seed: int = 0,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The rejection a classifier file stores (``info["reject"]``) for ``fit(..., reject=)``:
     :func:`choose_threshold` on the whole support set for ``"auto"`` (``tpr``: the ``tpr`` rule,
-    else ``balanced``), or the number given. ``open_score`` defaults to the method's
+    else ``balanced``; ``classes``: the order of its folds, default every class in label order),
+    or the number given. ``open_score`` defaults to the method's
     (:attr:`~focusshot.methods.base.Method.open_score`); :func:`check_reject` ran before the fit.
 
     Raises:
@@ -538,5 +540,6 @@ def fit_rejection(
             tpr=0.95 if tpr is None else tpr,
             temperature=temperature,
             seed=seed,
+            classes=classes,
         )
     return {"score": score, "threshold": float(reject), "chosen_by": "given"}

@@ -16,6 +16,10 @@ and ``fit --method auto`` (:mod:`focusshot.auto`) all prepare a fit here, in two
    asks for them (:meth:`~focusshot.methods.base.Method.augment_views`; of the prefix the set
    was prepared with), and the support and validation regions for a method that reads regions.
 
+A set whose prefixes were computed before, without its images (a classifier file's kept support
+set, which ``focusshot update`` chooses a rejection threshold on), is
+:meth:`PreparedImages.of_features`: fits are cut out of it the same way.
+
 What a method needs is read from the method *instance* (``needs_text``, ``needs_regions``,
 ``uses_boxes()``, ``augment_views()``): FORT's ``needs_regions`` depends on its ``prompts`` option.
 """
@@ -253,6 +257,47 @@ class PreparedImages:
                 self.regions = region_tensor(self.backbone, self.data)
             _check_boxes(self.data, self.regions, users)
         return self
+
+    @classmethod
+    def of_features(
+        cls,
+        backbone: Backbone,
+        cache: FeatureCache,
+        method: Method,
+        prefix: Prefix,
+        features: Tensor,
+        labels: Tensor,
+        class_names: Sequence[str],
+        *,
+        text: Tensor | None = None,
+    ) -> PreparedImages:
+        """A set made of prefixes computed before, without their images: ``features``
+        ``(N, *prefix)``, ``method``'s resolved ``prefix`` of N images, and their ``labels`` ``(N,)``
+        in ``0..C-1`` of ``class_names`` (a classifier file's kept support set:
+        :mod:`focusshot.update`), with ``text`` ``(C, T, D)`` for a method that needs it.
+
+        What reads the features alone runs on it as on the images it came from (:func:`prepare_fit`,
+        :meth:`rows`, leave-one-class-out's held-out-image rule). It has no boxes, and its paths
+        only name the rows (``<row i>``): what reads the images themselves (a method's augmented
+        views, regions, leave-one-class-out's views with one image per class) cannot run on it.
+
+        Raises:
+            ValueError: ``features`` and ``labels`` differ in length, or a label is outside
+                ``class_names`` (naming the argument).
+        """
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"features has {features.shape[0]} rows but labels {labels.shape[0]}")
+        data = LabelledImages(
+            [f"<row {i}>" for i in range(labels.shape[0])], labels.tolist(), list(class_names)
+        )
+        return cls(
+            backbone,
+            cache,
+            data,
+            features={method.name: features},
+            prefixes={method.name: prefix},
+            text=text if method.needs_text else None,
+        )
 
     def rows(self, method: Method, index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``method``'s prefix of images ``index`` (every image when ``None``) and their regions
