@@ -5,7 +5,11 @@
   fresh ``fit`` on the union gives, within 1e-6, also after save and load; ``--remove`` likewise;
 * every other method refuses and says why (through the contract test's fitted cases);
 * the file records each update; bad input (a class already present, an image that fails to decode,
-  an unknown class to remove) is a clear error that leaves the file as it was.
+  an unknown class to remove) is a clear error that leaves the file as it was;
+* a threshold ``fit --reject auto`` chose is chosen again: the one ``fit --reject auto`` gives on the
+  union (the same record, counts included, with the refitted temperature too), and ``predict``
+  rejects with it; where it cannot be (a hand-set one, one image per class, fewer than 3 classes,
+  a method reading views or boxes) it is dropped with a note that says why.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import focusshot
 from focusshot.backbones.registry import create_backbone
-from focusshot.classifier import Classifier, keeps_support
+from focusshot.classifier import UNKNOWN, Classifier, keeps_support
 from focusshot.cli import main
 from focusshot.data.images import ImageError
 from focusshot.methods.base import create_method, list_methods
-from focusshot.update import update_classifier, update_file, update_refusal
+from focusshot.update import rejection_refusal, update_classifier, update_file, update_refusal
 from tests.methods.helpers import class_folders
 from tests.test_contract import contract_root, fitted_case
 
@@ -153,3 +160,182 @@ def test_every_method_updates_or_says_why(name: str, contract_root: Path) -> Non
     if why:
         with pytest.raises(ValueError, match=re.escape(f"method '{name}' cannot be updated in place: ")):
             update_classifier(clf, remove=[clf.class_names[0]])
+
+
+# --- rejection ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def open_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``all/class_{0..3}`` (3 images each), ``abc/`` its first three classes, ``bcd/`` its last
+    three, ``query/`` (2 per
+    class), ``one/`` one image of each of the first three, ``far/`` two images unlike any class,
+    ``split/{train,val}`` and ``split3/`` (its first three classes) for a temperature, a cache."""
+    root = tmp_path_factory.mktemp("update_reject")
+    class_folders(root / "all", classes=4, per_class=3)
+    class_folders(root / "query", classes=4, per_class=2)
+    class_folders(root / "valpool", classes=4, per_class=5)  # images 3, 4: not among the support's
+    for c in range(4):
+        name = f"class_{c}"
+        shutil.copytree(root / "all" / name, root / "split" / "train" / name)
+        (root / "split" / "val" / name).mkdir(parents=True)
+        for i in (3, 4):
+            shutil.copy(root / "valpool" / name / f"{i}.png", root / "split" / "val" / name / f"{i}.png")
+        if c > 0:
+            shutil.copytree(root / "all" / name, root / "bcd" / name)
+        if c < 3:
+            shutil.copytree(root / "all" / name, root / "abc" / name)
+            (root / "one" / name).mkdir(parents=True)
+            shutil.copy(root / "all" / name / "0.png", root / "one" / name / "0.png")
+            for part in ("train", "val"):
+                shutil.copytree(root / "split" / part / name, root / "split3" / part / name)
+    far = root / "far"
+    far.mkdir()
+    grid = np.zeros((36, 36, 3), np.uint8)
+    grid[::2, :, 2], grid[:, ::2, 0] = 255, 255
+    Image.fromarray(grid).save(far / "grid.png")
+    Image.fromarray(np.full((36, 36, 3), (0, 0, 255), np.uint8)).save(far / "blue.png")
+    return root
+
+
+def _fit_reject(root: Path, folder: str, method: str = "protonet", **kw: Any) -> Classifier:
+    return focusshot.fit(root / folder, backbone=BACKBONE, method=method, cache_dir=root / "cache", **kw)
+
+
+def _same_choice(got: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """``got`` (re-chosen by update) is ``fresh``'s record (fit on the union) with ``rechosen_by``."""
+    assert got["rechosen_by"] == "update" and "rechosen_by" not in fresh
+    assert got["threshold"] == pytest.approx(fresh["threshold"], rel=1e-9, abs=1e-12)
+    rest = {k: v for k, v in got.items() if k not in ("rechosen_by", "threshold")}
+    assert rest == {k: v for k, v in fresh.items() if k != "threshold"}  # counts, rule, AUROC, rates
+
+
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [
+        ("protonet", {}),
+        ("ridge", {}),
+        ("logistic", {"reject_tpr": 0.9, "open_score": "msp"}),
+        ("zeroshot", {"open_score": "mcm"}),
+    ],
+)
+@pytest.mark.parametrize(("folder", "new"), [("abc", "class_3"), ("bcd", "class_0")])
+def test_an_auto_threshold_is_chosen_again_as_fit_chooses_it_on_the_union(
+    method: str, kw: dict[str, Any], folder: str, new: str, open_data: Path
+) -> None:
+    """``class_0`` added to ``bcd`` comes last in the updated classifier but first in a folder fit
+    of the union: the folds still run by class name, so each holds out the image fit's does."""
+    old = _fit_reject(open_data, folder, method, reject="auto", **kw)
+    updated = update_classifier(old, [open_data / "all" / new], cache_dir=open_data / "cache")
+    fresh = _fit_reject(open_data, "all", method, reject="auto", **kw)
+    assert updated.class_names[-1] == new
+    _same_choice(updated.info["reject"], fresh.info["reject"])
+    r = updated.info["reject"]
+    assert r["folds"] == 4 and r["known_scores"] == 4 * 3 and r["unknown_scores"] == 4 * 3
+    (note,) = updated.info["updates"][-1]["notes"]
+    assert note.startswith("rejection threshold re-chosen by leave-one-class-out on the updated support set")
+    assert f"{r['score']} = {r['threshold']:.6g} (was {old.info['reject']['threshold']:.6g})" in note
+
+
+def test_the_threshold_is_chosen_after_the_refitted_temperature(open_data: Path) -> None:
+    """msp reads the temperature: removing a class refits it on the kept validation images, and the
+    threshold is chosen with it, as fit --calibrate --reject auto chooses it on what remains."""
+    kw: dict[str, Any] = {"reject": "auto", "open_score": "msp", "calibrate": True}
+    old = _fit_reject(open_data, "split", "logistic", **kw)
+    updated = update_classifier(old, remove=["class_3"], cache_dir=open_data / "cache")
+    fresh = _fit_reject(open_data, "split3", "logistic", **kw)
+    assert updated.info["calibration"] == pytest.approx(fresh.info["calibration"])
+    assert updated.temperature != 1.0
+    _same_choice(updated.info["reject"], fresh.info["reject"])
+    untempered = _fit_reject(open_data, "split3", "logistic", reject="auto", open_score="msp")
+    assert updated.info["reject"]["threshold"] != pytest.approx(untempered.info["reject"]["threshold"])
+    assert [n.split(" ")[0] for n in updated.info["updates"][-1]["notes"]] == ["temperature", "rejection"]
+
+
+def test_one_image_per_class_grown_with_a_second_image_chooses_by_held_out_images(open_data: Path) -> None:
+    old = _fit_reject(open_data, "one", reject="auto")
+    assert "augmented views" in old.info["reject"]["chosen_by"]
+    updated = update_classifier(old, [open_data / "all" / "class_3"], cache_dir=open_data / "cache")
+    union = open_data / "one_plus"
+    if not union.exists():
+        shutil.copytree(open_data / "one", union)
+        shutil.copytree(open_data / "all" / "class_3", union / "class_3")
+    fresh = _fit_reject(open_data, "one_plus", reject="auto")
+    _same_choice(updated.info["reject"], fresh.info["reject"])
+    assert updated.info["reject"]["chosen_by"] == "leave-one-class-out on the support set"
+    assert "views" not in updated.info["reject"]
+
+
+def test_update_command_rechooses_and_predict_rejects_with_it(
+    open_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _fit_reject(open_data, "abc", reject="auto").save(tmp_path / "clf.safetensors")
+    add = ["update", str(path), "--add", str(open_data / "all" / "class_3")]
+    assert main([*add, "--cache-dir", str(open_data / "cache"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    clf = Classifier.load(path)
+    r = clf.info["reject"]
+    assert r["rechosen_by"] == "update" and clf.info["updates"][-1]["notes"][0] in out
+    assert f"rejects below distance = {r['threshold']:.6g} (re-chosen by update: " in out
+    far = clf.predict(open_data / "far")
+    assert [p.label for p in far] == [UNKNOWN, UNKNOWN] and all(p.score < r["threshold"] for p in far)
+    new = clf.predict(open_data / "query" / "class_3")  # the new class's own images are accepted
+    assert [p.label for p in new] == ["class_3", "class_3"]
+    assert all(p.label != UNKNOWN for p in clf.predict(open_data / "far", reject=False))
+
+
+def _dropped(clf: Classifier, root: Path) -> str:
+    """The note of an update that dropped the rejection threshold; checks that it is gone (the far
+    images of ``root`` are then named a class, with no score)."""
+    assert "reject" not in clf.info
+    (note,) = [n for n in clf.info["updates"][-1]["notes"] if "rejection" in n]
+    assert note.startswith("rejection threshold dropped: ")
+    assert all(p.score is None and p.label != UNKNOWN for p in clf.predict(root / "far"))
+    return note
+
+
+def test_a_hand_set_threshold_is_dropped_with_its_value(open_data: Path, tmp_path: Path) -> None:
+    old = _fit_reject(open_data, "abc", reject=-0.25)
+    assert old.info["reject"]["chosen_by"] == "given"
+    updated = Classifier.load(
+        update_file(
+            old.save(tmp_path / "c.safetensors"),
+            [open_data / "all" / "class_3"],
+            cache_dir=open_data / "cache",
+        )[0]
+    )
+    note = _dropped(updated, open_data)
+    assert "set by hand (distance = -0.25)" in note and "predict --reject VALUE" in note
+
+
+def test_one_image_per_class_after_the_update_drops_it(open_data: Path, tmp_path: Path) -> None:
+    old = _fit_reject(open_data, "one", reject="auto")
+    single = tmp_path / "class_9"
+    single.mkdir()
+    shutil.copy(open_data / "all" / "class_3" / "0.png", single / "0.png")
+    note = _dropped(update_classifier(old, [single], cache_dir=open_data / "cache"), open_data)
+    assert "every class of the updated support set has one image" in note
+    assert "augmented views of the images themselves" in note
+
+
+def test_fewer_than_three_classes_drops_it(open_data: Path) -> None:
+    old = _fit_reject(open_data, "abc", reject="auto")
+    note = _dropped(update_classifier(old, remove=["class_1"], cache_dir=open_data / "cache"), open_data)
+    assert "needs at least 3 classes" in note and "the support set has 2" in note
+
+
+def test_what_the_features_alone_cannot_choose_again() -> None:
+    auto: dict[str, Any] = {"score": "max_logit", "threshold": 1.5, "rule": "balanced"}
+    auto["chosen_by"] = "leave-one-class-out on the support set"
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert rejection_refusal(auto, create_method("protonet"), labels) == ""
+    assert "one image" in rejection_refusal(auto, create_method("protonet"), torch.tensor([0, 1, 2]))
+    assert "reads each image's box" in rejection_refusal(auto, create_method("falip"), labels)
+    views = rejection_refusal(auto, create_method("clip_lora", {"views": 2}), labels)
+    assert "fits on augmented views of the images" in views
+    given = {"score": "msp", "threshold": 0.4, "chosen_by": "given"}
+    assert "set by hand (msp = 0.4)" in rejection_refusal(given, create_method("protonet"), labels)
+    bare = {"score": "msp", "threshold": 0.4}
+    assert "does not say that leave-one-class-out chose it" in rejection_refusal(
+        bare, create_method("protonet"), labels
+    )

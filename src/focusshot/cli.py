@@ -318,13 +318,19 @@ def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
             f"{c['validation_nll_after']:.3f})"
         )
     if "reject" in clf.info:
-        r = clf.info["reject"]
-        how = r["chosen_by"] + (f", {r['rule']} rule" if "rule" in r else "")
-        found = ""
-        if "auroc" in r:
-            found = f"; there: AUROC {r['auroc']:.3f}, TPR {r['tpr']:.3f}, FPR {r['fpr']:.3f}"
-        print(f"rejects below {r['score']} = {r['threshold']:.6g} ({how}{found})")
+        _print_reject(clf.info["reject"])
     return 0
+
+
+def _print_reject(r: dict[str, Any]) -> None:
+    """The rejection threshold a classifier file stores (``info["reject"]``), as one line."""
+    how = r["chosen_by"] + (f", {r['rule']} rule" if "rule" in r else "")
+    if "rechosen_by" in r:
+        how = f"re-chosen by {r['rechosen_by']}: {how}"
+    found = ""
+    if "auroc" in r:
+        found = f"; there: AUROC {r['auroc']:.3f}, TPR {r['tpr']:.3f}, FPR {r['fpr']:.3f}"
+    print(f"rejects below {r['score']} = {r['threshold']:.6g} ({how}{found})")
 
 
 def _reject(text: str) -> float | str:
@@ -468,6 +474,8 @@ def _cmd_update(args: argparse.Namespace) -> int:
     for note in record["notes"]:
         print(f"note: {note}")
     print(f"wrote {out}: {record['classes']} classes from {record['images']} images")
+    if "reject" in clf.info:
+        _print_reject(clf.info["reject"])
     return 0
 
 

@@ -17,9 +17,27 @@ more than the pooled features per image (SAV's per-head outputs, FALIP's tokens,
 images) refuses too: its file does not keep that prefix. The reason is
 :func:`update_refusal`'s.
 
-The file records each update (``info["updates"]``: classes added and removed, image counts, when).
-A temperature fitted on validation images is refitted on them; a stored rejection threshold is
-dropped (it was chosen for the old classes) and the record says so.
+The file records each update (``info["updates"]``: classes added and removed, image counts, when,
+and notes on the temperature and the rejection threshold). A temperature fitted on validation
+images is refitted on them.
+
+**Rejection.** A threshold that ``fit --reject auto`` chose by leave-one-class-out is chosen again
+on the updated support set, from its kept features (no image is read again): the same open-set
+score, rule (``balanced``, or ``tpr`` with its target rate) and seed, after the refitted
+temperature, through :func:`~focusshot.evaluation.open_set.fit_rejection` on a
+:meth:`PreparedImages.of_features <focusshot.evaluation.prepare.PreparedImages.of_features>` set.
+Which image each fold holds out depends on the fold's place in the class order, so the folds
+run over the classes by name, as ``fit`` reads a folder or a manifest (the updated classifier
+itself lists the new classes last): the threshold is the one ``fit --reject auto`` gives on a
+folder of all the images (within float rounding; bit-equal in the tests), and ``info["reject"]``
+is that fit's record with ``"rechosen_by": "update"``. It is
+dropped, with a note that says why (:func:`rejection_refusal`), where that cannot be done from the
+features alone: every class of the updated set has one image (leave-one-class-out then plays the
+known images with augmented views of the images themselves), fewer than 3 classes remain, or the
+method's fit reads augmented views or boxes. A threshold set by hand (``fit --reject VALUE``,
+``"chosen_by": "given"``) is dropped too, with its value in the note: the record holds no rule to
+choose it again by, and a score's scale can move with the classes (the softmax probability falls
+as classes are added), so keeping the number would reject by a different criterion.
 """
 
 from __future__ import annotations
@@ -36,10 +54,15 @@ from focusshot.api import default_cache_dir
 from focusshot.classifier import Classifier, SupportSet
 from focusshot.data.images import list_images
 from focusshot.evaluation.cache import FeatureCache
-from focusshot.evaluation.prepare import class_text
-from focusshot.methods.base import FitContext, Method, create_method
+from focusshot.evaluation.open_set import fit_rejection, loco_refusal, one_image_per_class
+from focusshot.evaluation.prepare import PreparedImages, class_text
+from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
-__all__ = ["update_classifier", "update_file", "update_refusal"]
+__all__ = ["rejection_refusal", "update_classifier", "update_file", "update_refusal"]
+
+#: how ``info["reject"]["chosen_by"]`` begins when ``fit --reject auto`` chose the threshold
+#: (:func:`~focusshot.evaluation.open_set.choose_threshold`)
+_LOCO = "leave-one-class-out"
 
 
 def _recipe(clf: Classifier) -> Method[Any]:
@@ -164,7 +187,14 @@ def update_classifier(
         else:
             notes.append("temperature dropped: no validation images of the remaining classes")
     if "reject" in clf.info:
-        notes.append("rejection threshold dropped (chosen for the old classes): fit again with --reject")
+        prepared = PreparedImages.of_features(
+            clf.backbone, cache, recipe, clf.prefix, features, y, names, text=ctx.text
+        )
+        temperature = float(info.get("calibration", {}).get("temperature", 1.0))
+        reject, note = _rejection(clf.info["reject"], recipe, fitted, prepared, temperature, seed)
+        if reject is not None:
+            info["reject"] = reject
+        notes.append(note)
     record = {
         "added": {n: len(ps) for n, ps in new},
         "removed": list(remove),
@@ -177,6 +207,96 @@ def update_classifier(
     info["updates"] = [*clf.info.get("updates", []), record]
     support = SupportSet(features, y, *(val if val is not None else (None, None)))
     return Classifier(clf.backbone, fitted, names, clf.method, clf.backbone_spec, info, support)
+
+
+def rejection_refusal(stored: dict[str, Any], recipe: Method[Any], labels: torch.Tensor) -> str:
+    """Why the rejection threshold a classifier file stores (``stored``: its ``info["reject"]``)
+    cannot be chosen again for ``recipe`` on an updated support set with ``labels`` ``(N,)`` from
+    its features alone; ``""`` when it can (then :func:`~focusshot.evaluation.open_set.fit_rejection`
+    chooses it as ``fit --reject auto`` did)."""
+    old = f"{stored['score']} = {float(stored['threshold']):.6g}"
+    if stored.get("chosen_by") == "given":
+        return (
+            f"it was set by hand ({old}), and a score's scale can move with the classes, so the same "
+            "number would reject by another criterion: give one again (predict --reject VALUE), or fit "
+            "again with --reject"
+        )
+    if not str(stored.get("chosen_by", "")).startswith(_LOCO) or stored.get("rule") is None:
+        return f"its record ({old}) does not say that leave-one-class-out chose it, nor by which rule"
+    if recipe.augment_views():
+        return (
+            f"method {recipe.name!r} fits on augmented views of the images, which the classifier "
+            "file does not keep: fit again with --reject auto"
+        )
+    if recipe.needs_regions and recipe.uses_boxes():
+        return (
+            f"method {recipe.name!r} reads each image's box, which the classifier file does not "
+            "keep: fit again with --reject auto"
+        )
+    why = loco_refusal(recipe, labels.tolist())
+    if why:
+        return f"{why}; set one by hand (predict --reject VALUE)"
+    if one_image_per_class(labels.tolist()):
+        return (
+            "every class of the updated support set has one image, and leave-one-class-out then "
+            "plays the known images with augmented views of the images themselves, which the "
+            "classifier file does not keep: give a class a second image (--remove NAME --add "
+            "FOLDER), or fit again with --reject auto"
+        )
+    return ""
+
+
+def _rejection(
+    stored: dict[str, Any],
+    recipe: Method[Any],
+    fitted: Fitted,
+    support: PreparedImages,
+    temperature: float,
+    seed: int,
+) -> tuple[dict[str, Any] | None, str]:
+    """The updated file's ``info["reject"]`` (``None``: dropped) and the update's note on it: the
+    stored record's score and rule chosen again by leave-one-class-out, its folds in class-name
+    order (as ``fit`` reads a folder of the union), or why not (:func:`rejection_refusal`).
+
+    Args:
+        stored: the old file's ``info["reject"]``.
+        recipe: the method, with the first fit's options.
+        fitted: the updated fit (it must still give the stored score).
+        support: the updated support set (:meth:`PreparedImages.of_features`).
+        temperature: the updated classifier's temperature (1 without one), as ``fit`` passes it.
+        seed: the first fit's seed.
+    """
+    score = str(stored["score"])
+    why = rejection_refusal(stored, recipe, support.labels)
+    if not why and fitted.open_scores().get(score, ""):
+        why = f"the updated fit cannot give the open-set score {score!r}: {fitted.open_scores()[score]}"
+    if why:
+        return None, f"rejection threshold dropped: {why}"
+    rule = str(stored["rule"])
+    tpr = float(stored.get("target_tpr", 0.95)) if rule == "tpr" else None
+    names = support.data.class_names
+    chosen = fit_rejection(
+        recipe,
+        fitted,
+        support,
+        "auto",
+        tpr=tpr,
+        open_score=score,
+        temperature=temperature,
+        seed=seed,
+        classes=sorted(range(len(names)), key=names.__getitem__),  # as fit reads a folder: by name
+    )
+    out: dict[str, Any] = {}
+    for k, v in chosen.items():
+        out[k] = v
+        if k == "chosen_by":
+            out["rechosen_by"] = "update"
+    how = f"{rule} rule" + (f" at {tpr:g}" if tpr is not None else "")
+    note = (
+        f"rejection threshold re-chosen by leave-one-class-out on the updated support set ({how}, "
+        f"as fit --reject auto): {score} = {chosen['threshold']:.6g} (was {float(stored['threshold']):.6g})"
+    )
+    return out, note
 
 
 def _calibration(fitted: Any, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
