@@ -276,7 +276,7 @@ def test_update_command_rechooses_and_predict_rejects_with_it(
     clf = Classifier.load(path)
     r = clf.info["reject"]
     assert r["rechosen_by"] == "update" and clf.info["updates"][-1]["notes"][0] in out
-    assert f"rejects below distance = {r['threshold']:.6g} (re-chosen by update: " in out
+    assert f"rejects below distance = {r['threshold']:.6g} (by update: " in out
     far = clf.predict(open_data / "far")
     assert [p.label for p in far] == [UNKNOWN, UNKNOWN] and all(p.score < r["threshold"] for p in far)
     new = clf.predict(open_data / "query" / "class_3")  # the new class's own images are accepted
@@ -339,3 +339,65 @@ def test_what_the_features_alone_cannot_choose_again() -> None:
     assert "does not say that leave-one-class-out chose it" in rejection_refusal(
         bare, create_method("protonet"), labels
     )
+
+
+def test_update_reject_auto_gives_a_file_fitted_without_one_the_threshold_fit_would_choose(
+    open_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``update --reject auto`` with nothing else: the file fitted without ``--reject`` gets the
+    threshold ``fit --reject auto`` chooses on the same images; with a class added and the tpr rule
+    on another score, the one a fresh fit on the union chooses."""
+    path = _fit_reject(open_data, "abc").save(tmp_path / "clf.safetensors")
+    assert "reject" not in Classifier.load(path).info
+    cache = ["--cache-dir", str(open_data / "cache"), "--quiet"]
+    assert main(["update", str(path), "--reject", "auto", *cache]) == 0
+    out = capsys.readouterr().out
+    clf = Classifier.load(path)
+    _same_choice(clf.info["reject"], _fit_reject(open_data, "abc", reject="auto").info["reject"])
+    assert clf.class_names == ["class_0", "class_1", "class_2"]
+    (note,) = clf.info["updates"][-1]["notes"]
+    assert note.endswith("(there was none)") and "--reject auto" in note and note in out
+    assert [p.label for p in clf.predict(open_data / "far")] == [UNKNOWN, UNKNOWN]
+    kw: dict[str, Any] = {"reject_tpr": 0.9, "open_score": "max_logit"}
+    grown = update_classifier(
+        clf, [open_data / "all" / "class_3"], cache_dir=open_data / "cache", reject="auto", **kw
+    )
+    _same_choice(grown.info["reject"], _fit_reject(open_data, "all", reject="auto", **kw).info["reject"])
+    assert grown.info["reject"]["score"] == "max_logit" and grown.info["reject"]["target_tpr"] == 0.9
+
+
+def test_update_reject_value_sets_a_threshold_by_hand(open_data: Path) -> None:
+    old = _fit_reject(open_data, "abc", reject="auto")
+    updated = update_classifier(old, cache_dir=open_data / "cache", reject=-0.5, open_score="max_logit")
+    r = updated.info["reject"]
+    assert (r["score"], r["threshold"], r["chosen_by"]) == ("max_logit", -0.5, "given")
+    (note,) = updated.info["updates"][-1]["notes"]
+    assert note.startswith(
+        "rejection threshold set by hand (--reject -0.5): max_logit = -0.5 (was distance = "
+    )
+    kept = update_classifier(old, cache_dir=open_data / "cache", reject=-20.0)  # the stored score
+    assert kept.info["reject"]["score"] == "distance"
+
+
+def test_update_reject_that_cannot_be_met_is_refused_before_reading_and_leaves_the_file(
+    open_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _fit_reject(open_data, "one").save(tmp_path / "one.safetensors")
+    before = path.read_bytes()
+    cache = ["--cache-dir", str(open_data / "cache"), "--quiet"]
+    assert main(["update", str(path), "--reject", "auto", *cache]) == 2
+    assert "every class of the updated support set has one image" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    (missing / "class_9").mkdir(parents=True)
+    (missing / "class_9" / "0.png").write_bytes(b"not an image")  # never read: refused first
+    assert main(["update", str(path), "--add", str(missing / "class_9"), "--reject", "auto", *cache]) == 2
+    err = capsys.readouterr().err
+    assert "reject='auto'" in err and "not an image" not in err
+    add = ["--add", str(open_data / "all" / "class_3")]
+    assert main(["update", str(path), *add, "--reject-tpr", "0.9", *cache]) == 2
+    assert "give reject too" in capsys.readouterr().err
+    assert main(["update", str(path), "--reject-tpr", "0.9", *cache]) == 2
+    assert "nothing to update" in capsys.readouterr().err
+    assert main(["update", str(path), "--reject", "auto", "--open-score", "nope", *cache]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert path.read_bytes() == before

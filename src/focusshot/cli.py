@@ -326,7 +326,7 @@ def _print_reject(r: dict[str, Any]) -> None:
     """The rejection threshold a classifier file stores (``info["reject"]``), as one line."""
     how = r["chosen_by"] + (f", {r['rule']} rule" if "rule" in r else "")
     if "rechosen_by" in r:
-        how = f"re-chosen by {r['rechosen_by']}: {how}"
+        how = f"by {r['rechosen_by']}: {how}"
     found = ""
     if "auroc" in r:
         found = f"; there: AUROC {r['auroc']:.3f}, TPR {r['tpr']:.3f}, FPR {r['fpr']:.3f}"
@@ -467,6 +467,9 @@ def _cmd_update(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             batch_size=args.batch_size,
             progress=not args.quiet,
+            reject=args.reject,
+            reject_tpr=args.reject_tpr,
+            open_score=args.open_score,
         )
     record = clf.info["updates"][-1]
     added = ", ".join(f"{n} ({k} images)" for n, k in record["added"].items()) or "none"
@@ -720,7 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("update", help="add classes to a fitted classifier, or remove them, without a new fit")
+    p = sub.add_parser(
+        "update",
+        help="add classes to a fitted classifier, remove them, or set its rejection threshold, "
+        "without a new fit",
+    )
     p.add_argument("classifier", help="a file written by `focusshot fit` with a method that trains nothing")
     p.add_argument(
         "--add",
@@ -732,6 +739,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remove", action="append", default=[], metavar="NAME", help="a class to remove (repeatable)"
     )
+    p.add_argument(
+        "--reject",
+        type=_reject,
+        default=None,
+        metavar="auto|THRESHOLD",
+        help="set the rejection threshold of the updated classifier: auto chooses it by "
+        "leave-one-class-out on the kept support features (as fit --reject auto on all the images), "
+        "a number sets it (default: a stored auto threshold is chosen again, any other dropped)",
+    )
+    p.add_argument(
+        "--reject-tpr",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="--reject auto: the threshold that keeps this fraction of known images",
+    )
+    _add_open_score_arg(p, "the score --reject thresholds", "the stored threshold's, else the method's own")
     p.add_argument("--output", default=None, help="classifier file to write (default: update CLASSIFIER)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FOCUSSHOT_CACHE/features)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

@@ -38,6 +38,12 @@ method's fit reads augmented views or boxes. A threshold set by hand (``fit --re
 ``"chosen_by": "given"``) is dropped too, with its value in the note: the record holds no rule to
 choose it again by, and a score's scale can move with the classes (the softmax probability falls
 as classes are added), so keeping the number would reject by a different criterion.
+
+``update --reject auto|THRESHOLD`` (``reject=``, with ``reject_tpr`` and ``open_score`` as ``fit``
+takes them) sets the threshold instead, with or without classes added or removed: ``auto``
+chooses it from the kept features as above (refused, with the reason, where they are not
+enough), a number sets it by hand. A classifier fitted without ``--reject`` gains one this way
+without a new fit.
 """
 
 from __future__ import annotations
@@ -54,11 +60,11 @@ from focusshot.api import default_cache_dir
 from focusshot.classifier import Classifier, SupportSet
 from focusshot.data.images import list_images
 from focusshot.evaluation.cache import FeatureCache
-from focusshot.evaluation.open_set import fit_rejection, loco_refusal, one_image_per_class
+from focusshot.evaluation.open_set import check_reject, fit_rejection, loco_refusal, one_image_per_class
 from focusshot.evaluation.prepare import PreparedImages, class_text
 from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
-__all__ = ["rejection_refusal", "update_classifier", "update_file", "update_refusal"]
+__all__ = ["features_refusal", "rejection_refusal", "update_classifier", "update_file", "update_refusal"]
 
 #: how ``info["reject"]["chosen_by"]`` begins when ``fit --reject auto`` chose the threshold
 #: (:func:`~focusshot.evaluation.open_set.choose_threshold`)
@@ -123,22 +129,42 @@ def update_classifier(
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    reject: float | str | None = None,
+    reject_tpr: float | None = None,
+    open_score: str | None = None,
 ) -> Classifier:
     """``clf`` with the classes of the folders ``add`` (each folder one class, named as the folder)
     and without the classes ``remove``, refitted from the kept support features.
 
+    Args:
+        clf: a classifier whose method updates (:func:`update_refusal`).
+        add: folders of new classes.
+        remove: names of classes to remove.
+        cache_dir: the feature cache the new images go through (default: ``fit``'s).
+        batch_size: images per forward pass.
+        progress: progress bars.
+        reject: a new rejection threshold for the updated classifier, as ``fit(reject=)`` takes
+            it: ``"auto"`` chooses it by leave-one-class-out on the updated support set, from the
+            kept features (as ``fit --reject auto`` on all the images would); a number sets it.
+            ``None`` keeps the stored one's rule (chosen again, or dropped with the reason).
+        reject_tpr: with ``reject="auto"``, the rate of known images to keep (else balanced).
+        open_score: the score ``reject`` thresholds (default: the stored threshold's, else the
+            method's).
+
     Raises:
         ValueError: the method cannot update (:func:`update_refusal`), a class to add is already
             present, a class to remove is not, fewer than 2 classes would remain, a folder has no
-            images, or nothing to do.
+            images, nothing to do, or ``reject`` that cannot be met (the reason).
         focusshot.data.images.ImageErrors: images that fail to decode (every one named).
     """
     why = update_refusal(clf)
     if why:
         raise ValueError(f"method {clf.method!r} cannot be updated in place: {why}")
     assert clf.support is not None  # update_refusal checked it
-    if not add and not remove:
-        raise ValueError("nothing to update: give --add NEW_CLASS_DIR and/or --remove NAME")
+    if not add and not remove and reject is None:
+        raise ValueError(
+            "nothing to update: give --add NEW_CLASS_DIR, --remove NAME and/or --reject auto|THRESHOLD"
+        )
     unknown = [n for n in remove if n not in clf.class_names]
     if unknown:
         raise ValueError(f"cannot remove {unknown}: not classes of this classifier ({clf.class_names})")
@@ -152,20 +178,23 @@ def update_classifier(
     relabel[kept] = torch.arange(len(kept))
     keep_rows = relabel[sup.labels] >= 0
     feats, labels = [sup.features[keep_rows]], [relabel[sup.labels[keep_rows]]]
+    for j, (_, ps) in enumerate(new):
+        labels.append(torch.full((len(ps),), len(names) + j, dtype=torch.long))
+    y = torch.cat(labels)
+    recipe = _recipe(clf)
+    if (reject, reject_tpr, open_score) != (None, None, None):  # checked before any image is read
+        _check_reject(recipe, y, reject, reject_tpr, open_score)
     cache = FeatureCache(cache_dir or default_cache_dir())
     paths = [p for _, ps in new for p in ps]
     if paths:  # every unreadable image named at once (ImageErrors); the fit's prefix, resolved
         got = cache.get_resolved(clf.backbone, paths, clf.prefix, batch_size=batch_size, progress=progress)
         feats.append(got.float())
-    for j, (_, ps) in enumerate(new):
-        labels.append(torch.full((len(ps),), len(names) + j, dtype=torch.long))
     names += [n for n, _ in new]
-    features, y = torch.cat(feats), torch.cat(labels)
+    features = torch.cat(feats)
     val = None
     if sup.val_features is not None and sup.val_labels is not None:
         vrows = relabel[sup.val_labels] >= 0
         val = (sup.val_features[vrows], relabel[sup.val_labels[vrows]])
-    recipe = _recipe(clf)
     seed = int((clf.info.get("fitted_on") or {}).get("seed", 0))
     ctx = FitContext(
         clf.backbone,
@@ -186,14 +215,19 @@ def update_classifier(
             notes.append("temperature refitted on the kept validation images")
         else:
             notes.append("temperature dropped: no validation images of the remaining classes")
-    if "reject" in clf.info:
+    if "reject" in clf.info or reject is not None:
         prepared = PreparedImages.of_features(
             clf.backbone, cache, recipe, clf.prefix, features, y, names, text=ctx.text
         )
         temperature = float(info.get("calibration", {}).get("temperature", 1.0))
-        reject, note = _rejection(clf.info["reject"], recipe, fitted, prepared, temperature, seed)
-        if reject is not None:
-            info["reject"] = reject
+        if reject is None:
+            record, note = _rejection(clf.info["reject"], recipe, fitted, prepared, temperature, seed)
+        else:
+            record, note = _requested(
+                clf, recipe, fitted, prepared, temperature, seed, reject, reject_tpr, open_score
+            )
+        if record is not None:
+            info["reject"] = record
         notes.append(note)
     record = {
         "added": {n: len(ps) for n, ps in new},
@@ -218,11 +252,18 @@ def rejection_refusal(stored: dict[str, Any], recipe: Method[Any], labels: torch
     if stored.get("chosen_by") == "given":
         return (
             f"it was set by hand ({old}), and a score's scale can move with the classes, so the same "
-            "number would reject by another criterion: give one again (predict --reject VALUE), or fit "
-            "again with --reject"
+            "number would reject by another criterion: give one again (update or predict --reject "
+            "VALUE), or fit again with --reject"
         )
     if not str(stored.get("chosen_by", "")).startswith(_LOCO) or stored.get("rule") is None:
         return f"its record ({old}) does not say that leave-one-class-out chose it, nor by which rule"
+    return features_refusal(recipe, labels)
+
+
+def features_refusal(recipe: Method[Any], labels: torch.Tensor) -> str:
+    """Why leave-one-class-out cannot choose a threshold for ``recipe`` from a classifier file's
+    kept features with ``labels`` ``(N,)`` (no images: no augmented views, no boxes); ``""`` when
+    it can."""
     if recipe.augment_views():
         return (
             f"method {recipe.name!r} fits on augmented views of the images, which the classifier "
@@ -235,7 +276,7 @@ def rejection_refusal(stored: dict[str, Any], recipe: Method[Any], labels: torch
         )
     why = loco_refusal(recipe, labels.tolist())
     if why:
-        return f"{why}; set one by hand (predict --reject VALUE)"
+        return f"{why}; set one by hand (update or predict --reject VALUE)"
     if one_image_per_class(labels.tolist()):
         return (
             "every class of the updated support set has one image, and leave-one-class-out then "
@@ -284,7 +325,7 @@ def _rejection(
         open_score=score,
         temperature=temperature,
         seed=seed,
-        classes=sorted(range(len(names)), key=names.__getitem__),  # as fit reads a folder: by name
+        classes=_by_name(names),  # as fit reads a folder: by name
     )
     out: dict[str, Any] = {}
     for k, v in chosen.items():
@@ -297,6 +338,69 @@ def _rejection(
         f"as fit --reject auto): {score} = {chosen['threshold']:.6g} (was {float(stored['threshold']):.6g})"
     )
     return out, note
+
+
+def _by_name(names: Sequence[str]) -> list[int]:
+    """The classes in name order: the order of ``fit``'s folds on a folder of them."""
+    return sorted(range(len(names)), key=list(names).__getitem__)
+
+
+def _check_reject(
+    recipe: Method[Any],
+    labels: torch.Tensor,
+    reject: float | str | None,
+    tpr: float | None,
+    open_score: str | None,
+) -> None:
+    """``update(reject=...)`` checked on the updated support set's ``labels`` ``(N,)`` before any
+    image is read: what ``fit(reject=)`` checks, and for ``"auto"`` what the kept features alone
+    cannot give (:func:`rejection_refusal`'s reasons).
+
+    Raises:
+        ValueError: the reason, naming the argument.
+    """
+    check_reject(recipe, reject, labels.tolist(), tpr=tpr, open_score=open_score)
+    if reject == "auto":
+        why = features_refusal(recipe, labels)
+        if why:
+            raise ValueError(f"reject='auto' (--reject auto): {why}")
+
+
+def _requested(
+    clf: Classifier,
+    recipe: Method[Any],
+    fitted: Fitted,
+    support: PreparedImages,
+    temperature: float,
+    seed: int,
+    reject: float | str,
+    tpr: float | None,
+    open_score: str | None,
+) -> tuple[dict[str, Any], str]:
+    """The threshold ``update(reject=...)`` asks for (:func:`_check_reject` passed), as
+    ``fit(reject=...)`` stores it on the updated support set, with ``rechosen_by``; and the note."""
+    score = open_score or (clf.info.get("reject") or {}).get("score") or recipe.open_score
+    names = support.data.class_names
+    chosen = fit_rejection(
+        recipe,
+        fitted,
+        support,
+        reject,
+        tpr=tpr,
+        open_score=score,
+        temperature=temperature,
+        seed=seed,
+        classes=_by_name(names),
+    )
+    out: dict[str, Any] = {}
+    for k, v in chosen.items():
+        out[k] = v
+        if k == "chosen_by":
+            out["rechosen_by"] = "update"
+    was = clf.info.get("reject")
+    before = f" (was {was['score']} = {float(was['threshold']):.6g})" if was else " (there was none)"
+    how = "set by hand" if reject != "auto" else "chosen by leave-one-class-out on the updated support set"
+    return out, f"rejection threshold {how} (--reject {reject}): {score} = {chosen['threshold']:.6g}{before}"
 
 
 def _calibration(fitted: Any, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
@@ -323,12 +427,23 @@ def update_file(
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    reject: float | str | None = None,
+    reject_tpr: float | None = None,
+    open_score: str | None = None,
 ) -> tuple[Path, Classifier]:
-    """Update the classifier file ``path`` (:func:`update_classifier`) and write it to ``output``
-    (default: ``path`` itself). The file is written to a temporary name and renamed, so a failure
-    leaves the old file as it was."""
+    """Update the classifier file ``path`` (:func:`update_classifier`, whose arguments the others
+    are) and write it to ``output`` (default: ``path`` itself). The file is written to a temporary
+    name and renamed, so a failure leaves the old file as it was."""
     clf = Classifier.load(path)
     updated = update_classifier(
-        clf, add, remove, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+        clf,
+        add,
+        remove,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        reject=reject,
+        reject_tpr=reject_tpr,
+        open_score=open_score,
     )
     return updated.save(Path(output) if output is not None else Path(path)), updated
