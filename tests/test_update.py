@@ -9,7 +9,10 @@
 * a threshold ``fit --reject auto`` chose is chosen again: the one ``fit --reject auto`` gives on the
   union (the same record, counts included, with the refitted temperature too), and ``predict``
   rejects with it; where it cannot be (a hand-set one, one image per class, fewer than 3 classes,
-  a method reading views or boxes) it is dropped with a note that says why.
+  a method reading views or boxes) it is dropped with a note that says why;
+* ``update --reject auto`` gives every method that updates the threshold ``fit --reject auto``
+  chooses on the same images (the registry's methods, through the contract's fits), or says why
+  not before reading an image; ``--reject VALUE`` sets one by hand.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from focusshot.backbones.registry import create_backbone
 from focusshot.classifier import UNKNOWN, Classifier, keeps_support
 from focusshot.cli import main
 from focusshot.data.images import ImageError
+from focusshot.data.labelled import LabelledImages
 from focusshot.methods.base import create_method, list_methods
 from focusshot.update import rejection_refusal, update_classifier, update_file, update_refusal
 from tests.methods.helpers import class_folders
-from tests.test_contract import contract_root, fitted_case
+from tests.test_contract import _shrunk, contract_data, contract_root, fitted_case
 
 __all__ = ["contract_root"]  # the session fixture, imported for pytest
 
@@ -160,6 +164,25 @@ def test_every_method_updates_or_says_why(name: str, contract_root: Path) -> Non
     if why:
         with pytest.raises(ValueError, match=re.escape(f"method '{name}' cannot be updated in place: ")):
             update_classifier(clf, remove=[clf.class_names[0]])
+        return
+    # update --reject auto: the threshold fit --reject auto chooses on the same images, or the reason
+    train, _, cache = contract_data(contract_root)
+    try:
+        got = update_classifier(clf, cache_dir=cache, reject="auto")
+    except ValueError as exc:
+        assert str(exc).startswith("reject='auto' (--reject auto): "), (name, exc)
+        assert create_method(name).augment_views() or "one image" in str(exc), (name, exc)
+        return
+    # update's folds run by class name (as fit reads a folder): the same images, labelled in name order
+    order = sorted(range(len(train.class_names)), key=train.class_names.__getitem__)
+    rank = {c: i for i, c in enumerate(order)}
+    by_name = LabelledImages(
+        train.paths, [rank[y] for y in train.labels], [train.class_names[c] for c in order], train.boxes
+    )
+    fresh = focusshot.fit(
+        by_name, backbone=BACKBONE, method=name, options=_shrunk(name), cache_dir=cache, reject="auto"
+    )
+    _same_choice(got.info["reject"], fresh.info["reject"])
 
 
 # --- rejection ---------------------------------------------------------------------------------
