@@ -30,3 +30,9 @@ focusshot evaluate --backbone world-clip --data world:clutter \
   --method protonet,logistic,zeroshot,tip_adapter,sav \
   --ways 5 --shots 1 --episodes 200 --open-ways 5 --quiet \
   --output $out/world_clip_5way1shot_auto > /dev/null
+# The methods that read each image's box (FocusWorld's target boxes) at 1 shot, beside ProtoNet on
+# the same episodes: --reject auto from augmented views that carry their image's box.
+focusshot evaluate --backbone world-clip --data world:clutter \
+  --method protonet,falip,falip_tip,red_circle,blur_box \
+  --ways 5 --shots 1 --episodes 200 --open-ways 5 --quiet \
+  --output $out/world_clip_5way1shot_regions > /dev/null

@@ -8,7 +8,8 @@ episodes); each method's best score against its default, and each method's defau
 against ProtoNet's (paired over episodes); and how far the automatic threshold falls short of
 the oracle one. At 1 shot the automatic threshold comes from a second run on the same episodes
 (``world_clip_5way1shot_auto``, made after ``--reject auto`` learnt to run at one image per class),
-checked here to be the same episodes; LoRA at 1 and 5 shots from their own runs.
+checked here to be the same episodes; the box-reading methods at 1 shot, and LoRA at 1 and 5
+shots, from their own runs on the same episodes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ HERE = Path(__file__).parent
 RUNS = {1: HERE / "world_clip_5way1shot", 5: HERE / "world_clip_5way5shot"}
 #: the 1-shot episodes again, with the ``--reject auto`` threshold (augmented views as known images)
 AUTO_1SHOT = HERE / "world_clip_5way1shot_auto"
+#: the 1-shot episodes with the methods that read each image's box (world:clutter's target boxes)
+REGIONS_1SHOT = HERE / "world_clip_5way1shot_regions"
 #: LoRA beside ProtoNet on the same episodes, each shot count
 LORA = {5: HERE / "world_clip_5way5shot_lora", 1: HERE / "world_clip_5way1shot_lora"}
 
@@ -289,8 +292,64 @@ def lora(k: int) -> None:
     print(f"\nClosed-set accuracy, lora - protonet: {diff(closed['lora'], closed['protonet'])}.\n")
 
 
+def regions() -> None:
+    """The box-reading methods (FALIP, FALIP-Tip, the drawn prompts) on the 1-shot episodes, with
+    ``--reject auto`` from augmented views that carry their image's box, beside ProtoNet."""
+    if not (REGIONS_1SHOT / "run.json").is_file():
+        return
+    rows = read_results(REGIONS_1SHOT)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    episodes = len({r["episode"] for r in rows})
+    base_rows = [r for r in read_results(RUNS[1]) if r["method"] == "protonet"]
+    same = {(r["episode"], r["accuracy"]) for r in base_rows}
+    mine = {(r["episode"], r["accuracy"]) for r in rows if r["method"] == "protonet"}
+    assert mine <= same, f"{REGIONS_1SHOT.name}: ProtoNet's rows differ from {RUNS[1].name}'s"
+    refused = sum(1 for r in rows if r.get("auto_refused"))
+    print(f"## Box-reading methods, 5-way 1-shot (the same {episodes} episodes as above)\n")
+    print(
+        f"From `{REGIONS_1SHOT.name}` (`run.sh`): {', '.join(m for m in methods if m != 'protonet')} read "
+        "each image's box (FocusWorld's target boxes), beside ProtoNet (whose rows equal the run "
+        "above's). `--reject auto` at one image per class: each leave-one-class-out fold's known "
+        f"images are {LOCO_VIEWS} seeded augmented views of the fitted images, each with its image's "
+        "box mapped into it (a view showing less than a quarter of its box left out); "
+        f"{refused} result lines had no automatic threshold. Paired differences over episodes; "
+        "AUROC - protonet: against ProtoNet's distance.\n"
+    )
+    print(
+        "| method | score | closed acc. | AUROC | open acc. (oracle) | open acc. (auto) | auto - oracle "
+        "| TPR at auto | FPR at auto | AUROC - protonet |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = per_episode(rows, "protonet", "distance", "auroc")
+    for m in methods:
+        mine_rows = [r for r in rows if r["method"] == m]
+        default = method_class(m).open_score
+        for sc in SCORES:
+            a = per_episode(rows, m, sc, "auroc")
+            if not a:
+                continue
+            o = per_episode(rows, m, sc, "open_accuracy_oracle")
+            auto = per_episode(rows, m, sc, "open_accuracy_auto")
+            with_auto = [r for r in mine_rows if "threshold_auto" in r["open"][sc]]
+            tpr, fpr = zip(*(rates(r, sc) for r in with_auto), strict=True) if with_auto else ((), ())
+            name = f"**{sc}**" if sc == default else sc
+            cells = [
+                cell([r["accuracy"] for r in mine_rows]),
+                cell(list(a.values())),
+                cell(list(o.values())),
+                cell(list(auto.values())),
+                diff(auto, o),
+                cell(list(tpr)),
+                cell(list(fpr)),
+                "-" if m == "protonet" else diff(a, base),
+            ]
+            print(f"| {m} | {name} | " + " | ".join(cells) + " |")
+    print("\n(**bold**: the method's default score.)\n")
+
+
 if __name__ == "__main__":
     main()
+    regions()
     lora(1)
     lora(5)
     clothing()
