@@ -11,8 +11,9 @@
   rejects with it; where it cannot be (a hand-set one, one image per class, fewer than 3 classes,
   a method reading views or boxes) it is dropped with a note that says why;
 * ``update --reject auto`` gives every method that updates the threshold ``fit --reject auto``
-  chooses on the same images (the registry's methods, through the contract's fits), or says why
-  not before reading an image; ``--reject VALUE`` sets one by hand.
+  chooses on the same images (the registry's methods, through the contract's fits, whose classes
+  are not in name order), or says why not before reading an image; ``--reject VALUE`` sets one by
+  hand; the folds follow :func:`~focusshot.update.fold_order`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from focusshot.cli import main
 from focusshot.data.images import ImageError
 from focusshot.data.labelled import LabelledImages
 from focusshot.methods.base import create_method, list_methods
-from focusshot.update import rejection_refusal, update_classifier, update_file, update_refusal
+from focusshot.update import fold_order, rejection_refusal, update_classifier, update_file, update_refusal
 from tests.methods.helpers import class_folders
 from tests.test_contract import _shrunk, contract_data, contract_root, fitted_case
 
@@ -173,14 +174,9 @@ def test_every_method_updates_or_says_why(name: str, contract_root: Path) -> Non
         assert str(exc).startswith("reject='auto' (--reject auto): "), (name, exc)
         assert create_method(name).augment_views() or "one image" in str(exc), (name, exc)
         return
-    # update's folds run by class name (as fit reads a folder): the same images, labelled in name order
-    order = sorted(range(len(train.class_names)), key=train.class_names.__getitem__)
-    rank = {c: i for i, c in enumerate(order)}
-    by_name = LabelledImages(
-        train.paths, [rank[y] for y in train.labels], [train.class_names[c] for c in order], train.boxes
-    )
+    # the contract's classes (cat, dog, bird) are not in name order: the folds keep the fit's order
     fresh = focusshot.fit(
-        by_name, backbone=BACKBONE, method=name, options=_shrunk(name), cache_dir=cache, reject="auto"
+        train, backbone=BACKBONE, method=name, options=_shrunk(name), cache_dir=cache, reject="auto"
     )
     _same_choice(got.info["reject"], fresh.info["reject"])
 
@@ -420,7 +416,32 @@ def test_update_reject_that_cannot_be_met_is_refused_before_reading_and_leaves_t
     assert main(["update", str(path), *add, "--reject-tpr", "0.9", *cache]) == 2
     assert "give reject too" in capsys.readouterr().err
     assert main(["update", str(path), "--reject-tpr", "0.9", *cache]) == 2
+    assert "give reject too" in capsys.readouterr().err
+    assert main(["update", str(path), *cache]) == 2
     assert "nothing to update" in capsys.readouterr().err
     assert main(["update", str(path), "--reject", "auto", "--open-score", "nope", *cache]) == 2
     assert "nope" in capsys.readouterr().err
     assert path.read_bytes() == before
+
+
+def test_fold_order_is_by_name_for_a_name_ordered_classifier_else_its_own() -> None:
+    assert fold_order(["a", "c"], ["a", "c", "b"]) == [0, 2, 1]  # as a folder of the union folds
+    assert fold_order(["c", "a"], ["c", "a", "b"]) is None  # fitted in its own order: kept
+
+
+def test_a_classifier_fitted_in_its_own_class_order_keeps_it(open_data: Path) -> None:
+    """Classes not in name order (from Python): ``update --reject auto`` with nothing else changed
+    gives the threshold the fit itself chose."""
+    from focusshot.data.sources import from_folder
+
+    data = from_folder(open_data / "abc")
+    assert isinstance(data, LabelledImages)
+    names = list(reversed(data.class_names))
+    flipped = LabelledImages(data.paths, [len(names) - 1 - y for y in data.labels], names, None)
+    old = focusshot.fit(
+        flipped, backbone=BACKBONE, method="ridge", cache_dir=open_data / "cache", reject="auto"
+    )
+    by_name = _fit_reject(open_data, "abc", "ridge", reject="auto")
+    assert old.info["reject"]["threshold"] != by_name.info["reject"]["threshold"]  # the order matters
+    again = update_classifier(old, cache_dir=open_data / "cache", reject="auto")
+    _same_choice(again.info["reject"], old.info["reject"])

@@ -324,7 +324,8 @@ def _fit_and_save(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 def _print_reject(r: dict[str, Any]) -> None:
     """The rejection threshold a classifier file stores (``info["reject"]``), as one line."""
-    how = r["chosen_by"] + (f", {r['rule']} rule" if "rule" in r else "")
+    how = "set by hand" if r["chosen_by"] == "given" else r["chosen_by"]
+    how += f", {r['rule']} rule" if "rule" in r else ""
     if "rechosen_by" in r:
         how = f"by {r['rechosen_by']}: {how}"
     found = ""
@@ -753,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="RATE",
-        help="--reject auto: the threshold that keeps this fraction of known images",
+        help="--reject auto: the threshold that keeps this fraction of known images (else the "
+        "balanced one, as fit; a stored rate is not carried over)",
     )
     _add_open_score_arg(p, "the score --reject thresholds", "the stored threshold's, else the method's own")
     p.add_argument("--output", default=None, help="classifier file to write (default: update CLASSIFIER)")

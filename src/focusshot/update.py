@@ -26,15 +26,16 @@ on the updated support set, from its kept features (no image is read again): the
 score, rule (``balanced``, or ``tpr`` with its target rate) and seed, after the refitted
 temperature, through :func:`~focusshot.evaluation.open_set.fit_rejection` on a
 :meth:`PreparedImages.of_features <focusshot.evaluation.prepare.PreparedImages.of_features>` set.
-Which image each fold holds out depends on the fold's place in the class order, so the folds
-run over the classes by name, as ``fit`` reads a folder or a manifest (the updated classifier
-itself lists the new classes last): the threshold is the one ``fit --reject auto`` gives on a
-folder of all the images (within float rounding; bit-equal in the tests), and ``info["reject"]``
-is that fit's record with ``"rechosen_by": "update"``. It is
+Which image each fold holds out depends on the fold's place in the class order
+(:func:`fold_order`): a classifier whose classes were in name order (``fit`` on a folder) folds
+over the updated classes by name, so the threshold is the one ``fit --reject auto`` gives on a
+folder of all the images (within float rounding), though the updated classifier lists the new
+classes last; one fitted in another class order folds in its own, the new classes after the old.
+``info["reject"]`` is that fit's record with ``"rechosen_by": "update"``. It is
 dropped, with a note that says why (:func:`rejection_refusal`), where that cannot be done from the
 features alone: every class of the updated set has one image (leave-one-class-out then plays the
-known images with augmented views of the images themselves), fewer than 3 classes remain, or the
-method's fit reads augmented views or boxes. A threshold set by hand (``fit --reject VALUE``,
+known images with augmented views of the images themselves) or fewer than 3 classes remain. A
+threshold set by hand (``fit --reject VALUE``,
 ``"chosen_by": "given"``) is dropped too, with its value in the note: the record holds no rule to
 choose it again by, and a score's scale can move with the classes (the softmax probability falls
 as classes are added), so keeping the number would reject by a different criterion.
@@ -64,7 +65,14 @@ from focusshot.evaluation.open_set import check_reject, fit_rejection, loco_refu
 from focusshot.evaluation.prepare import PreparedImages, class_text
 from focusshot.methods.base import FitContext, Fitted, Method, create_method
 
-__all__ = ["features_refusal", "rejection_refusal", "update_classifier", "update_file", "update_refusal"]
+__all__ = [
+    "features_refusal",
+    "fold_order",
+    "rejection_refusal",
+    "update_classifier",
+    "update_file",
+    "update_refusal",
+]
 
 #: how ``info["reject"]["chosen_by"]`` begins when ``fit --reject auto`` chose the threshold
 #: (:func:`~focusshot.evaluation.open_set.choose_threshold`)
@@ -161,6 +169,11 @@ def update_classifier(
     if why:
         raise ValueError(f"method {clf.method!r} cannot be updated in place: {why}")
     assert clf.support is not None  # update_refusal checked it
+    if reject is None and (reject_tpr is not None or open_score is not None):
+        raise ValueError(
+            "reject_tpr (--reject-tpr) and open_score (--open-score) say how to reject: give reject "
+            "too (--reject auto|THRESHOLD)"
+        )
     if not add and not remove and reject is None:
         raise ValueError(
             "nothing to update: give --add NEW_CLASS_DIR, --remove NAME and/or --reject auto|THRESHOLD"
@@ -220,11 +233,12 @@ def update_classifier(
             clf.backbone, cache, recipe, clf.prefix, features, y, names, text=ctx.text
         )
         temperature = float(info.get("calibration", {}).get("temperature", 1.0))
+        folds = fold_order(clf.class_names, names)
         if reject is None:
-            record, note = _rejection(clf.info["reject"], recipe, fitted, prepared, temperature, seed)
+            record, note = _rejection(clf.info["reject"], recipe, fitted, prepared, temperature, seed, folds)
         else:
             record, note = _requested(
-                clf, recipe, fitted, prepared, temperature, seed, reject, reject_tpr, open_score
+                clf, recipe, fitted, prepared, temperature, seed, folds, reject, reject_tpr, open_score
             )
         if record is not None:
             info["reject"] = record
@@ -294,6 +308,7 @@ def _rejection(
     support: PreparedImages,
     temperature: float,
     seed: int,
+    folds: list[int] | None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The updated file's ``info["reject"]`` (``None``: dropped) and the update's note on it: the
     stored record's score and rule chosen again by leave-one-class-out, its folds in class-name
@@ -306,6 +321,7 @@ def _rejection(
         support: the updated support set (:meth:`PreparedImages.of_features`).
         temperature: the updated classifier's temperature (1 without one), as ``fit`` passes it.
         seed: the first fit's seed.
+        folds: the folds' class order (:func:`fold_order`).
     """
     score = str(stored["score"])
     why = rejection_refusal(stored, recipe, support.labels)
@@ -315,7 +331,6 @@ def _rejection(
         return None, f"rejection threshold dropped: {why}"
     rule = str(stored["rule"])
     tpr = float(stored.get("target_tpr", 0.95)) if rule == "tpr" else None
-    names = support.data.class_names
     chosen = fit_rejection(
         recipe,
         fitted,
@@ -325,7 +340,7 @@ def _rejection(
         open_score=score,
         temperature=temperature,
         seed=seed,
-        classes=_by_name(names),  # as fit reads a folder: by name
+        classes=folds,
     )
     out: dict[str, Any] = {}
     for k, v in chosen.items():
@@ -340,8 +355,13 @@ def _rejection(
     return out, note
 
 
-def _by_name(names: Sequence[str]) -> list[int]:
-    """The classes in name order: the order of ``fit``'s folds on a folder of them."""
+def fold_order(old_names: Sequence[str], names: Sequence[str]) -> list[int] | None:
+    """The order of leave-one-class-out's folds over the updated classes ``names`` (``None``: their
+    own order). A classifier whose classes were in name order (a folder or a manifest, as ``fit``
+    reads them) folds by name, as ``fit`` does on a folder of the union; one fitted in another order
+    (from Python) keeps its own, the new classes after the old, as its first fit folded."""
+    if list(old_names) != sorted(old_names):
+        return None
     return sorted(range(len(names)), key=list(names).__getitem__)
 
 
@@ -373,14 +393,15 @@ def _requested(
     support: PreparedImages,
     temperature: float,
     seed: int,
+    folds: list[int] | None,
     reject: float | str,
     tpr: float | None,
     open_score: str | None,
 ) -> tuple[dict[str, Any], str]:
     """The threshold ``update(reject=...)`` asks for (:func:`_check_reject` passed), as
-    ``fit(reject=...)`` stores it on the updated support set, with ``rechosen_by``; and the note."""
+    ``fit(reject=...)`` stores it on the updated support set (the rule as ``fit`` takes it:
+    ``tpr`` with a rate, else balanced), with ``rechosen_by``; and the note."""
     score = open_score or (clf.info.get("reject") or {}).get("score") or recipe.open_score
-    names = support.data.class_names
     chosen = fit_rejection(
         recipe,
         fitted,
@@ -390,7 +411,7 @@ def _requested(
         open_score=score,
         temperature=temperature,
         seed=seed,
-        classes=_by_name(names),
+        classes=folds,
     )
     out: dict[str, Any] = {}
     for k, v in chosen.items():
@@ -399,8 +420,12 @@ def _requested(
             out["rechosen_by"] = "update"
     was = clf.info.get("reject")
     before = f" (was {was['score']} = {float(was['threshold']):.6g})" if was else " (there was none)"
-    how = "set by hand" if reject != "auto" else "chosen by leave-one-class-out on the updated support set"
-    return out, f"rejection threshold {how} (--reject {reject}): {score} = {chosen['threshold']:.6g}{before}"
+    if reject == "auto":
+        rule = "balanced rule" if tpr is None else f"tpr rule at {tpr:g}"
+        how = f"chosen by leave-one-class-out on the updated support set ({rule}, --reject auto)"
+    else:
+        how = f"set by hand (--reject {reject})"
+    return out, f"rejection threshold {how}: {score} = {chosen['threshold']:.6g}{before}"
 
 
 def _calibration(fitted: Any, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:

@@ -381,7 +381,11 @@ class AugmentTransform:
 
     def geometry(self, img: Image.Image) -> ViewGeometry:
         """This view's crop box and flip for ``img`` (any mode): what :meth:`__call__` cuts out of
-        it, without computing the pixels. :func:`box_to_view` maps a box into the view with it."""
+        it, without computing the pixels. :func:`box_to_view` maps a box into the view with it.
+
+        Raises:
+            TypeError: ``img`` is not a ``PIL.Image.Image``.
+        """
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
         return self._geometry(to_rgb(img))

@@ -344,7 +344,16 @@ def _view_scores(
     view_seed: int,
     views: int,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """:func:`loco_scores` with one image per class: the known queries are augmented views."""
+    """:func:`loco_scores` with one image per class: the known queries are augmented views.
+
+    Returns:
+        ``(known, unknown)``: score name -> the pooled known scores (every kept view of every
+        image each fold was fitted on, ``(K,)``) and unknown scores (each held-out image,
+        ``(U,)``), folds in ``order``.
+
+    Raises:
+        NoKnownViews: no view of a box-reading method's images shows its box.
+    """
     if views < 1:
         raise ValueError(f"leave-one-class-out with one image per class needs views >= 1, got {views}")
     backbone = support.backbone
@@ -426,6 +435,7 @@ def choose_threshold(
 
     Raises:
         ValueError: :func:`loco_refusal`'s reason, or a score the method cannot give.
+        NoKnownViews: one image per class, and no view shows its image's box.
     """
     threshold_by_rule([0.0], [0.0], rule, tpr)  # checks the rule and the rate before any fit
     known, unknown = loco_scores(
@@ -525,6 +535,7 @@ def fit_rejection(
 
     Raises:
         ValueError: a score the fit cannot give (the reason).
+        NoKnownViews: as :func:`choose_threshold`.
     """
     score = open_score or method.open_score
     why = fitted.open_scores().get(score, "")
