@@ -311,8 +311,8 @@ def _rejection(
     folds: list[int] | None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The updated file's ``info["reject"]`` (``None``: dropped) and the update's note on it: the
-    stored record's score and rule chosen again by leave-one-class-out, its folds in class-name
-    order (as ``fit`` reads a folder of the union), or why not (:func:`rejection_refusal`).
+    stored record's score and rule chosen again by leave-one-class-out, its folds in ``folds``'
+    order (:func:`fold_order`), or why not (:func:`rejection_refusal`).
 
     Args:
         stored: the old file's ``info["reject"]``.
@@ -331,26 +331,11 @@ def _rejection(
         return None, f"rejection threshold dropped: {why}"
     rule = str(stored["rule"])
     tpr = float(stored.get("target_tpr", 0.95)) if rule == "tpr" else None
-    chosen = fit_rejection(
-        recipe,
-        fitted,
-        support,
-        "auto",
-        tpr=tpr,
-        open_score=score,
-        temperature=temperature,
-        seed=seed,
-        classes=folds,
-    )
-    out: dict[str, Any] = {}
-    for k, v in chosen.items():
-        out[k] = v
-        if k == "chosen_by":
-            out["rechosen_by"] = "update"
+    out = _chosen_by_update(recipe, fitted, support, "auto", tpr, score, temperature, seed, folds)
     how = f"{rule} rule" + (f" at {tpr:g}" if tpr is not None else "")
     note = (
         f"rejection threshold re-chosen by leave-one-class-out on the updated support set ({how}, "
-        f"as fit --reject auto): {score} = {chosen['threshold']:.6g} (was {float(stored['threshold']):.6g})"
+        f"as fit --reject auto): {score} = {out['threshold']:.6g} (was {float(stored['threshold']):.6g})"
     )
     return out, note
 
@@ -386,22 +371,19 @@ def _check_reject(
             raise ValueError(f"reject='auto' (--reject auto): {why}")
 
 
-def _requested(
-    clf: Classifier,
+def _chosen_by_update(
     recipe: Method[Any],
     fitted: Fitted,
     support: PreparedImages,
+    reject: float | str,
+    tpr: float | None,
+    score: str,
     temperature: float,
     seed: int,
     folds: list[int] | None,
-    reject: float | str,
-    tpr: float | None,
-    open_score: str | None,
-) -> tuple[dict[str, Any], str]:
-    """The threshold ``update(reject=...)`` asks for (:func:`_check_reject` passed), as
-    ``fit(reject=...)`` stores it on the updated support set (the rule as ``fit`` takes it:
-    ``tpr`` with a rate, else balanced), with ``rechosen_by``; and the note."""
-    score = open_score or (clf.info.get("reject") or {}).get("score") or recipe.open_score
+) -> dict[str, Any]:
+    """:func:`~focusshot.evaluation.open_set.fit_rejection`'s record on the updated support set,
+    ``"rechosen_by": "update"`` after its ``chosen_by``."""
     chosen = fit_rejection(
         recipe,
         fitted,
@@ -418,6 +400,26 @@ def _requested(
         out[k] = v
         if k == "chosen_by":
             out["rechosen_by"] = "update"
+    return out
+
+
+def _requested(
+    clf: Classifier,
+    recipe: Method[Any],
+    fitted: Fitted,
+    support: PreparedImages,
+    temperature: float,
+    seed: int,
+    folds: list[int] | None,
+    reject: float | str,
+    tpr: float | None,
+    open_score: str | None,
+) -> tuple[dict[str, Any], str]:
+    """The threshold ``update(reject=...)`` asks for (:func:`_check_reject` passed), as
+    ``fit(reject=...)`` stores it on the updated support set (the rule as ``fit`` takes it:
+    ``tpr`` with a rate, else balanced), with ``rechosen_by``; and the note."""
+    score = open_score or (clf.info.get("reject") or {}).get("score") or recipe.open_score
+    out = _chosen_by_update(recipe, fitted, support, reject, tpr, score, temperature, seed, folds)
     was = clf.info.get("reject")
     before = f" (was {was['score']} = {float(was['threshold']):.6g})" if was else " (there was none)"
     if reject == "auto":
@@ -425,7 +427,7 @@ def _requested(
         how = f"chosen by leave-one-class-out on the updated support set ({rule}, --reject auto)"
     else:
         how = f"set by hand (--reject {reject})"
-    return out, f"rejection threshold {how}: {score} = {chosen['threshold']:.6g}{before}"
+    return out, f"rejection threshold {how}: {score} = {out['threshold']:.6g}{before}"
 
 
 def _calibration(fitted: Any, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
