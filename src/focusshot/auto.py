@@ -37,7 +37,6 @@ accuracy on the support set alone -- never on validation or test images -- and p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from focusshot.deadlines import DeadlineExceeded, deadline, now
 from focusshot.evaluation.cache import FeatureCache
 from focusshot.evaluation.metrics import nll
 from focusshot.evaluation.prepare import PreparedImages, prepare_fit
-from focusshot.evaluation.protocols import head_threads
+from focusshot.evaluation.protocols import method_threads
 from focusshot.methods.base import auto_candidates, auto_fallback, cannot_run, create_method
 from focusshot.methods.request import Resolved, resolve
 
@@ -119,12 +118,6 @@ class _Budget:
         return f"{why}: the budget of {self.budget_s:g} s was spent"
 
 
-def _threads(method: Any) -> contextlib.AbstractContextManager[None]:
-    """The CPU threads a candidate fits with: one for a head (:func:`head_threads`), torch's
-    setting for a method that trains."""
-    return contextlib.nullcontext() if method.trains else head_threads()
-
-
 def _cross_validate(
     request: Resolved,
     images: PreparedImages,
@@ -153,9 +146,9 @@ def _cross_validate(
             # the pace of their steps says that this fold and the k - f to come will not end by it
             # heads on one thread, as evaluate fits them (tiny problems: a second thread only adds
             # synchronisation, and on a busy CPU makes a head's time vary tenfold); training on all
-            with _threads(method), deadline(budget.end - budget.reserve, repeats=k - f):
+            with method_threads(method), deadline(budget.end - budget.reserve, repeats=k - f):
                 fitted = method.fit(feats, fold_labels, ctx)
-            with _threads(method), torch.inference_mode():
+            with method_threads(method), torch.inference_mode():
                 logits = fitted.logits(images.rows(method, torch.tensor(held))[0]).double()
         except DeadlineExceeded as exc:
             at = f"stopped in fold {f} of {k}" + (f" ({exc.where})" if exc.where else "")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,12 @@ def head_threads(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def method_threads(method: Method) -> AbstractContextManager[None]:
+    """The CPU threads ``method`` fits and scores with: one for a head (:func:`head_threads`: tiny
+    problems), torch's setting for a method that trains."""
+    return nullcontext() if method.trains else head_threads()
+
+
 MethodOptions = dict[str, Any] | None
 
 
@@ -198,18 +204,14 @@ def _watched(m: Method) -> bool:
 
 
 def _fit(m: Method, support: Tensor, labels: Tensor, ctx: FitContext) -> Fitted:
-    """Fit one method: heads single-threaded (tiny problems), training with every thread."""
-    if m.trains:
-        return m.fit(support, labels, ctx)
-    with head_threads():
+    """Fit one method with :func:`method_threads`."""
+    with method_threads(m):
         return m.fit(support, labels, ctx)
 
 
 def _logits(m: Method, fitted: Fitted, query: Tensor, regions: Tensor | None = None) -> Tensor:
     kw = {"regions": regions} if m.needs_regions else {}
-    if m.trains:
-        return fitted.logits(query, **kw)
-    with head_threads():
+    with method_threads(m):
         return fitted.logits(query, **kw)
 
 
